@@ -1,0 +1,1 @@
+"""Files shipped with sact: the benchmark split lists under ``splits/<benchmark>/``."""
