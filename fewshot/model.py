@@ -1,0 +1,237 @@
+"""SA-CT: the Spatial Alignment Cross Transformer on cached patch features.
+
+The model follows DESIGN.md ("The SA-CT model") formula by formula; docs/MODEL.md maps every
+formula to a parameter name and a tensor shape. Vocabulary: N way, K shot, Q queries, T frames,
+T' frames after the TMixer, P = h*w patches, D channels, d_k projection width.
+
+Everything before the cross-attention depends on one video only, so the model is split in two:
+`embed` (TMixer, CPE, projections; once per video) and `match` (attention and distance; once per
+episode). `forward` is `match` of `embed`, and evaluation can embed a test split once and reuse it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Self
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class VideoEmbedding:
+    """Base for per-video embeddings: every field is a tensor (or a tuple of tensors) whose first
+    dim is the video, so `emb[index]` selects videos, `emb.to(device)` moves them, `len(emb)`
+    counts them."""
+
+    def __post_init__(self) -> None:
+        counts = {tensor.shape[0] for tensor in self._tensors()}
+        if len(counts) > 1:
+            raise ValueError(f"{type(self).__name__}: fields disagree on the number of videos")
+
+    def _tensors(self) -> list[Tensor]:
+        tensors = []
+        for field in fields(self):
+            value = getattr(self, field.name)
+            tensors.extend(value if isinstance(value, tuple) else [value])
+        return tensors
+
+    def _map(self, fn) -> Self:
+        def apply(value):
+            return tuple(fn(t) for t in value) if isinstance(value, tuple) else fn(value)
+
+        return type(self)(**{f.name: apply(getattr(self, f.name)) for f in fields(self)})
+
+    def __getitem__(self, index: Tensor | slice | int) -> Self:
+        if isinstance(index, int):  # keep the video dim: emb[3] is a batch of one video
+            index = slice(index, index + 1 if index != -1 else None)
+        return self._map(lambda t: t[index.to(t.device) if isinstance(index, Tensor) else index])
+
+    def to(self, device: torch.device | str) -> Self:
+        return self._map(lambda t: t.to(device))
+
+    def __len__(self) -> int:
+        return self._tensors()[0].shape[0]
+
+
+def as_grid(grid: tuple[int, int] | list[int] | int) -> tuple[int, int]:
+    """(h, w) from a grid given as (h, w) or as the side of a square."""
+    h, w = (grid, grid) if isinstance(grid, int) else tuple(grid)
+    if h < 1 or w < 1:
+        raise ValueError(f"grid must be positive, got {grid!r}")
+    return int(h), int(w)
+
+
+def check_videos(videos: Tensor, *, frames: int, patches: int, dim: int) -> None:
+    """One clear error when cached features do not have the shape the model was built for."""
+    expected = f"(B, T={frames}, P={patches}, D={dim})"
+    if videos.ndim != 4 or tuple(videos.shape[1:]) != (frames, patches, dim):
+        raise ValueError(f"videos must have shape {expected}, got {tuple(videos.shape)}")
+
+
+def group_by_class(labels: Tensor, way: int | None) -> tuple[Tensor, int, int]:
+    """Order of the support videos that puts them class by class, plus (N, K).
+
+    Support shots of class c are those labelled c; every class must have the same number of shots.
+    The sort is stable, so shots keep their order (which never matters for the logits anyway).
+    """
+    if labels.ndim != 1 or labels.numel() == 0:
+        raise ValueError(
+            f"support_labels must be a non-empty 1-d tensor, got {tuple(labels.shape)}"
+        )
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"support_labels must be integers, got {labels.dtype}")
+    labels = labels.long()
+    way = int(labels.max()) + 1 if way is None else way
+    if int(labels.min()) < 0 or int(labels.max()) >= way:
+        raise ValueError(f"support_labels must lie in 0..{way - 1}, got {labels.tolist()}")
+    shots = torch.bincount(labels, minlength=way).tolist()
+    if len(set(shots)) != 1:
+        raise ValueError(f"every class needs the same number of shots, got {shots} per class")
+    return torch.argsort(labels, stable=True), way, shots[0]
+
+
+class TMixer(nn.Module):
+    """Token mixing along frames, channel mixing along D; halves the frames.
+
+    U = X + W2 σ(W1 X)   (frames)     V = U + W4 σ(W3 U)   (channels)
+    Y = W6 σ(W5 V)       (frames, T -> T/2, no residual)   Z = Y + W8 σ(W7 Y)   (channels)
+
+    The seed writes the last step as Z = Y + W8 σ(W7 U). U has T frames and Y has T/2, so the
+    sum is only defined with Y: this module uses W7 Y (DESIGN.md, docs/MODEL.md).
+    """
+
+    def __init__(self, *, dim: int, frames: int) -> None:
+        super().__init__()
+        if frames < 2 or frames % 2:
+            raise ValueError(
+                f"the TMixer halves the frames, so it needs an even T >= 2, got T={frames}"
+                " (use an even number of frames, or tmixer=False)"
+            )
+        half = frames // 2
+        self.w1 = nn.Linear(frames, frames)
+        self.w2 = nn.Linear(frames, frames)
+        self.w3 = nn.Linear(dim, dim)
+        self.w4 = nn.Linear(dim, dim)
+        self.w5 = nn.Linear(frames, half)
+        self.w6 = nn.Linear(half, half)
+        self.w7 = nn.Linear(dim, dim)
+        self.w8 = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # frame mixing runs with frames last: (B, T, P, D) -> (B, P, D, T)
+        x = x.permute(0, 2, 3, 1)  # (B, P, D, T)
+        u = x + self.w2(F.relu(self.w1(x)))  # (B, P, D, T)
+        u = u.permute(0, 3, 1, 2)  # (B, T, P, D)
+        v = u + self.w4(F.relu(self.w3(u)))  # (B, T, P, D)
+        v = v.permute(0, 2, 3, 1)  # (B, P, D, T)
+        y = self.w6(F.relu(self.w5(v)))  # (B, P, D, T/2)
+        y = y.permute(0, 3, 1, 2)  # (B, T/2, P, D)
+        return y + self.w8(F.relu(self.w7(y)))  # (B, T/2, P, D)
+
+
+@dataclass(frozen=True)
+class SACTEmbedding(VideoEmbedding):
+    """What `SACT.match` needs of each video, whether it ends up support or query."""
+
+    support_keys: Tensor  # (B, T', P, d_k)  LN(W_s f)
+    query_keys: Tensor  # (B, T', P, d_k)  LN(W_q f)
+    values: Tensor  # (B, T', P, d_k)  W_v Φ
+
+
+class SACT(nn.Module):
+    """Spatial Alignment Cross Transformer on cached features (B, T, P, D)."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        frames: int,
+        grid: tuple[int, int] | int,
+        d_k: int = 1152,
+        tmixer: bool = True,
+        cpe: bool = True,
+    ) -> None:
+        super().__init__()
+        self.dim, self.frames, self.grid, self.d_k = dim, frames, as_grid(grid), d_k
+        self.tmixer = TMixer(dim=dim, frames=frames) if tmixer else None
+        self.cpe = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim) if cpe else None
+        self.to_support = nn.Linear(dim, d_k)
+        self.to_query = nn.Linear(dim, d_k)
+        self.to_value = nn.Linear(dim, d_k)
+        self.norm_support = nn.LayerNorm(d_k)
+        self.norm_query = nn.LayerNorm(d_k)
+
+    def config(self) -> dict:
+        """Constructor kwargs that rebuild this model: `SACT(**model.config())`."""
+        return {
+            "dim": self.dim,
+            "frames": self.frames,
+            "grid": list(self.grid),
+            "d_k": self.d_k,
+            "tmixer": self.tmixer is not None,
+            "cpe": self.cpe is not None,
+        }
+
+    def positional(self, phi: Tensor) -> Tensor:
+        """f = Φ + CPE(Φ): a depthwise 3x3 conv over each frame's h x w grid (patches row-major)."""
+        b, t, p, d = phi.shape
+        h, w = self.grid
+        grid = phi.reshape(b * t, h, w, d).permute(0, 3, 1, 2)  # (B*T', D, h, w)
+        encoding = self.cpe(grid).permute(0, 2, 3, 1).reshape(b, t, p, d)  # (B, T', P, D)
+        return phi + encoding
+
+    def embed(self, videos: Tensor) -> SACTEmbedding:
+        """Per-video part: TMixer, CPE and the three projections. videos (B, T, P, D)."""
+        check_videos(videos, frames=self.frames, patches=self.grid[0] * self.grid[1], dim=self.dim)
+        x = videos.to(self.to_value.weight.dtype)  # cached features are float16
+        phi = self.tmixer(x) if self.tmixer is not None else x  # (B, T', P, D)
+        f = self.positional(phi) if self.cpe is not None else phi  # (B, T', P, D)
+        return SACTEmbedding(
+            support_keys=self.norm_support(self.to_support(f)),  # (B, T', P, d_k)
+            query_keys=self.norm_query(self.to_query(f)),  # (B, T', P, d_k)
+            values=self.to_value(phi),  # (B, T', P, d_k)
+        )
+
+    def match(
+        self,
+        support: SACTEmbedding,
+        support_labels: Tensor,
+        query: SACTEmbedding,
+        *,
+        way: int | None = None,
+    ) -> Tensor:
+        """Per-episode part: frame-aligned spatial cross-attention and distance. Logits (Q, N)."""
+        order, way, shot = group_by_class(support_labels.to(support.values.device), way)
+        support = support[order]
+        n_frames, n_patches, d_k = support.values.shape[1:]
+        # (N*K, T', P, d_k) -> (N, K, T', P, d_k), class-major after the stable sort
+        s_keys = support.support_keys.reshape(way, shot, n_frames, n_patches, d_k)
+        s_values = support.values.reshape(way, shot, n_frames, n_patches, d_k)
+        q_keys = query.query_keys  # (Q, T', P, d_k)
+        key_dtype = torch.promote_types(s_keys.dtype, q_keys.dtype)
+
+        # a[c, q, p, i, k, m]: query patch p of frame i against support patch m of frame i, shot k
+        scores = torch.einsum("nkimd,qipd->nqpikm", s_keys.to(key_dtype), q_keys.to(key_dtype))
+        scores = scores / math.sqrt(d_k)  # (N, Q, P, T', K, P)
+        # softmax over all (k, m) of the class, in at least float32 whatever autocast chose
+        scores = scores.flatten(-2)  # (N, Q, P, T', K*P)
+        attention = scores.to(torch.promote_types(scores.dtype, torch.float32)).softmax(-1)
+        attention = attention.unflatten(-1, (shot, n_patches))  # (N, Q, P, T', K, P)
+
+        # Σ_i t^c_ip in one contraction over (i, k, m): t^c_ip itself is never materialised
+        summed_prototype = torch.einsum(
+            "nqpikm,nkimd->nqpd", attention.to(s_values.dtype), s_values
+        )  # (N, Q, P, d_k)
+        summed_query = query.values.sum(dim=1)  # (Q, P, d_k)
+        # the distance accumulates in at least float32: differences of large sums lose digits
+        exact = torch.promote_types(summed_prototype.dtype, torch.float32)
+        diff = (summed_prototype.to(exact) - summed_query.to(exact)) / n_frames**2  # (N, Q, P, d_k)
+        distance = diff.pow(2).sum(dim=-1).mean(dim=-1)  # (N, Q)
+        return -distance.transpose(0, 1)  # (Q, N)
+
+    def forward(self, support: Tensor, support_labels: Tensor, query: Tensor) -> Tensor:
+        """support (N*K, T, P, D), support_labels (N*K,) in 0..N-1, query (Q, T, P, D) -> (Q, N)."""
+        return self.match(self.embed(support), support_labels, self.embed(query))

@@ -1,0 +1,170 @@
+"""ProtoNet and TRX: hand computations, a loop reference for TRX, and the shared model interface."""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+
+import pytest
+import torch
+
+from fewshot import MODELS, TRX, ProtoNet, ProtoNetEmbedding, TRXEmbedding
+
+DIM, FRAMES, GRID, D_K = 16, 4, (2, 2), 8
+PATCHES = GRID[0] * GRID[1]
+
+
+def make_episode(*, way: int = 3, shot: int = 2, queries: int = 5, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    support = torch.randn(way * shot, FRAMES, PATCHES, DIM, generator=generator)
+    labels = torch.arange(way).repeat(shot)  # shots interleaved: 0, 1, 2, 0, 1, 2
+    query = torch.randn(queries, FRAMES, PATCHES, DIM, generator=generator)
+    return support.double(), labels, query.double()
+
+
+def make_trx(seed: int = 0) -> TRX:
+    torch.manual_seed(seed)
+    model = TRX(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K).double().eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in model.heads:
+            head.norm_key.weight.copy_(1 + 0.5 * torch.randn(D_K, generator=generator))
+            head.norm_key.bias.copy_(torch.randn(D_K, generator=generator))
+    return model
+
+
+def test_protonet_equals_hand_computation() -> None:
+    support, labels, query = make_episode()
+    model = ProtoNet(dim=DIM, frames=FRAMES, grid=GRID)
+    assert list(model.parameters()) == []
+    logits = model(support, labels, query)
+    for q in range(len(query)):
+        pooled = query[q].mean(dim=(0, 1))
+        for c in range(3):
+            shots = [support[k].mean(dim=(0, 1)) for k in range(len(labels)) if labels[k] == c]
+            prototype = sum(shots) / len(shots)
+            expected = -((pooled - prototype) ** 2).sum()
+            assert abs(logits[q, c] - expected) <= 1e-12 * abs(expected)
+
+
+def test_protonet_embed_match_and_float16() -> None:
+    support, labels, query = make_episode()
+    model = ProtoNet(dim=DIM, frames=FRAMES, grid=2)
+    pool = torch.cat([support, query])
+    embedded = model.embed(pool)
+    assert isinstance(embedded, ProtoNetEmbedding) and len(embedded) == 11
+    indexed = model.match(embedded[torch.arange(6)], labels, embedded[6:])
+    torch.testing.assert_close(indexed, model(support, labels, query), rtol=1e-12, atol=1e-12)
+    half = model(support.half(), labels, query.half())
+    assert half.dtype == torch.float32 and torch.isfinite(half).all()
+    assert MODELS["protonet"](**model.config()).config() == model.config()
+
+
+def reference_trx(model: TRX, support, labels, query) -> torch.Tensor:
+    """TRX's own per-class loop, one query tuple at a time."""
+
+    def tuples(video: torch.Tensor, head) -> tuple[list, list]:
+        frames = video.mean(dim=1) + model.positional.encoding.double()  # (T, D)
+        keys, values = [], []
+        for combo in combinations(range(FRAMES), len(head.tuples[0])):
+            concatenated = torch.cat([frames[i] for i in combo])
+            keys.append(head.norm_key(head.to_key(concatenated)))
+            values.append(head.to_value(concatenated))
+        return keys, values
+
+    way = int(labels.max()) + 1
+    per_cardinality = []
+    for head in model.heads:
+        logits = torch.empty(len(query), way, dtype=torch.float64)
+        for q, video in enumerate(query):
+            q_keys, q_values = tuples(video, head)
+            for c in range(way):
+                shots = [tuples(support[k], head) for k in range(len(labels)) if labels[k] == c]
+                s_keys = [key for keys, _ in shots for key in keys]
+                s_values = [value for _, values in shots for value in values]
+                distance = 0.0
+                for q_key, q_value in zip(q_keys, q_values, strict=True):
+                    scores = torch.stack([torch.dot(q_key, k) for k in s_keys]) / math.sqrt(D_K)
+                    weights = torch.softmax(scores, dim=0)
+                    prototype = sum(w * v for w, v in zip(weights, s_values, strict=True))
+                    distance += ((q_value - prototype) ** 2).sum()
+                logits[q, c] = -distance / len(q_keys)
+        per_cardinality.append(logits)
+    return sum(per_cardinality) / len(per_cardinality)
+
+
+def test_trx_agrees_with_loop_reference() -> None:
+    model = make_trx()
+    support, labels, query = make_episode()
+    with torch.no_grad():
+        logits = model(support, labels, query)
+        expected = reference_trx(model, support, labels, query)
+    assert logits.shape == (5, 3)
+    relative = (logits - expected).abs().max() / expected.abs().max()
+    assert relative < 1e-9, f"relative error {relative:.2e}"
+
+
+def test_trx_tuples_and_positional_encoding() -> None:
+    model = make_trx()
+    assert [len(head.tuples) for head in model.heads] == [6, 4]  # C(4, 2), C(4, 3)
+    assert model.heads[1].tuples[0].tolist() == [0, 1, 2]
+    encoding = model.positional.encoding
+    assert encoding.shape == (FRAMES, DIM)
+    assert torch.allclose(encoding[0, 1::2], torch.full((DIM // 2,), 0.1).double())  # 0.1·cos(0)
+    assert torch.allclose(encoding[1, 0], torch.tensor(0.1 * math.sin(1.0)).double())
+
+
+def test_trx_shot_order_and_relabelling() -> None:
+    model = make_trx()
+    support, labels, query = make_episode()
+    shuffle = torch.randperm(len(labels), generator=torch.Generator().manual_seed(4))
+    relabel = torch.tensor([1, 2, 0])
+    with torch.no_grad():
+        before = model(support, labels, query)
+        shuffled = model(support[shuffle], labels[shuffle], query)
+        relabelled = model(support, relabel[labels], query)
+    torch.testing.assert_close(shuffled, before, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(relabelled[:, relabel], before, rtol=1e-12, atol=1e-12)
+
+
+def test_trx_embed_once_then_match_equals_forward() -> None:
+    model = make_trx()
+    support, labels, query = make_episode()
+    pool = torch.cat([query, support])
+    with torch.no_grad():
+        embedded = model.embed(pool)
+        assert isinstance(embedded, TRXEmbedding) and len(embedded) == 11
+        direct = model(support, labels, query)
+        indexed = model.match(embedded[torch.arange(5, 11)], labels, embedded[:5])
+    torch.testing.assert_close(indexed, direct, rtol=1e-12, atol=1e-12)
+
+
+def test_trx_gradients_reach_every_parameter() -> None:
+    torch.manual_seed(0)
+    model = TRX(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K)  # train mode: dropout on
+    support, labels, query = make_episode()
+    support, query = support.float(), query.float()
+    targets = torch.arange(len(query)) % 3
+    torch.nn.functional.cross_entropy(model(support, labels, query), targets).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None, f"{name} got no gradient"
+        assert parameter.grad.abs().sum() > 0, f"{name} got a zero gradient"
+
+
+def test_trx_config_rebuilds_and_rejects_too_few_frames() -> None:
+    model = TRX(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K, cardinalities=(2,))
+    rebuilt = MODELS["trx"](**model.config())
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.config() == model.config()
+    with pytest.raises(ValueError, match="T >= 3"):
+        TRX(dim=DIM, frames=2, grid=GRID, d_k=D_K)
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_every_model_is_built_and_called_the_same_way(kind: str) -> None:
+    model = MODELS[kind](dim=DIM, frames=FRAMES, grid=GRID).eval()
+    support, labels, query = make_episode()
+    support, query = support.float(), query.float()
+    with torch.no_grad():
+        logits = model(support, labels, query)
+    assert logits.shape == (5, 3) and torch.isfinite(logits).all()
