@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -36,3 +38,352 @@ def encode_video(path: Path, frames: np.ndarray, *, fps: int = 12) -> Path:
             container.mux(packet)
     partial.replace(path)
     return path
+
+
+# ---- a synthetic few-shot action dataset: only the motion defines the class ----
+#
+# Every video shows one object (random shape, colour, size and position) moving in the way its
+# class prescribes, over a random textured background with a static distractor shape. Support and
+# query videos of a class therefore share nothing but the motion: where the object sits, what it
+# looks like and what else is in the frame all differ, which is the spatial misalignment SA-CT is
+# built for. Coordinates are fractions of the frame side; y grows downwards.
+
+SHAPES = ("circle", "square", "diamond", "triangle", "cross", "ring")
+# Shapes whose rotation changes the picture; rotating classes draw only these.
+ORIENTED_SHAPES = ("square", "triangle", "cross")
+
+OBJECT_RADIUS = 0.11  # of the frame side
+DISTRACTOR_RADIUS = 0.07
+MARGIN = 0.14  # the object's centre stays this far from the frame's border
+SLIDE = 0.45  # distance travelled by sliding classes
+TURN = np.pi / 2  # rotation over a whole video
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Per-frame pose of the moving object; offsets are relative to a random anchor."""
+
+    dx: np.ndarray  # (F,)
+    dy: np.ndarray  # (F,)
+    angle: np.ndarray  # (F,) radians, counter-clockwise on screen
+    scale: np.ndarray  # (F,) multiplies the object's radius
+    visible: np.ndarray  # (F,) bool
+
+
+def _triangle_wave(phase: np.ndarray) -> np.ndarray:
+    """1 at whole cycles, -1 at half cycles, linear in between."""
+    return 1.0 - 4.0 * np.abs(phase - np.floor(phase + 0.5))
+
+
+def _pose(
+    t: np.ndarray,
+    *,
+    dx: np.ndarray | float = 0.0,
+    dy: np.ndarray | float = 0.0,
+    angle: np.ndarray | float = 0.0,
+    scale: np.ndarray | float = 1.0,
+    visible: np.ndarray | bool = True,
+) -> Trajectory:
+    def full(value, dtype=np.float64):
+        return np.broadcast_to(np.asarray(value, dtype=dtype), t.shape).copy()
+
+    return Trajectory(full(dx), full(dy), full(angle), full(scale), full(visible, dtype=bool))
+
+
+def _slide(degrees: float) -> MotionFn:
+    def motion(t: np.ndarray, rng: np.random.Generator) -> Trajectory:
+        distance = SLIDE * rng.uniform(0.8, 1.1) * t
+        direction = np.deg2rad(degrees)
+        return _pose(t, dx=distance * np.cos(direction), dy=-distance * np.sin(direction))
+
+    return motion
+
+
+def _rotate(sign: float) -> MotionFn:
+    def motion(t: np.ndarray, rng: np.random.Generator) -> Trajectory:
+        return _pose(t, angle=sign * TURN * rng.uniform(0.8, 1.2) * t)
+
+    return motion
+
+
+def _resize(start: float, end: float) -> MotionFn:
+    def motion(t: np.ndarray, rng: np.random.Generator) -> Trajectory:
+        return _pose(t, scale=start + (end - start) * t)
+
+    return motion
+
+
+def _pulse(t: np.ndarray, rng: np.random.Generator) -> Trajectory:
+    return _pose(t, scale=1.0 + 0.45 * _triangle_wave(2.0 * t))
+
+
+def _bounce(axis: str) -> MotionFn:
+    def motion(t: np.ndarray, rng: np.random.Generator) -> Trajectory:
+        offset = 0.2 * rng.uniform(0.85, 1.15) * _triangle_wave(2.0 * t)
+        return _pose(t, **{axis: offset})
+
+    return motion
+
+
+def _zigzag(axis: str) -> MotionFn:
+    across = {"dx": "dy", "dy": "dx"}[axis]
+
+    def motion(t: np.ndarray, rng: np.random.Generator) -> Trajectory:
+        along = SLIDE * rng.uniform(0.8, 1.1) * t
+        wiggle = 0.12 * _triangle_wave(2.0 * t + 0.25)
+        return _pose(t, **{axis: along, across: wiggle})
+
+    return motion
+
+
+def _circle(sign: float) -> MotionFn:
+    def motion(t: np.ndarray, rng: np.random.Generator) -> Trajectory:
+        radius = 0.2 * rng.uniform(0.85, 1.15)
+        phase = rng.uniform(0.0, 2.0 * np.pi) + sign * 2.0 * np.pi * t
+        return _pose(t, dx=radius * np.cos(phase), dy=-radius * np.sin(phase))
+
+    return motion
+
+
+def _appear(t: np.ndarray, rng: np.random.Generator) -> Trajectory:
+    return _pose(t, visible=t >= rng.uniform(0.35, 0.6))
+
+
+def _disappear(t: np.ndarray, rng: np.random.Generator) -> Trajectory:
+    return _pose(t, visible=t < rng.uniform(0.4, 0.65))
+
+
+def _blink(t: np.ndarray, rng: np.random.Generator) -> Trajectory:
+    return _pose(t, visible=np.floor(4.0 * t) % 2 == 0)
+
+
+def _fall(sign: float) -> MotionFn:
+    def motion(t: np.ndarray, rng: np.random.Generator) -> Trajectory:
+        return _pose(t, dy=sign * 0.5 * rng.uniform(0.85, 1.1) * t**2)
+
+    return motion
+
+
+def _jitter(t: np.ndarray, rng: np.random.Generator) -> Trajectory:
+    return _pose(t, dx=rng.normal(0.0, 0.04, t.shape), dy=rng.normal(0.0, 0.04, t.shape))
+
+
+def _static(t: np.ndarray, rng: np.random.Generator) -> Trajectory:
+    return _pose(t)
+
+
+MotionFn = Callable[[np.ndarray, np.random.Generator], Trajectory]
+
+
+@dataclass(frozen=True)
+class ActionClass:
+    name: str
+    part: str  # "train", "val" or "test"
+    motion: MotionFn
+    oriented: bool = False  # draw only shapes whose rotation shows
+
+
+# Classes are grouped into disjoint parts so that every test motion has relatives among the training
+# ones (another direction, the opposite rotation, the reverse size change) but never itself.
+ACTION_CLASSES = (
+    ActionClass("slide-right", "train", _slide(0)),
+    ActionClass("slide-up", "train", _slide(90)),
+    ActionClass("slide-down-right", "train", _slide(-45)),
+    ActionClass("slide-up-left", "train", _slide(135)),
+    ActionClass("rotate-cw", "train", _rotate(-1.0), oriented=True),
+    ActionClass("grow", "train", _resize(0.55, 1.5)),
+    ActionClass("pulse", "train", _pulse),
+    ActionClass("bounce-horizontal", "train", _bounce("dx")),
+    ActionClass("zigzag-right", "train", _zigzag("dx")),
+    ActionClass("circle-cw", "train", _circle(-1.0)),
+    ActionClass("appear", "train", _appear),
+    ActionClass("blink", "train", _blink),
+    ActionClass("fall", "train", _fall(1.0)),
+    ActionClass("static", "train", _static),
+    ActionClass("slide-down", "val", _slide(-90)),
+    ActionClass("slide-up-right", "val", _slide(45)),
+    ActionClass("bounce-vertical", "val", _bounce("dy")),
+    ActionClass("disappear", "val", _disappear),
+    ActionClass("rise", "val", _fall(-1.0)),
+    ActionClass("slide-left", "test", _slide(180)),
+    ActionClass("slide-down-left", "test", _slide(-135)),
+    ActionClass("rotate-ccw", "test", _rotate(1.0), oriented=True),
+    ActionClass("shrink", "test", _resize(1.5, 0.55)),
+    ActionClass("zigzag-down", "test", _zigzag("dy")),
+    ActionClass("circle-ccw", "test", _circle(1.0)),
+    ActionClass("jitter", "test", _jitter),
+)
+
+
+def _shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """A distance in the object's own frame that is 1 on the shape's outline, < 1 inside."""
+    if shape == "circle":
+        return np.hypot(u, v)
+    if shape == "square":
+        return np.maximum(np.abs(u), np.abs(v)) * 1.15
+    if shape == "diamond":
+        return np.abs(u) + np.abs(v)
+    if shape == "ring":
+        return np.abs(np.hypot(u, v) - 0.7) / 0.3
+    if shape == "cross":
+        bar = 0.38
+        return np.minimum(
+            np.maximum(np.abs(u), np.abs(v) / bar), np.maximum(np.abs(u) / bar, np.abs(v))
+        )
+    if shape == "triangle":  # equilateral, circumradius 1, one vertex pointing up at angle 0
+        normals = np.deg2rad([90.0, 210.0, 330.0]) + np.pi
+        sides = [np.cos(a) * u + np.sin(a) * v for a in normals]
+        return np.maximum.reduce(sides) / 0.5
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _paint(
+    canvas: np.ndarray,
+    *,
+    shape: str,
+    colour: np.ndarray,
+    centre: tuple[float, float],
+    radius: float,
+    angle: float,
+) -> None:
+    """Draw one anti-aliased shape onto ``canvas`` (H, W, 3) float, in place."""
+    size = canvas.shape[0]
+    coords = (np.arange(size) + 0.5) / size  # pixel centres, as fractions of the side
+    x = (coords[None, :] - centre[0]) / radius  # (1, W)
+    y = (centre[1] - coords[:, None]) / radius  # (H, 1), up is positive in the object frame
+    cos, sin = np.cos(angle), np.sin(angle)
+    u, v = cos * x + sin * y, -sin * x + cos * y  # (H, W) each: rotate by -angle
+    distance = _shape_distance(shape, u, v)
+    coverage = np.clip((1.0 - distance) * radius * size + 0.5, 0.0, 1.0)[..., None]  # (H, W, 1)
+    canvas *= 1.0 - coverage
+    canvas += coverage * colour
+
+
+def _background(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A dim, smoothly shaded random background (H, W, 3) float and its mean colour."""
+    base = rng.uniform(10.0, 90.0, size=3)
+    coords = np.linspace(0.0, 1.0, size)
+    gx, gy = rng.uniform(-25.0, 25.0, size=(2, 3))
+    shade = coords[None, :, None] * gx + coords[:, None, None] * gy  # (H, W, 3)
+    return np.clip(base + shade, 0.0, 255.0), base
+
+
+def _bright_colour(rng: np.random.Generator) -> np.ndarray:
+    """A saturated colour that stands out against the dim backgrounds."""
+    colour = rng.uniform(0.0, 120.0, size=3)
+    colour[rng.integers(3)] = rng.uniform(200.0, 255.0)
+    colour[rng.integers(3)] = max(colour.max(), rng.uniform(150.0, 255.0))
+    return colour
+
+
+def render_action(
+    action: ActionClass, *, frames: int, size: int, distractors: int, rng: np.random.Generator
+) -> np.ndarray:
+    """One video of ``action`` as (F, size, size, 3) uint8 RGB; every draw comes from ``rng``."""
+    t = np.linspace(0.0, 1.0, frames)
+    pose = action.motion(t, rng)
+    shape = str(rng.choice(ORIENTED_SHAPES if action.oriented else SHAPES))
+    colour = _bright_colour(rng)
+    radius = OBJECT_RADIUS * rng.uniform(0.85, 1.15)
+    start_angle = rng.uniform(0.0, 2.0 * np.pi)
+    # a random anchor such that the whole path stays inside the frame
+    low_x, high_x = MARGIN - pose.dx.min(), 1.0 - MARGIN - pose.dx.max()
+    low_y, high_y = MARGIN - pose.dy.min(), 1.0 - MARGIN - pose.dy.max()
+    anchor = (rng.uniform(low_x, max(low_x, high_x)), rng.uniform(low_y, max(low_y, high_y)))
+
+    background, _ = _background(size, rng)
+    for _ in range(distractors):
+        _paint(
+            background,
+            shape=str(rng.choice(SHAPES)),
+            colour=_bright_colour(rng) * 0.6,
+            centre=(rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9)),
+            radius=DISTRACTOR_RADIUS * rng.uniform(0.8, 1.2),
+            angle=rng.uniform(0.0, 2.0 * np.pi),
+        )
+    video = np.empty((frames, size, size, 3), dtype=np.uint8)
+    noise = rng.normal(0.0, 3.0, size=video.shape)
+    for index in range(frames):
+        canvas = background.copy()
+        if pose.visible[index]:
+            _paint(
+                canvas,
+                shape=shape,
+                colour=colour,
+                centre=(anchor[0] + pose.dx[index], anchor[1] + pose.dy[index]),
+                radius=radius * pose.scale[index],
+                angle=start_angle + pose.angle[index],
+            )
+        video[index] = np.clip(canvas + noise[index], 0.0, 255.0).astype(np.uint8)
+    return video
+
+
+@dataclass(frozen=True)
+class SyntheticDatasetConfig:
+    """A synthetic few-shot action dataset; the same config always gives the same pixels."""
+
+    root: Path
+    videos_per_class: int = 20
+    frames: int = 16
+    size: int = 112
+    distractors: int = 1
+    suffix: str = ".mp4"
+    seed: int = 0
+    classes: tuple[str, ...] = tuple(action.name for action in ACTION_CLASSES)
+
+
+@dataclass(frozen=True)
+class SyntheticDataset:
+    videos: Path  # <videos>/<class>/<video id><suffix>
+    splits: Path  # holds trainlist.txt, vallist.txt, testlist.txt
+    parts: dict[str, list[str]]  # part -> "class/video_id" lines
+
+
+def synthetic_video_ids(config: SyntheticDatasetConfig) -> list[tuple[ActionClass, str]]:
+    by_name = {action.name: action for action in ACTION_CLASSES}
+    unknown = [name for name in config.classes if name not in by_name]
+    if unknown:
+        raise ValueError(f"unknown synthetic classes {unknown}; known: {', '.join(by_name)}")
+    return [
+        (by_name[name], f"{name}-{index:03d}")
+        for name in config.classes
+        for index in range(config.videos_per_class)
+    ]
+
+
+def make_synthetic_dataset(
+    config: SyntheticDatasetConfig, *, on_video: Callable[[str], None] | None = None
+) -> SyntheticDataset:
+    """Write the dataset's videos and split lists under ``config.root``.
+
+    Each video draws from its own generator, seeded by (seed, class, index), so a run that was
+    killed and started again skips the videos already written and produces the same dataset.
+    """
+    if config.videos_per_class < 1 or config.frames < 2 or config.size < 16 or config.size % 2:
+        raise ValueError("need videos_per_class >= 1, frames >= 2 and an even size >= 16")
+    videos = config.root / "videos"
+    parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    class_index = {action.name: index for index, action in enumerate(ACTION_CLASSES)}
+    for action, video_id in synthetic_video_ids(config):
+        path = videos / action.name / f"{video_id}{config.suffix}"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            video_index = int(video_id.rsplit("-", 1)[1])
+            rng = np.random.default_rng([config.seed, class_index[action.name], video_index])
+            frames = render_action(
+                action,
+                frames=config.frames,
+                size=config.size,
+                distractors=config.distractors,
+                rng=rng,
+            )
+            encode_video(path, frames)
+        parts[action.part].append(f"{action.name}/{video_id}")
+        if on_video is not None:
+            on_video(video_id)
+    for part, lines in parts.items():
+        list_file = config.root / f"{part}list.txt"
+        partial = list_file.with_name(f".{list_file.name}.partial")
+        partial.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+        partial.replace(list_file)
+    return SyntheticDataset(videos=videos, splits=config.root, parts=parts)
