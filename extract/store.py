@@ -58,27 +58,66 @@ class ShardResult:
     errors: list[str]  # "" where the video succeeded
 
 
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
 def is_url(location: str) -> bool:
     return "://" in location
 
 
-def open_root(location: str, *, mode: Literal["r", "a"]) -> zarr.Group:
-    """Open (or, with mode "a", create) the store's root group at a local path or fsspec URL."""
-    store: Any
-    read_only = mode == "r"
+def is_hdf5(location: str) -> bool:
+    """HDF5 files are read-only interchange copies of a store (``sact export``)."""
+    return location.lower().endswith(HDF5_SUFFIXES)
+
+
+def _zarr_store(location: str, *, read_only: bool) -> Any:
+    """zarr's own store for a local path, a ``file://`` URL, or any fsspec URL (``s3://``, ...).
+
+    Credentials and endpoint come from the usual environment and config files of the filesystem
+    (for S3: ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``,
+    ``AWS_PROFILE``, ``~/.aws/config``), read by botocore itself.
+    """
     if is_url(location) and not location.startswith("file://"):
         try:
-            store = zarr.storage.FsspecStore.from_url(location, read_only=read_only)
-        except (ImportError, ValueError) as error:
+            return zarr.storage.FsspecStore.from_url(location, read_only=read_only)
+        except ImportError as error:
+            raise FeatureStoreError(
+                f"cannot open store {location}: {error} (install the extra: pip install 'sact[s3]')"
+            ) from error
+        except ValueError as error:
             raise FeatureStoreError(f"cannot open store {location}: {error}") from error
-    else:
-        store = zarr.storage.LocalStore(location.removeprefix("file://"), read_only=read_only)
+    return zarr.storage.LocalStore(location.removeprefix("file://"), read_only=read_only)
+
+
+def open_root(location: str, *, mode: Literal["r", "a"]) -> zarr.Group:
+    """Open (or, with mode "a", create) the store's root group at a local path or fsspec URL.
+
+    With mode "r" nothing is ever written, so a store whose files are read-only, or a bucket the
+    reader may only GET from, works for reading.
+    """
+    if is_hdf5(location):
+        raise FeatureStoreError(
+            f"{location} is an HDF5 copy of a store: it is read-only; extract into a .zarr store"
+            if mode == "a"
+            else f"{location} is an HDF5 file, not a zarr store"
+        )
+    read_only = mode == "r"
+    store = _zarr_store(location, read_only=read_only)
     try:
         root = zarr.open_group(store=store, mode="r" if read_only else "a")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
         raise FeatureStoreError(f"no feature store at {location}") from error
     except zarr.errors.ContainsArrayError as error:
         raise FeatureStoreError(f"{location} holds a zarr array, not a feature store") from error
+    except PermissionError as error:
+        raise FeatureStoreError(f"no permission to open store {location}: {error}") from error
+    except OSError as error:  # object storage: bad bucket, endpoint or credentials
+        raise FeatureStoreError(f"cannot open store {location}: {error}") from error
+    except Exception as error:
+        # botocore raises its own types (e.g. NoCredentialsError) that are not OSError.
+        if type(error).__module__.startswith(("botocore", "aiobotocore")):
+            raise FeatureStoreError(f"cannot open store {location}: {error}") from error
+        raise
     sact_attrs = root.attrs.get("sact")
     if sact_attrs is None:
         if read_only or len(list(root.keys())) > 0:
@@ -93,7 +132,17 @@ def open_root(location: str, *, mode: Literal["r", "a"]) -> zarr.Group:
 
 
 def feature_set_names(root: zarr.Group) -> list[str]:
-    return sorted(name for name, _ in root.groups())
+    # The name rule keeps out the claims folder (.sact-claims) and anything else not ours.
+    return sorted(name for name, _ in root.groups() if FEATURE_SET_NAME.match(name))
+
+
+def list_feature_sets(location: str) -> list[str]:
+    """Names of the feature sets in a store: a zarr store (path or URL) or an HDF5 copy."""
+    if is_hdf5(location):
+        from extract.hdf5 import hdf5_feature_set_names
+
+        return hdf5_feature_set_names(location)
+    return feature_set_names(open_root(location, mode="r"))
 
 
 def check_feature_set_name(name: str) -> str:
@@ -106,7 +155,25 @@ def check_feature_set_name(name: str) -> str:
 
 
 def _text(values: np.ndarray) -> list[str]:
-    return [str(value) for value in values]
+    return [str(value.decode() if isinstance(value, bytes) else value) for value in values]
+
+
+def gather_rows(array: Any, indices: Sequence[int] | np.ndarray, *, dtype: Any) -> np.ndarray:
+    """``array[indices]`` along the first axis, in the given order, for a zarr array or an h5py
+    dataset: contiguous runs of sorted indices become one slice read each, far fewer requests
+    (and far fewer chunk decodes) than a fancy index."""
+    indices = np.asarray(indices, dtype=np.int64)
+    out = np.empty((indices.size, *array.shape[1:]), dtype=dtype)
+    if indices.size == 0:
+        return out
+    order = np.argsort(indices, kind="stable")
+    sorted_indices = indices[order]
+    run_starts = np.flatnonzero(np.diff(sorted_indices, prepend=-2) != 1)
+    run_ends = np.append(run_starts[1:], sorted_indices.size)
+    for start, end in zip(run_starts, run_ends, strict=True):
+        block = array[int(sorted_indices[start]) : int(sorted_indices[end - 1]) + 1]
+        out[order[start:end]] = block
+    return out
 
 
 class FeatureSet:
@@ -116,20 +183,26 @@ class FeatureSet:
         attrs = group.attrs.get("sact")
         if attrs is None or FEATURES not in group:
             raise FeatureStoreError(f"{group.name} is not a sact feature set")
+        self._load(group, dict(attrs), name=group.basename, location=location)
+
+    def _load(self, group: Any, attrs: dict[str, Any], *, name: str, location: str) -> None:
+        """Read the small per-video arrays; ``group`` maps array names to zarr arrays or h5py
+        datasets (both slice the same way)."""
         self.group = group
         self.location = location
-        self.name = group.basename
-        self.attrs: dict[str, Any] = dict(attrs)
-        self.features: zarr.Array = group[FEATURES]  # type: ignore[assignment]
+        self.name = name
+        self.attrs: dict[str, Any] = attrs
+        self.features: Any = group[FEATURES]  # zarr.Array, or h5py.Dataset for an HDF5 copy
         count, self.frames, self.patches, self.dim = self.features.shape
         self.grid: tuple[int, int] = tuple(self.attrs["grid"])  # type: ignore[assignment]
-        self.shard_size: int = int(self.features.shards[0])  # type: ignore[index]
+        self.shard_size: int = int(self.attrs["shard_size"])
         self.video_ids = _text(group["video_id"][:])
         self.paths = _text(group["path"][:])
         self.labels = _text(group["label"][:])
         self.errors = _text(group["error"][:])
         self.done: np.ndarray = np.asarray(group["done"][:], dtype=bool)
         self.num_frames: np.ndarray = np.asarray(group["num_frames"][:], dtype=np.int64)
+        self.frame_index: np.ndarray = np.asarray(group["frame_index"][:], dtype=np.int64)
         if len(self.video_ids) != count:
             raise FeatureStoreError(f"feature set {self.name} is inconsistent: arrays differ in N")
 
@@ -146,22 +219,10 @@ class FeatureSet:
 
     def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Features of the given videos, in the given order: (n, T, P, D) float16."""
-        indices = np.asarray(indices, dtype=np.int64)
-        if indices.size == 0:
-            return np.zeros((0, self.frames, self.patches, self.dim), dtype=np.float16)
-        order = np.argsort(indices, kind="stable")
-        sorted_indices = indices[order]
-        out = np.empty((indices.size, self.frames, self.patches, self.dim), dtype=np.float16)
-        # Contiguous runs become one slice read each: far fewer requests than a fancy index.
-        run_starts = np.flatnonzero(np.diff(sorted_indices, prepend=-2) != 1)
-        run_ends = np.append(run_starts[1:], sorted_indices.size)
-        for start, end in zip(run_starts, run_ends, strict=True):
-            block = self.features[int(sorted_indices[start]) : int(sorted_indices[end - 1]) + 1]
-            out[order[start:end]] = block
-        return out
+        return gather_rows(self.features, indices, dtype=np.float16)
 
     def read_frame_index(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        return np.asarray(self.group["frame_index"].oindex[np.asarray(indices)], dtype=np.int64)
+        return self.frame_index[np.asarray(indices, dtype=np.int64)]
 
     def shard_bounds(self, shard: int) -> tuple[int, int]:
         start = shard * self.shard_size
@@ -181,9 +242,22 @@ class FeatureSet:
 
 
 def open_feature_set(location: str, name: str | None = None) -> FeatureSet:
-    """Open a feature set read-only; ``name`` may be omitted when the store holds exactly one."""
+    """Open a feature set read-only; ``name`` may be omitted when the store holds exactly one.
+
+    ``location`` is a zarr store (local path or fsspec URL such as ``s3://bucket/feats.zarr``) or
+    an HDF5 copy made by ``sact export`` (``.h5``).
+    """
+    if is_hdf5(location):
+        from extract.hdf5 import open_hdf5_feature_set
+
+        return open_hdf5_feature_set(location, name)
     root = open_root(location, mode="r")
-    names = feature_set_names(root)
+    name = choose_feature_set(location, feature_set_names(root), name)
+    return FeatureSet(root[name], location=location)  # type: ignore[arg-type]
+
+
+def choose_feature_set(location: str, names: Sequence[str], name: str | None) -> str:
+    """The feature set asked for, or the only one; a clear error naming the choices otherwise."""
     if not names:
         raise FeatureStoreError(f"store {location} holds no feature set yet")
     if name is None:
@@ -192,12 +266,12 @@ def open_feature_set(location: str, name: str | None = None) -> FeatureSet:
                 f"store {location} holds several feature sets, pick one with --feature-set: "
                 + ", ".join(names)
             )
-        name = names[0]
+        return names[0]
     if name not in names:
         raise FeatureStoreError(
             f"store {location} has no feature set {name!r}; it has: " + ", ".join(names)
         )
-    return FeatureSet(root[name], location=location)  # type: ignore[arg-type]
+    return name
 
 
 def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -359,18 +433,35 @@ class FeatureSetWriter:
         return [VideoRecord(*fields) for fields in zip(ids, paths, labels, strict=True)]
 
     def write_shard(self, shard: int, result: ShardResult) -> None:
-        """Write one shard's arrays, each in one call, then its commit markers."""
+        """Write one shard's arrays, each in one call, then its commit markers.
+
+        Videos of the shard that are already done without an error keep their stored values
+        bitwise (a partly filled last shard that grew, or a shard redone for one failed video):
+        their stored rows replace the recomputed ones before the write.
+        """
         start, end = self.shard_bounds(shard)
         count = end - start
         if result.features.shape[0] != count or len(result.errors) != count:
             raise ValueError(f"shard {shard} holds {count} videos, got {result.features.shape[0]}")
-        # A shard being redone (a failed video retried) is first marked not done, so a kill in
-        # the middle of the rewrite leaves it pending rather than done with mixed contents.
         done = self.group["done"]
-        if np.any(done[start:end]):
-            done[start:end] = np.zeros(count, dtype=bool)
-        self.features[start:end] = result.features.astype(np.float16, copy=False)
-        self.group["frame_index"][start:end] = result.frame_index.astype(np.int32, copy=False)
-        self.group["num_frames"][start:end] = result.num_frames.astype(np.int32, copy=False)
-        self.group["error"][start:end] = np.array(result.errors, dtype=object)
+        was_done = np.asarray(done[start:end], dtype=bool)
+        stored_errors = _text(self.group["error"][start:end])
+        keep = was_done & np.array([error == "" for error in stored_errors], dtype=bool)
+        features = result.features.astype(np.float16, copy=True)
+        frame_index = result.frame_index.astype(np.int32, copy=True)
+        num_frames = result.num_frames.astype(np.int32, copy=True)
+        errors = np.array(result.errors, dtype=object)
+        if keep.any():
+            features[keep] = self.features[start:end][keep]
+            frame_index[keep] = self.group["frame_index"][start:end][keep]
+            num_frames[keep] = self.group["num_frames"][start:end][keep]
+            errors[keep] = ""
+        # Videos being redone are first marked not done, so a kill in the middle of the rewrite
+        # leaves them pending rather than done with mixed contents.
+        if np.any(was_done & ~keep):
+            done[start:end] = keep
+        self.features[start:end] = features
+        self.group["frame_index"][start:end] = frame_index
+        self.group["num_frames"][start:end] = num_frames
+        self.group["error"][start:end] = errors
         done[start:end] = np.ones(count, dtype=bool)

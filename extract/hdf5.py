@@ -1,0 +1,200 @@
+"""HDF5 interchange: a store's feature sets as one ``.h5`` file, and a reader for it.
+
+``sact export feats.zarr --to feats.h5`` writes the same arrays under the same names, with the same
+attributes (JSON text, since HDF5 attributes hold no nested mappings), ``features`` chunked one
+video per chunk like the zarr store. ``open_feature_set("feats.h5")`` reads it back as a
+``FeatureSet``, so ``sact train``, ``evaluate`` and ``info`` take an HDF5 file wherever they take a
+store. An HDF5 copy is read-only for sact: extraction always writes zarr.
+
+    feats.h5                 attrs sact = '{"format": 1}'
+      <feature-set>/         attrs sact = the feature set's attrs as JSON
+        features (N, T, P, D) float16, chunk (1, T, P, D)
+        frame_index, num_frames, done, video_id, path, label, error: as in the zarr store
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from extract.store import (
+    FEATURES,
+    FORMAT_VERSION,
+    PER_VIDEO_ARRAYS,
+    FeatureSet,
+    FeatureStoreError,
+    choose_feature_set,
+    feature_set_names,
+    open_root,
+)
+
+STRING_ARRAYS = ("video_id", "path", "label", "error")
+DIMENSION_NAMES = {
+    FEATURES: ["video", "frame", "patch", "channel"],
+    "frame_index": ["video", "frame"],
+}
+
+
+def _file_attrs(handle: h5py.File | h5py.Group) -> dict[str, Any] | None:
+    text = handle.attrs.get("sact")
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _open_file(path: str) -> h5py.File:
+    try:
+        handle = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise FeatureStoreError(f"no HDF5 file at {path}") from None
+    except OSError as error:
+        raise FeatureStoreError(f"cannot read {path} as HDF5: {error}") from None
+    attrs = _file_attrs(handle)
+    if attrs is None or attrs.get("format") != FORMAT_VERSION:
+        handle.close()
+        raise FeatureStoreError(
+            f"{path} is not a sact feature store in HDF5 (format {FORMAT_VERSION}); "
+            "make one with sact export"
+        )
+    return handle
+
+
+def _names_in(handle: h5py.File) -> list[str]:
+    return sorted(name for name, item in handle.items() if isinstance(item, h5py.Group))
+
+
+def hdf5_feature_set_names(path: str) -> list[str]:
+    with _open_file(path) as handle:
+        return _names_in(handle)
+
+
+class HDF5FeatureSet(FeatureSet):
+    """A feature set read from an HDF5 copy; the same reading API as the zarr one.
+
+    The file is opened read-only, and reopened in a child process (an HDF5 handle must not cross
+    a fork, e.g. into a data-loader worker).
+    """
+
+    def __init__(self, path: str, name: str) -> None:
+        self.path = path
+        self._handle = _open_file(path)
+        self._pid = os.getpid()
+        group = self._handle[name]
+        attrs = _file_attrs(group)
+        if not isinstance(group, h5py.Group) or attrs is None or FEATURES not in group:
+            raise FeatureStoreError(f"{name} in {path} is not a sact feature set")
+        self._load(group, attrs, name=name, location=path)
+
+    def read(self, indices: Any) -> np.ndarray:
+        if os.getpid() != self._pid:
+            self._handle = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+            self.group = self._handle[self.name]
+            self.features = self.group[FEATURES]
+        return super().read(indices)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def open_hdf5_feature_set(path: str, name: str | None = None) -> HDF5FeatureSet:
+    chosen = choose_feature_set(path, hdf5_feature_set_names(path), name)
+    return HDF5FeatureSet(path, chosen)
+
+
+def _create_dataset(group: h5py.Group, name: str, values: Any, *, chunks: tuple[int, ...]) -> Any:
+    shape = values.shape
+    if name in STRING_ARRAYS:
+        dtype: Any = h5py.string_dtype("utf-8")
+    else:
+        dtype = values.dtype
+    dataset = group.create_dataset(
+        name,
+        shape=shape,
+        maxshape=(None, *shape[1:]),  # so a chunk may be longer than an empty or short array
+        dtype=dtype,
+        chunks=chunks,
+    )
+    dataset.attrs["dimension_names"] = json.dumps(DIMENSION_NAMES.get(name, ["video"]))
+    return dataset
+
+
+def export_hdf5(
+    source: str,
+    destination: Path,
+    *,
+    feature_sets: list[str] | None = None,
+    overwrite: bool = False,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Copy the store's feature sets (all of them, or those named) into one HDF5 file.
+
+    The file is written beside its final name and renamed when complete, so a killed export never
+    leaves a partial ``.h5`` that looks whole. Returns a summary (one entry per feature set).
+    """
+    if destination.suffix.lower() not in (".h5", ".hdf5"):
+        raise FeatureStoreError(f"--to {destination} must end in .h5 or .hdf5")
+    if destination.exists() and not overwrite:
+        raise FeatureStoreError(f"{destination} exists; pass --overwrite to replace it")
+    root = open_root(source, mode="r")
+    available = feature_set_names(root)
+    names = feature_sets or available
+    for name in names:
+        choose_feature_set(source, available, name)
+    if not names:
+        raise FeatureStoreError(f"store {source} holds no feature set to export")
+    partial = destination.with_name(f".{destination.name}.partial")
+    summary: dict[str, Any] = {"source": source, "destination": str(destination), "sets": {}}
+    progress = Progress(
+        TextColumn("[bold]export[/] {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} videos"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    try:
+        with h5py.File(partial, "w") as handle, progress:
+            handle.attrs["sact"] = json.dumps(dict(root.attrs["sact"]))
+            for name in names:
+                summary["sets"][name] = _export_feature_set(
+                    FeatureSet(root[name], location=source),
+                    handle,
+                    progress,  # type: ignore[arg-type]
+                )
+        partial.replace(destination)
+    finally:
+        partial.unlink(missing_ok=True)
+    return summary
+
+
+def _export_feature_set(feature_set: FeatureSet, handle: h5py.File, progress: Progress) -> dict:
+    group = handle.create_group(feature_set.name)
+    group.attrs["sact"] = json.dumps(feature_set.attrs)
+    count = len(feature_set)
+    source = feature_set.group
+    row_chunk = max(1, min(feature_set.shard_size, count))
+    for name in PER_VIDEO_ARRAYS:
+        values = np.asarray(source[name][:])
+        if name in STRING_ARRAYS:
+            values = values.astype(object)
+        _create_dataset(group, name, values, chunks=(row_chunk, *values.shape[1:]))[...] = values
+    shape = feature_set.features.shape
+    features = _create_dataset(group, FEATURES, feature_set.features, chunks=(1, *shape[1:]))
+    task = progress.add_task(feature_set.name, total=count)
+    # One store shard at a time: bounded memory, and each shard file is read once.
+    for shard in range(feature_set.num_shards()):
+        start, end = feature_set.shard_bounds(shard)
+        features[start:end] = feature_set.features[start:end]
+        progress.advance(task, end - start)
+    return feature_set.counts()

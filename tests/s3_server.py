@@ -1,0 +1,83 @@
+"""A real S3-compatible server for the tests: moto's server mode in its own process on 127.0.0.1.
+
+The tests talk to it over HTTP through s3fs and botocore exactly as they would talk to AWS or MinIO;
+only the endpoint (``AWS_ENDPOINT_URL``) and dummy credentials come from the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+STARTUP_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def s3_environment(endpoint: str) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "sact-test",
+        "AWS_SECRET_ACCESS_KEY": "sact-test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """Start ``python -m moto.server`` and point this process (and its children) at it."""
+    pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail("the moto S3 server did not start")
+            time.sleep(0.1)
+    endpoint = f"http://127.0.0.1:{port}"
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in s3_environment(endpoint).items():
+            patch.setenv(name, value)
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            patch.delenv(name, raising=False)
+        try:
+            yield endpoint
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+def make_bucket() -> str:
+    """A fresh, empty bucket on the server the environment points at: ``s3://<name>``."""
+    import s3fs
+
+    name = f"sact-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    assert os.environ["AWS_ENDPOINT_URL"] == s3_server
+    return make_bucket()
