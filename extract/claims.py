@@ -22,7 +22,8 @@ A topic's current claim is its highest generation. Taking a topic over (its hold
 is gone) means creating the next generation, never overwriting or deleting one, so two runs racing
 for a topic cannot both win. A claim is free when it was released, when its holder ran on this host
 and that process is gone (a killed run), or when its heartbeat is older than ``stale_after`` seconds
-(a killed run on another host). A holder refreshes its heartbeats from a background thread.
+(a killed run on another host, or a pid reused here). A holder refreshes its heartbeats from a
+background thread.
 """
 
 from __future__ import annotations
@@ -185,10 +186,9 @@ class ClaimBook:
         holder = claim.holder
         if holder.run == self.run.run:
             return False
-        if holder.host == self.run.host:
-            # Same host: the holder is gone if its process is, or if it is this very process (a
-            # previous run in it that ended without releasing, e.g. on an exception).
-            return holder.pid == self.run.pid or not process_is_alive(holder.pid)
+        if holder.host == self.run.host and not process_is_alive(holder.pid):
+            return True  # killed on this host: no need to wait for its heartbeat to go stale
+        # Any other host, or a reused pid here: a holder that stopped beating is gone.
         return self.clock() - claim.heartbeat > self.stale_after
 
     def holder_of(self, topic: str) -> RunInfo | None:

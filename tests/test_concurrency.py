@@ -1,0 +1,100 @@
+"""Concurrent writers: shard claims are atomic on a local directory and on a real S3 server, and a
+claim left behind by a killed run does not block forever."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import pytest
+from s3_server import make_bucket, s3_server  # noqa: F401  (fixtures)
+
+from extract.claims import ClaimBook, ClaimError, RunInfo, shard_topic
+from extract.store import open_root
+
+TOPICS = [shard_topic(shard) for shard in range(12)]
+
+
+@pytest.fixture(params=["local", "s3"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "s3":
+        request.getfixturevalue("s3_server")
+        return f"{make_bucket()}/feats.zarr"
+    return str(tmp_path / "feats.zarr")
+
+
+def book(location: str, run: RunInfo | None = None, **options: object) -> ClaimBook:
+    return ClaimBook(open_root(location, mode="a"), "tiny", run=run, **options)  # type: ignore[arg-type]
+
+
+def _claim_all(location: str, start_at: float) -> list[str]:
+    """One run in its own process: claim every topic it can, starting at the same instant."""
+    claims = book(location)
+    time.sleep(max(0.0, start_at - time.time()))
+    return [topic for topic in TOPICS if claims.try_claim(topic)]
+
+
+def test_racing_runs_never_claim_the_same_shard(location: str) -> None:
+    open_root(location, mode="a")
+    start_at = time.time() + 1.5  # after both processes have imported and opened the store
+    with ProcessPoolExecutor(2, mp_context=get_context("spawn")) as pool:
+        won = list(pool.map(_claim_all, [location] * 2, [start_at] * 2))
+    assert sorted(won[0] + won[1]) == TOPICS  # every shard claimed once, by exactly one run
+
+
+def test_a_live_holder_blocks_and_is_named(location: str) -> None:
+    first = book(location)
+    second = book(location)
+    assert first.try_claim("setup")
+    assert not second.try_claim("setup")
+    assert second.holder_of("setup") == first.run
+    with pytest.raises(ClaimError, match=f"pid {first.run.pid}"), second.hold("setup", wait_s=0):
+        pass
+    first.release("setup")
+    with second.hold("setup", wait_s=0):
+        assert second.current("setup").generation == 1  # type: ignore[union-attr]
+    assert second.holder_of("setup") is None
+
+
+def test_a_killed_run_on_this_host_is_taken_over(location: str) -> None:
+    finished = subprocess.run([sys.executable, "-c", "pass"], check=True)
+    assert finished.returncode == 0
+    dead_pid = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_pid.wait()
+    killed = RunInfo("killed-run", RunInfo.this_process().host, dead_pid.pid, time.time())
+    ghost = book(location, killed)
+    assert ghost.try_claim(TOPICS[0])
+    survivor = book(location)
+    assert survivor.try_claim(TOPICS[0])  # the holder's process is gone: the claim is free
+    assert survivor.current(TOPICS[0]).holder == survivor.run  # type: ignore[union-attr]
+    assert not ghost.still_holds(TOPICS[0])  # and had it lived, it would know before writing
+
+
+def test_a_silent_run_on_another_host_expires(location: str) -> None:
+    now = [1000.0]
+    elsewhere = RunInfo("remote-run", "another-host", 1, now[0])
+    remote = book(location, elsewhere, stale_after=60.0, clock=lambda: now[0])
+    assert remote.try_claim(TOPICS[1])
+    local = book(location, stale_after=60.0, clock=lambda: now[0])
+    now[0] += 59.0
+    assert not local.try_claim(TOPICS[1])
+    remote.refresh()  # a live run renews its heartbeat ...
+    now[0] += 59.0
+    assert not local.try_claim(TOPICS[1])
+    now[0] += 2.0  # ... a killed one does not, and its claim goes stale
+    assert local.try_claim(TOPICS[1])
+
+
+def test_keep_alive_beats_and_releases(tmp_path: Path) -> None:
+    claims = book(str(tmp_path / "feats.zarr"), stale_after=0.2)
+    with claims.keep_alive():
+        assert claims.try_claim(TOPICS[2])
+        first_beat = claims.current(TOPICS[2]).heartbeat  # type: ignore[union-attr]
+        time.sleep(0.3)
+        assert claims.current(TOPICS[2]).heartbeat > first_beat  # type: ignore[union-attr]
+    assert claims.current(TOPICS[2]).released  # type: ignore[union-attr]
+    assert claims.held == {}
