@@ -131,6 +131,7 @@ class ClaimBook:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = root.store
+        self.feature_set = feature_set
         self.prefix = "/".join(part for part in (root.path, CLAIMS_PREFIX, feature_set) if part)
         self.run = run or RunInfo.this_process()
         self.stale_after = stale_after

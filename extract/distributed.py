@@ -65,11 +65,11 @@ def rank_from_env() -> Rank:
     return rank
 
 
-def device_for(rank: Rank, requested: str) -> str:
-    """The device a rank runs its backbone on: with ``cuda``, the GPU of its local rank."""
-    if requested == "cuda" and rank.distributed:
-        return f"cuda:{rank.local_rank}"
-    return requested
+def device_for(rank: Rank, device: torch.device) -> torch.device:
+    """The device a rank runs its backbone on: a bare ``cuda`` means the GPU of its local rank."""
+    if rank.distributed and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", rank.local_rank)
+    return device
 
 
 def owned_shards(shards: Sequence[int], rank: Rank) -> list[int]:
@@ -82,7 +82,7 @@ def owned_shards(shards: Sequence[int], rank: Rank) -> list[int]:
 
 
 @contextmanager
-def process_group(rank: Rank, *, device: str) -> Iterator[None]:
+def process_group(rank: Rank, *, device: torch.device) -> Iterator[None]:
     """Join the torchrun process group for the block: nccl for GPUs, gloo for CPUs.
 
     Does nothing for a single process, or when the caller already set up the group.
@@ -90,9 +90,9 @@ def process_group(rank: Rank, *, device: str) -> Iterator[None]:
     if not rank.distributed or dist.is_initialized():
         yield
         return
-    backend = "nccl" if device.startswith("cuda") else "gloo"
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(rank.local_rank)
+        torch.cuda.set_device(device)
     dist.init_process_group(
         backend=backend, rank=rank.rank, world_size=rank.world_size, timeout=BARRIER_TIMEOUT
     )

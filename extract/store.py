@@ -425,6 +425,14 @@ class FeatureSetWriter:
             needs_work |= np.array([e != "" for e in _text(self.group["error"][:])], dtype=bool)
         return sorted({int(index) // self.shard_size for index in np.flatnonzero(needs_work)})
 
+    def shard_needs_work(self, shard: int, *, retry_failed: bool = True) -> bool:
+        """Whether ``shard`` still has a video not done (or, ``retry_failed``, one that failed),
+        read fresh from the store: another run may have finished it since ``shards_to_do``."""
+        start, end = self.shard_bounds(shard)
+        if not np.all(self.group["done"][start:end]):
+            return True
+        return retry_failed and any(error != "" for error in _text(self.group["error"][start:end]))
+
     def records(self, shard: int) -> list[VideoRecord]:
         start, end = self.shard_bounds(shard)
         ids = _text(self.group["video_id"][start:end])
