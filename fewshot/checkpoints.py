@@ -1,0 +1,159 @@
+"""Checkpoints: safetensors weights, a JSON description, and (for `last`) the state to resume.
+
+A run directory holds ``checkpoints/best/`` and ``checkpoints/last/``, each with
+
+    model.safetensors   the model's weights
+    checkpoint.json     model kind and config, feature set, store, split, step, val accuracy
+    resume.pt           (last only) optimiser and grad-scaler state, torch RNG state
+    resume.json         (last only) step, numpy Generator state, best accuracy so far
+
+Nothing here unpickles code: `resume.pt` holds only tensors and plain containers and is read with
+``torch.load(weights_only=True)``. A checkpoint is written into a temporary folder and swapped in
+by renames, so a run killed while saving keeps its previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from extract.errors import SactError
+from fewshot import MODELS
+
+CHECKPOINT_FORMAT = 1
+WEIGHTS = "model.safetensors"
+DESCRIPTION = "checkpoint.json"
+RESUME_TENSORS = "resume.pt"
+RESUME_JSON = "resume.json"
+
+
+class CheckpointError(SactError):
+    """A checkpoint that cannot be read or used; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What `checkpoint.json` says, plus the folder it came from."""
+
+    folder: Path
+    model: str
+    model_config: dict[str, Any]
+    feature_set: str
+    store: str
+    split: str | None
+    step: int
+    val_accuracy: float | None
+
+    def build(self) -> nn.Module:
+        """The model with its weights, on the CPU, in eval mode."""
+        model = build_model(self.model, self.model_config)
+        try:
+            weights = load_file(self.folder / WEIGHTS)
+        except (OSError, SafetensorError) as error:
+            raise CheckpointError(f"cannot read {self.folder / WEIGHTS}: {error}") from error
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as error:
+            first = str(error).strip().splitlines()[0]
+            raise CheckpointError(
+                f"{self.folder / WEIGHTS} does not fit the model: {first}"
+            ) from error
+        return model.eval()
+
+
+def build_model(kind: str, config: dict[str, Any]) -> nn.Module:
+    if kind not in MODELS:
+        raise CheckpointError(f"unknown model kind {kind!r}; known: {', '.join(MODELS)}")
+    try:
+        return MODELS[kind](**config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"cannot build a {kind} model from {config}: {error}") from error
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def save_checkpoint(
+    folder: Path,
+    model: nn.Module,
+    *,
+    description: dict[str, Any],
+    resume_tensors: dict[str, Any] | None = None,
+    resume_json: dict[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint folder atomically: into `<folder>.partial`, then swapped in by renames."""
+    partial = folder.with_name(folder.name + ".partial")
+    previous = folder.with_name(folder.name + ".previous")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    weights = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    save_file(weights, partial / WEIGHTS, metadata={"format": str(CHECKPOINT_FORMAT)})
+    _write_json(partial / DESCRIPTION, {"format": CHECKPOINT_FORMAT, **description})
+    if resume_tensors is not None:
+        torch.save(resume_tensors, partial / RESUME_TENSORS)
+    if resume_json is not None:
+        _write_json(partial / RESUME_JSON, resume_json)
+    shutil.rmtree(previous, ignore_errors=True)
+    if folder.exists():
+        folder.rename(previous)
+    partial.rename(folder)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def checkpoint_folder(folder: Path) -> Path:
+    """The folder itself, or the previous one when a kill fell between the two renames."""
+    previous = folder.with_name(folder.name + ".previous")
+    if not folder.exists() and previous.exists():
+        return previous
+    return folder
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """A checkpoint from its folder, its checkpoint.json or its model.safetensors."""
+    folder = path.parent if path.is_file() else checkpoint_folder(path)
+    description = folder / DESCRIPTION
+    try:
+        data = json.loads(description.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise CheckpointError(f"no checkpoint at {path} ({DESCRIPTION} missing)") from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"cannot read {description}: {error}") from error
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{description} is not a sact checkpoint of format {CHECKPOINT_FORMAT}"
+        )
+    try:
+        return Checkpoint(
+            folder=folder,
+            model=str(data["model"]),
+            model_config=dict(data["model_config"]),
+            feature_set=str(data["feature_set"]),
+            store=str(data["store"]),
+            split=None if data.get("split") is None else str(data["split"]),
+            step=int(data["step"]),
+            val_accuracy=data.get("val_accuracy"),
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{description} is incomplete: {error}") from error
+
+
+def read_resume_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tensors, json) of a `last` checkpoint; tensors loaded with weights_only=True."""
+    folder = checkpoint_folder(folder)
+    try:
+        tensors = torch.load(folder / RESUME_TENSORS, map_location="cpu", weights_only=True)
+        state = json.loads((folder / RESUME_JSON).read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise CheckpointError(f"nothing to resume in {folder}: {error.filename} missing") from error
+    except (OSError, RuntimeError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"cannot read the resume state in {folder}: {error}") from error
+    return tensors, state

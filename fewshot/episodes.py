@@ -1,0 +1,353 @@
+"""Few-shot episodes: which videos of a split form each N-way K-shot Q-query task.
+
+A split part (train, val or test) becomes a `VideoPool`: its usable videos in the feature store,
+grouped by class. An `Episode` picks N classes of the pool and K + Q videos of each. Episodes are a
+pure function of (pool videos, N, K, Q, seed): the pool is ordered by (class, video id), never by
+store order, and every draw comes from one `np.random.Generator`. Two stores that hold the same
+videos (say, two backbones) therefore give the same episodes, and an episode file written from one
+can be read against the other: files name videos by id, not by store index.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extract.errors import SactError
+from extract.splits import SPLIT_PARTS, SplitEntry, load_split
+from extract.store import FeatureSet
+
+EPISODE_FILE_FORMAT = 1
+# Without a split list the store's classes are divided like the SSv2 OTAM split (64/12/24 of 100).
+LABEL_SPLIT_FRACTIONS = {"train": 0.64, "val": 0.12, "test": 0.24}
+LABEL_SPLIT_SEED = 0
+
+
+class EpisodeError(SactError):
+    """Episodes that cannot be drawn or read as asked; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """Where a split's parts came from: a split list (name or folder), or the store's labels."""
+
+    parts: dict[str, list[SplitEntry]]
+    description: str  # e.g. "ssv2_OTAM", or "store labels (classes split 64/12/24, seed 0)"
+    name: str | None  # what --split names again, or None for the store's labels
+
+
+def split_by_labels(feature_set: FeatureSet) -> dict[str, list[SplitEntry]]:
+    """Divide the store's classes into train/val/test by a seeded permutation of their names.
+
+    Classes, not videos, are divided: few-shot test classes are never seen in training.
+    """
+    entries = [
+        SplitEntry(label=label, video_id=video_id)
+        for label, video_id in zip(feature_set.labels, feature_set.video_ids, strict=True)
+        if label
+    ]
+    classes = sorted({entry.label for entry in entries})
+    if len(classes) < len(SPLIT_PARTS):
+        raise EpisodeError(
+            f"feature set {feature_set.name} has {len(classes)} labelled classes and no split; "
+            "pass --split NAME|DIR (a split list) or extract videos in class folders"
+        )
+    order = np.random.default_rng(LABEL_SPLIT_SEED).permutation(len(classes))
+    n_val = max(1, round(len(classes) * LABEL_SPLIT_FRACTIONS["val"]))
+    n_test = max(1, round(len(classes) * LABEL_SPLIT_FRACTIONS["test"]))
+    n_train = len(classes) - n_val - n_test
+    assigned = {}
+    for position, class_index in enumerate(order):
+        part = "train" if position < n_train else "val" if position < n_train + n_val else "test"
+        assigned[classes[class_index]] = part
+    parts: dict[str, list[SplitEntry]] = {part: [] for part in SPLIT_PARTS}
+    for entry in entries:
+        parts[assigned[entry.label]].append(entry)
+    return parts
+
+
+def resolve_split(feature_set: FeatureSet, split: str | None) -> SplitSource:
+    """`split` if given, else the split stage 1 recorded, else the store's own labels."""
+    name = split or feature_set.attrs.get("split") or None
+    if name:
+        return SplitSource(parts=load_split(str(name)), description=str(name), name=str(name))
+    fractions = "/".join(str(round(100 * f)) for f in LABEL_SPLIT_FRACTIONS.values())
+    return SplitSource(
+        parts=split_by_labels(feature_set),
+        description=f"store labels (classes split {fractions}, seed {LABEL_SPLIT_SEED})",
+        name=None,
+    )
+
+
+@dataclass(frozen=True)
+class VideoPool:
+    """The usable videos of one split part, ordered by (class, video id).
+
+    `store_indices[i]` is where video i sits in the feature set; `by_class[c]` lists the pool
+    positions of class `classes[c]`. `missing` counts split videos absent from the store, `unusable`
+    those present but failed or not extracted yet.
+    """
+
+    part: str
+    video_ids: list[str]
+    labels: list[str]
+    store_indices: np.ndarray  # (V,) int64
+    classes: list[str]
+    by_class: list[np.ndarray]
+    missing: int = 0
+    unusable: int = 0
+    position_of: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def summary(self) -> str:
+        skipped = []
+        if self.missing:
+            skipped.append(f"{self.missing} not in the store")
+        if self.unusable:
+            skipped.append(f"{self.unusable} failed or not extracted")
+        text = f"{self.part}: {len(self)} videos in {len(self.classes)} classes"
+        return text + (f" (skipped {', '.join(skipped)})" if skipped else "")
+
+
+def build_pool(feature_set: FeatureSet, source: SplitSource, part: str) -> VideoPool:
+    """Match a split part's videos against the store; failed and pending videos are skipped."""
+    if part not in source.parts:
+        raise EpisodeError(f"split {source.description} has no {part} list")
+    entries = source.parts[part]
+    index_of = feature_set.index_of()
+    usable = feature_set.usable
+    present = [entry for entry in entries if entry.video_id in index_of]
+    missing = len(entries) - len(present)
+    if not present:
+        raise EpisodeError(
+            f"none of the {len(entries)} videos of {source.description} {part} is in feature set "
+            f"{feature_set.name} ({feature_set.location}); is it the store of this split?"
+        )
+    kept = sorted(
+        {(e.label, e.video_id) for e in present if usable[index_of[e.video_id]]},
+    )
+    unusable = len(present) - len(kept)
+    classes = sorted({label for label, _ in kept})
+    class_number = {name: number for number, name in enumerate(classes)}
+    labels = [label for label, _ in kept]
+    video_ids = [video_id for _, video_id in kept]
+    label_numbers = np.array([class_number[label] for label in labels], dtype=np.int64)
+    return VideoPool(
+        part=part,
+        video_ids=video_ids,
+        labels=labels,
+        store_indices=np.array([index_of[v] for v in video_ids], dtype=np.int64),
+        classes=classes,
+        by_class=[np.flatnonzero(label_numbers == c) for c in range(len(classes))],
+        missing=missing,
+        unusable=unusable,
+        position_of={video_id: position for position, video_id in enumerate(video_ids)},
+    )
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One N-way K-shot Q-query task, as pool positions, class-major.
+
+    Support video j has label j // K, query video j has label j // Q; `classes` holds the pool's
+    class numbers in label order.
+    """
+
+    classes: np.ndarray  # (N,) class numbers in the pool
+    support: np.ndarray  # (N*K,) pool positions
+    query: np.ndarray  # (N*Q,) pool positions
+
+    @property
+    def way(self) -> int:
+        return len(self.classes)
+
+    @property
+    def shot(self) -> int:
+        return len(self.support) // self.way
+
+    @property
+    def queries(self) -> int:
+        return len(self.query) // self.way
+
+    def support_labels(self) -> np.ndarray:
+        return np.repeat(np.arange(self.way), self.shot)  # (N*K,)
+
+    def query_labels(self) -> np.ndarray:
+        return np.repeat(np.arange(self.way), self.queries)  # (N*Q,)
+
+
+class EpisodeSampler:
+    """Draws N-way K-shot Q-query episodes from a pool; classes with < K+Q videos are excluded."""
+
+    def __init__(self, pool: VideoPool, *, way: int, shot: int, queries: int) -> None:
+        if way < 2 or shot < 1 or queries < 1:
+            raise EpisodeError(
+                f"need way >= 2, shot >= 1, query >= 1; got {way}, {shot}, {queries}"
+            )
+        self.pool, self.way, self.shot, self.queries = pool, way, shot, queries
+        needed = shot + queries
+        sizes = [len(members) for members in pool.by_class]
+        self.eligible = np.array([c for c, size in enumerate(sizes) if size >= needed])
+        self.excluded = {pool.classes[c]: size for c, size in enumerate(sizes) if size < needed}
+        if len(pool.classes) < way:
+            raise EpisodeError(
+                f"{way}-way episodes need {way} classes; {pool.part} has {len(pool.classes)}"
+            )
+        if len(self.eligible) < way:
+            few = ", ".join(f"{name} ({size})" for name, size in sorted(self.excluded.items())[:5])
+            raise EpisodeError(
+                f"{way}-way {shot}-shot with {queries} queries needs {way} classes with at least "
+                f"shot + query = {needed} videos; {pool.part} has {len(self.eligible)} "
+                f"(too few videos: {few}{', ...' if len(self.excluded) > 5 else ''})"
+            )
+
+    def exclusion_note(self) -> str | None:
+        if not self.excluded:
+            return None
+        return (
+            f"{len(self.excluded)} {self.pool.part} classes have fewer than shot + query = "
+            f"{self.shot + self.queries} videos and are left out: "
+            + ", ".join(sorted(self.excluded)[:5])
+            + (", ..." if len(self.excluded) > 5 else "")
+        )
+
+    def sample(self, rng: np.random.Generator) -> Episode:
+        classes = rng.choice(self.eligible, size=self.way, replace=False)
+        support, query = [], []
+        for c in classes:
+            members = self.pool.by_class[c]
+            chosen = members[rng.choice(len(members), size=self.shot + self.queries, replace=False)]
+            support.append(chosen[: self.shot])
+            query.append(chosen[self.shot :])
+        return Episode(
+            classes=classes, support=np.concatenate(support), query=np.concatenate(query)
+        )
+
+    def episodes(self, count: int, seed: int) -> list[Episode]:
+        """`count` episodes, a pure function of (pool videos, N, K, Q, seed)."""
+        rng = np.random.default_rng(seed)
+        return [self.sample(rng) for _ in range(count)]
+
+
+# ---- episode files ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EpisodeSet:
+    """The episodes of one shot setting, by video id: what an episode file holds for it."""
+
+    way: int
+    shot: int
+    queries: int
+    episodes: list[Episode]
+
+
+def episodes_to_json(pool: VideoPool, settings: Sequence[EpisodeSet], **info: Any) -> dict:
+    return {
+        "format": EPISODE_FILE_FORMAT,
+        **info,
+        "settings": [
+            {
+                "way": setting.way,
+                "shot": setting.shot,
+                "query": setting.queries,
+                "episodes": [
+                    {
+                        "classes": [pool.classes[c] for c in episode.classes],
+                        "support": [pool.video_ids[i] for i in episode.support],
+                        "query": [pool.video_ids[i] for i in episode.query],
+                    }
+                    for episode in setting.episodes
+                ],
+            }
+            for setting in settings
+        ],
+    }
+
+
+def save_episodes(path: Path, pool: VideoPool, settings: Sequence[EpisodeSet], **info: Any) -> None:
+    """Write episodes by video id, into a temporary file renamed into place (never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(episodes_to_json(pool, settings, **info)), encoding="utf-8")
+    partial.replace(path)
+
+
+def _positive_int(value: Any, what: str, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise EpisodeError(f"{where}: {what} must be a positive integer, got {value!r}")
+    return value
+
+
+def load_episodes(path: Path, pool: VideoPool) -> list[EpisodeSet]:
+    """Read an episode file against a pool; every video and class is checked, nothing trusted."""
+    where = str(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EpisodeError(f"cannot read episode file {where}: {error}") from error
+    if not isinstance(data, dict) or data.get("format") != EPISODE_FILE_FORMAT:
+        raise EpisodeError(f"{where} is not a sact episode file (format {EPISODE_FILE_FORMAT})")
+    settings = data.get("settings")
+    if not isinstance(settings, list) or not settings:
+        raise EpisodeError(f"{where} holds no episode settings")
+    class_number = {name: number for number, name in enumerate(pool.classes)}
+    result = []
+    for setting in settings:
+        if not isinstance(setting, dict) or not isinstance(setting.get("episodes"), list):
+            raise EpisodeError(f"{where}: malformed setting")
+        way = _positive_int(setting.get("way"), "way", where)
+        shot = _positive_int(setting.get("shot"), "shot", where)
+        queries = _positive_int(setting.get("query"), "query", where)
+        episodes = []
+        for number, raw in enumerate(setting["episodes"]):
+            episodes.append(
+                _episode_from_json(
+                    raw, pool, class_number, (way, shot, queries), f"{where}#{number}"
+                )
+            )
+        if not episodes:
+            raise EpisodeError(f"{where}: the {way}-way {shot}-shot setting holds no episodes")
+        result.append(EpisodeSet(way=way, shot=shot, queries=queries, episodes=episodes))
+    return result
+
+
+def _episode_from_json(
+    raw: Any, pool: VideoPool, class_number: dict[str, int], shape: tuple[int, int, int], where: str
+) -> Episode:
+    way, shot, queries = shape
+    if not isinstance(raw, dict):
+        raise EpisodeError(f"{where}: malformed episode")
+    names, support, query = raw.get("classes"), raw.get("support"), raw.get("query")
+    if not (isinstance(names, list) and isinstance(support, list) and isinstance(query, list)):
+        raise EpisodeError(f"{where}: an episode needs classes, support and query lists")
+    if len(names) != way or len(support) != way * shot or len(query) != way * queries:
+        raise EpisodeError(f"{where}: not a {way}-way {shot}-shot {queries}-query episode")
+    unknown = [name for name in names if name not in class_number]
+    if unknown:
+        raise EpisodeError(f"{where}: class {unknown[0]!r} is not in the {pool.part} split")
+    positions = []
+    for video_id in support + query:
+        position = pool.position_of.get(video_id) if isinstance(video_id, str) else None
+        if position is None:
+            raise EpisodeError(
+                f"{where}: video {video_id!r} is not a usable {pool.part} video of this store"
+            )
+        positions.append(position)
+    positions_array = np.array(positions, dtype=np.int64)
+    labels = np.array([pool.labels[p] for p in positions])
+    expected = np.concatenate([np.repeat(names, shot), np.repeat(names, queries)])
+    if not np.array_equal(labels, expected):
+        raise EpisodeError(f"{where}: a video's class does not match its place in the episode")
+    return Episode(
+        classes=np.array([class_number[name] for name in names], dtype=np.int64),
+        support=positions_array[: way * shot],
+        query=positions_array[way * shot :],
+    )

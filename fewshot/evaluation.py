@@ -1,0 +1,424 @@
+"""Few-shot evaluation on cached features: `evaluate(EvalConfig(...))`.
+
+The protocol (DESIGN.md): N-way K-shot episodes with Q queries per class from the test split,
+10,000 per shot setting by default, accuracy ± the 95% confidence interval 1.96·std/√n over the
+episodes' accuracies. Episodes are a pure function of (split videos, N, K, Q, seed) and can be
+written to and read from a file, so several runs (`compare`) are scored on identical episodes and
+their difference is reported as a paired one, with its own confidence interval.
+
+Every video the episodes use is embedded once (`model.embed`: everything per video), and only
+`model.match` (the cross-attention and the distance) runs per episode. bench/evaluate.py measures
+this against a full forward per episode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from extract.errors import SactError
+from extract.store import FeatureSet, open_feature_set
+from fewshot.checkpoints import Checkpoint, read_checkpoint
+from fewshot.episodes import (
+    Episode,
+    EpisodeSampler,
+    EpisodeSet,
+    VideoPool,
+    build_pool,
+    load_episodes,
+    resolve_split,
+    save_episodes,
+)
+from fewshot.features import (
+    Prefetcher,
+    SplitFeatures,
+    autocast_for,
+    pick_device,
+    progress_bar,
+    segment_frames,
+)
+from fewshot.model import VideoEmbedding
+
+RESULTS_FILE = "evaluation.json"
+Z_95 = 1.96
+
+
+class EvaluationError(SactError):
+    """An evaluation that cannot run as asked; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What an evaluation depends on; saved in the results JSON."""
+
+    run: str | None = None  # a run directory; with neither run nor ckpt: the latest run
+    ckpt: str | None = None  # a checkpoint folder (or its checkpoint.json / model.safetensors)
+    checkpoint: str = "best"  # which checkpoint of a run: best or last
+    feats: str | None = None  # None: the store the checkpoint was trained on
+    feature_set: str | None = None  # None: the checkpoint's feature set
+    split: str = "test"  # the split part scored
+    split_list: str | None = None  # split list name or folder; None: the checkpoint's split
+    way: int = 5
+    shots: tuple[int, ...] = (1, 5)
+    query: int = 1
+    episodes: int = 10_000
+    seed: int = 0
+    episodes_file: str | None = None  # read if it exists, else written
+    compare: tuple[str, ...] = ()  # other run directories, scored on the same episodes
+    device: str = "auto"
+    batch_size: int = 32  # videos per embedding forward
+    workers: int = 4  # reader threads
+    runs_dir: str = "runs"  # where "the latest run" is looked for
+    out: str | None = None  # results JSON; None: evaluation.json in the run directory
+
+
+# ---- the two halves: embed each video once, match per episode --------------------------------
+
+
+def concat_embeddings(parts: Sequence[VideoEmbedding]) -> VideoEmbedding:
+    """Join per-batch embeddings along the video dim (every field is a tensor or tuple of them)."""
+    first = parts[0]
+
+    def join(name: str):
+        values = [getattr(part, name) for part in parts]
+        if isinstance(values[0], tuple):
+            return tuple(torch.cat(group) for group in zip(*values, strict=True))
+        return torch.cat(values)
+
+    return type(first)(**{field.name: join(field.name) for field in fields(first)})
+
+
+@torch.no_grad()
+def embed_videos(
+    model: torch.nn.Module,
+    features: SplitFeatures,
+    positions: np.ndarray,
+    *,
+    batch_size: int,
+    autocast: AbstractContextManager | None = None,
+    workers: int = 4,
+    console: Console | None = None,
+) -> tuple[VideoEmbedding, np.ndarray]:
+    """Embed the pool videos at `positions` once, at segment centers.
+
+    Returns the embedding and `row_of` (len(pool),): the embedding row of each pool position
+    (-1 where not embedded).
+    """
+    model.eval()
+    autocast = autocast or nullcontext()
+    stored = features.feature_set.frames
+    batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
+
+    def load(batch: np.ndarray) -> torch.Tensor:
+        return features.videos(batch, segment_frames(stored, features.frames, len(batch)))
+
+    loaded = (
+        map(load, batches)
+        if features.in_memory
+        else Prefetcher(workers=workers, depth=2 * workers).map(load, batches)
+    )
+    parts = []
+    with progress_bar(console) as progress:
+        task = progress.add_task(f"embedding {features.pool.part} videos", total=len(positions))
+        for videos in loaded:
+            with autocast:
+                parts.append(model.embed(videos))  # (B, ...) per field
+            progress.advance(task, len(videos))
+    row_of = np.full(len(features.pool), -1, dtype=np.int64)
+    row_of[positions] = np.arange(len(positions))
+    return concat_embeddings(parts), row_of
+
+
+@torch.no_grad()
+def episode_logits(
+    model: torch.nn.Module,
+    embedding: VideoEmbedding,
+    row_of: np.ndarray,
+    episodes: Sequence[Episode],
+    *,
+    autocast: AbstractContextManager | None = None,
+) -> Iterator[torch.Tensor]:
+    """Logits (N*Q, N) of each episode, from the embedded videos: only `match` runs here."""
+    model.eval()
+    autocast = autocast or nullcontext()
+    for episode in episodes:
+        support = embedding[torch.from_numpy(row_of[episode.support])]
+        query = embedding[torch.from_numpy(row_of[episode.query])]
+        labels = torch.from_numpy(episode.support_labels())
+        with autocast:
+            yield model.match(support, labels, query, way=episode.way)
+
+
+def episode_accuracies(
+    model: torch.nn.Module,
+    embedding: VideoEmbedding,
+    row_of: np.ndarray,
+    episodes: Sequence[Episode],
+    *,
+    autocast: AbstractContextManager | None = None,
+) -> np.ndarray:
+    """Each episode's share of correctly classified queries: (E,)."""
+    accuracies = np.empty(len(episodes))
+    logits = episode_logits(model, embedding, row_of, episodes, autocast=autocast)
+    for number, (episode, episode_logit) in enumerate(zip(episodes, logits, strict=True)):
+        predicted = episode_logit.argmax(dim=1).cpu().numpy()
+        accuracies[number] = float(np.mean(predicted == episode.query_labels()))
+    return accuracies
+
+
+def mean_and_interval(values: np.ndarray) -> tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval, 1.96·std/√n."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(Z_95 * values.std() / math.sqrt(len(values)))
+
+
+# ---- one evaluation --------------------------------------------------------------------------
+
+
+def latest_run(runs_dir: Path) -> Path:
+    """The run under `runs_dir` whose last checkpoint was written most recently."""
+    candidates = [
+        path.parent.parent.parent
+        for path in runs_dir.glob("*/checkpoints/last/checkpoint.json")
+        if path.is_file()
+    ]
+    if not candidates:
+        raise EvaluationError(
+            f"no trained run under {runs_dir}/; train one with `sact train` or pass --run/--ckpt"
+        )
+    return max(
+        candidates, key=lambda run: (run / "checkpoints/last/checkpoint.json").stat().st_mtime
+    )
+
+
+def checkpoint_of_run(run: Path, which: str) -> Checkpoint:
+    if which not in ("best", "last"):
+        raise EvaluationError(f"--checkpoint must be best or last, got {which!r}")
+    if not run.is_dir():
+        raise EvaluationError(f"run directory {run} does not exist")
+    return read_checkpoint(run / "checkpoints" / which)
+
+
+def run_dir_of(checkpoint: Checkpoint) -> Path:
+    """The run a checkpoint belongs to (<run>/checkpoints/<name>), else its own folder."""
+    parent = checkpoint.folder.parent
+    return parent.parent if parent.name == "checkpoints" else checkpoint.folder
+
+
+def check_compatible(checkpoint: Checkpoint, feature_set: FeatureSet) -> None:
+    """The model must read the feature set's D and grid, and at most its number of frames."""
+    config = checkpoint.model_config
+    trained = (config.get("dim"), tuple(config.get("grid") or ()), config.get("frames"))
+    stored = (feature_set.dim, tuple(feature_set.grid), feature_set.frames)
+    frames = trained[2]
+    if trained[:2] != stored[:2] or not isinstance(frames, int) or frames > stored[2]:
+        raise EvaluationError(
+            f"checkpoint {checkpoint.folder} expects D={trained[0]}, grid {trained[1]}, "
+            f"T={frames}; feature set {feature_set.name} has D={stored[0]}, grid {stored[1]}, "
+            f"T={stored[2]}"
+        )
+
+
+@dataclass
+class Scored:
+    """One model on one store: what it needs to score episodes given by video id."""
+
+    name: str
+    checkpoint: Checkpoint
+    feature_set: FeatureSet
+    pool: VideoPool
+
+
+def open_scored(name: str, checkpoint: Checkpoint, config: EvalConfig, *, override: bool) -> Scored:
+    """The checkpoint with its store (or --feats/--feature-set when `override`) and split pool."""
+    feats = (config.feats if override else None) or checkpoint.store
+    name_in_store = (config.feature_set if override else None) or checkpoint.feature_set
+    feature_set = open_feature_set(feats, name_in_store)
+    check_compatible(checkpoint, feature_set)
+    split_list = (config.split_list if override else None) or checkpoint.split
+    source = resolve_split(feature_set, split_list)
+    return Scored(name, checkpoint, feature_set, build_pool(feature_set, source, config.split))
+
+
+def translate(episodes: list[Episode], source: VideoPool, target: VideoPool) -> list[Episode]:
+    """The same episodes (same video ids) as positions of another pool of the same split."""
+    class_of = {name: number for number, name in enumerate(target.classes)}
+
+    def moved(positions: np.ndarray) -> np.ndarray:
+        try:
+            return np.array([target.position_of[source.video_ids[p]] for p in positions])
+        except KeyError as error:
+            raise EvaluationError(
+                f"video {error.args[0]!r} of the episodes is not usable in {target.part} of the "
+                "compared run's store; compare runs on stores holding the same videos"
+            ) from error
+
+    return [
+        Episode(
+            classes=np.array([class_of[source.classes[c]] for c in episode.classes]),
+            support=moved(episode.support),
+            query=moved(episode.query),
+        )
+        for episode in episodes
+    ]
+
+
+def make_episodes(config: EvalConfig, pool: VideoPool, console: Console | None) -> list[EpisodeSet]:
+    path = Path(config.episodes_file) if config.episodes_file else None
+    if path is not None and path.exists():
+        settings = load_episodes(path, pool)
+        if console is not None:
+            console.print(f"episodes from {path} (their way/shot/query settings are used)")
+        return settings
+    if config.episodes < 1 or not config.shots:
+        raise EvaluationError("need --episodes >= 1 and at least one --shot")
+    settings = []
+    for shot in config.shots:
+        sampler = EpisodeSampler(pool, way=config.way, shot=shot, queries=config.query)
+        if console is not None and sampler.exclusion_note():
+            console.print(sampler.exclusion_note())
+        settings.append(
+            EpisodeSet(
+                config.way, shot, config.query, sampler.episodes(config.episodes, config.seed)
+            )
+        )
+    if path is not None:
+        save_episodes(path, pool, settings, split=pool.part, seed=config.seed)
+        if console is not None:
+            console.print(f"episodes written to {path}")
+    return settings
+
+
+def score(
+    scored: Scored, settings: list[EpisodeSet], config: EvalConfig, console: Console | None
+) -> list[np.ndarray]:
+    """Per-episode accuracies of one model for each setting; every video embedded once."""
+    device = pick_device(config.device)
+    autocast, _ = autocast_for(device)
+    model = scored.checkpoint.build().to(device)
+    features = SplitFeatures(
+        scored.feature_set,
+        scored.pool,
+        frames=scored.checkpoint.model_config["frames"],
+        device=device,
+        cache_gb=0.0,  # each video is read once to be embedded: nothing to keep
+    )
+    positions = np.unique(
+        np.concatenate([np.r_[e.support, e.query] for s in settings for e in s.episodes])
+    )
+    embedding, row_of = embed_videos(
+        model,
+        features,
+        positions,
+        batch_size=config.batch_size,
+        autocast=autocast,
+        workers=config.workers,
+        console=console,
+    )
+    return [
+        episode_accuracies(model, embedding, row_of, setting.episodes, autocast=autocast)
+        for setting in settings
+    ]
+
+
+def evaluate(config: EvalConfig, console: Console | None = None) -> dict[str, Any]:
+    """Score a run (and `compare` runs) on the same episodes; results also written as JSON."""
+    if config.run and config.ckpt:
+        raise EvaluationError("pass --run or --ckpt, not both")
+    if config.ckpt:
+        checkpoint = read_checkpoint(Path(config.ckpt))
+    else:
+        run = Path(config.run) if config.run else latest_run(Path(config.runs_dir))
+        checkpoint = checkpoint_of_run(run, config.checkpoint)
+    main = open_scored(str(run_dir_of(checkpoint)), checkpoint, config, override=True)
+    others = [
+        open_scored(
+            str(run), checkpoint_of_run(Path(run), config.checkpoint), config, override=False
+        )
+        for run in config.compare
+    ]
+    if console is not None:
+        console.print(f"{main.name}: {main.feature_set.name}, {main.pool.summary()}")
+    settings = make_episodes(config, main.pool, console)
+    results: dict[str, Any] = {
+        "config": asdict(config),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "split": config.split,
+        "settings": [],
+    }
+    accuracies = {main.name: score(main, settings, config, console)}
+    for other in others:
+        moved = [
+            EpisodeSet(s.way, s.shot, s.queries, translate(s.episodes, main.pool, other.pool))
+            for s in settings
+        ]
+        accuracies[other.name] = score(other, moved, config, console)
+    for number, setting in enumerate(settings):
+        entry: dict[str, Any] = {
+            "way": setting.way,
+            "shot": setting.shot,
+            "query": setting.queries,
+            "episodes": len(setting.episodes),
+            "runs": {},
+            "paired_differences": {},
+        }
+        for name, per_setting in accuracies.items():
+            mean, interval = mean_and_interval(per_setting[number])
+            entry["runs"][name] = {"accuracy": mean, "ci95": interval}
+        for other in others:
+            difference = accuracies[main.name][number] - accuracies[other.name][number]
+            mean, interval = mean_and_interval(difference)
+            entry["paired_differences"][other.name] = {"difference": mean, "ci95": interval}
+        results["settings"].append(entry)
+    results["runs"] = {
+        name: {
+            "model": scored.checkpoint.model,
+            "checkpoint": str(scored.checkpoint.folder),
+            "step": scored.checkpoint.step,
+            "feature_set": scored.feature_set.name,
+            "store": scored.feature_set.location,
+            "videos": len(scored.pool),
+            "classes": len(scored.pool.classes),
+        }
+        for name, scored in [(main.name, main), *((o.name, o) for o in others)]
+    }
+    out = Path(config.out) if config.out else run_dir_of(checkpoint) / RESULTS_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    partial.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    partial.replace(out)
+    results["path"] = str(out)
+    return results
+
+
+def results_table(results: dict[str, Any]) -> Table:
+    """Accuracy ± 95% CI per run and shot setting; paired differences against the first run."""
+    runs = list(results["runs"])
+    table = Table(title=f"few-shot accuracy on {results['split']} (± 95% CI)")
+    table.add_column("setting")
+    table.add_column("episodes", justify="right")
+    for name in runs:
+        table.add_column(f"{results['runs'][name]['model']} ({Path(name).name})")
+    for name in runs[1:]:
+        table.add_column(f"Δ vs {Path(name).name}", justify="right")
+    for setting in results["settings"]:
+        row = [f"{setting['way']}-way {setting['shot']}-shot", str(setting["episodes"])]
+        for name in runs:
+            score = setting["runs"][name]
+            row.append(f"{100 * score['accuracy']:.2f} ± {100 * score['ci95']:.2f}")
+        for name in runs[1:]:
+            paired = setting["paired_differences"][name]
+            row.append(f"{100 * paired['difference']:+.2f} ± {100 * paired['ci95']:.2f}")
+        table.add_row(*row)
+    return table

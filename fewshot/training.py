@@ -1,0 +1,549 @@
+"""Episodic training of a few-shot head on cached features: `train(TrainConfig(...))`.
+
+One step draws `tasks_per_batch` episodes from the train split, runs the model on each and
+accumulates the gradients of the mean cross-entropy, then takes one optimiser step. Every
+`val_every` steps the model is scored on a fixed set of val episodes (each val video embedded
+once), and the `last` checkpoint (with everything needed to resume) and, when val accuracy
+improved, the `best` one are written.
+
+Determinism: the episodes and their frame offsets come from one `np.random.Generator(seed)`,
+drawn in order in the main thread (reads run ahead in threads, which does not change what is
+drawn); the generator's state after each step is saved with the checkpoint, as are the optimiser
+and torch RNG states. `--resume` therefore continues exactly where the last checkpoint was taken:
+the continued run has the same weights and metrics as one that was never interrupted.
+
+Defaults, chosen for a head on frozen features (measured with bench/train.py --sweep on a
+synthetic store, see bench/RESULTS.md): AdamW at lr 1e-4 with weight decay 0.01 and a
+100-step linear warm-up then cosine decay; 4 tasks per batch (averaging the gradient of a
+few episodes steadies the step without the cost of TRX's 16); 10,000 iterations, validation on
+300 fixed val episodes every 500 steps. The frozen features make a step cheap, so these are far
+fewer GPU-hours than end-to-end training, and the best checkpoint guards against over-fitting
+the small head to the train classes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from extract.errors import SactError
+from extract.store import FeatureSet, open_feature_set
+from fewshot.checkpoints import (
+    Checkpoint,
+    build_model,
+    read_checkpoint,
+    read_resume_state,
+    save_checkpoint,
+)
+from fewshot.episodes import (
+    Episode,
+    EpisodeSampler,
+    SplitSource,
+    VideoPool,
+    build_pool,
+    resolve_split,
+)
+from fewshot.evaluation import embed_videos, episode_accuracies
+from fewshot.features import (
+    Prefetcher,
+    SplitFeatures,
+    autocast_for,
+    pick_device,
+    segment_frames,
+)
+from fewshot.figures import training_curve
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SGD_MOMENTUM = 0.9
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CURVE_FILE = "training_curve.png"
+# options of the model constructors that the command line exposes, and the kinds that take them
+MODEL_OPTIONS = {"d_k": ("sact", "trx"), "tmixer": ("sact",), "cpe": ("sact",)}
+# what can change when a run is resumed: where and how it runs, never what it computes
+RUNTIME_FIELDS = ("device", "cache_gb", "workers", "prefetch", "resume")
+
+
+class TrainingError(SactError):
+    """A training run that cannot start or continue as asked; one line for the user."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; saved as config.json in the run directory."""
+
+    feats: str
+    feature_set: str | None = None
+    split: str | None = None  # split list name or folder; None: the store's, else its labels
+    model: str = "sact"
+    way: int = 5
+    shot: int = 5
+    query: int = 5
+    frames: int | None = None  # frames the model sees; None: all stored frames
+    d_k: int | None = None  # projection width (sact, trx); None: the model's default
+    tmixer: bool = True
+    cpe: bool = True
+    iterations: int = 10_000
+    lr: float = 1e-4
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    warmup: int = 100
+    tasks_per_batch: int = 4
+    val_every: int = 500
+    val_episodes: int = 300
+    batch_size: int = 32  # videos per forward when embedding val videos
+    out: str | None = None  # run directory; None: runs/<model>-<feature set>-<time>
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    cache_gb: float | None = None  # None: half of the available memory
+    workers: int = 4  # reader threads when streaming
+    prefetch: int = 4  # batches read ahead when streaming
+
+    def model_options(self) -> dict[str, Any]:
+        defaults = {f.name: f.default for f in fields(self)}
+        options = {}
+        for name, kinds in MODEL_OPTIONS.items():
+            value = getattr(self, name)
+            if value == defaults[name]:
+                continue
+            if self.model not in kinds:
+                raise TrainingError(
+                    f"--{name.replace('_', '-')} applies to {', '.join(kinds)} only"
+                )
+            options[name] = value
+        return options
+
+    def check(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise TrainingError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        positive = {
+            "iterations": self.iterations,
+            "tasks-per-batch": self.tasks_per_batch,
+            "val-every": self.val_every,
+            "val-episodes": self.val_episodes,
+            "batch-size": self.batch_size,
+            "workers": self.workers,
+            "prefetch": self.prefetch,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise TrainingError(f"--{name} must be at least 1, got {value}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.warmup < 0:
+            raise TrainingError("--lr must be positive, weight decay and warm-up non-negative")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_step: int
+    best_val_accuracy: float
+    last_val_accuracy: float
+    data: str  # where the train features were served from
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to zero at `iterations`."""
+    if step <= config.warmup:
+        return config.lr * step / max(1, config.warmup)
+    progress = (step - config.warmup) / max(1, config.iterations - config.warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]):
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            parameters, lr=config.lr, momentum=SGD_MOMENTUM, weight_decay=config.weight_decay
+        )
+    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return kind(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def default_run_dir(config: TrainConfig, feature_set: FeatureSet) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.model}-{feature_set.name}-{stamp}"
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a kill: everything after it is gone too
+    return records
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Keep the records up to `step`: a resumed run rewrites what came after its checkpoint."""
+    kept = [record for record in read_metrics(path) if record["step"] <= step]
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    partial.replace(path)
+
+
+# ---- one training run ------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    """What a run reads: the feature set, the split, the pools and samplers."""
+
+    feature_set: FeatureSet
+    split: SplitSource
+    train_pool: VideoPool
+    val_pool: VideoPool
+    train_sampler: EpisodeSampler
+    val_episodes: list[Episode]
+
+
+def prepare_data(config: TrainConfig, console: Console | None) -> Data:
+    feature_set = open_feature_set(config.feats, config.feature_set)
+    split = resolve_split(feature_set, config.split)
+    train_pool = build_pool(feature_set, split, "train")
+    val_pool = build_pool(feature_set, split, "val")
+    samplers = [
+        EpisodeSampler(pool, way=config.way, shot=config.shot, queries=config.query)
+        for pool in (train_pool, val_pool)
+    ]
+    if console is not None:
+        console.print(f"split {split.description}: {train_pool.summary()}; {val_pool.summary()}")
+        for sampler in samplers:
+            if sampler.exclusion_note():
+                console.print(sampler.exclusion_note())
+    return Data(
+        feature_set=feature_set,
+        split=split,
+        train_pool=train_pool,
+        val_pool=val_pool,
+        train_sampler=samplers[0],
+        val_episodes=samplers[1].episodes(config.val_episodes, config.seed),
+    )
+
+
+def resolve_config(config: TrainConfig) -> tuple[TrainConfig, Path | None]:
+    """On --resume, the saved config (runtime fields from `config`); else `config` as given."""
+    if not config.resume:
+        return config, None
+    if config.out is None:
+        raise TrainingError("--resume needs --out, the run directory to continue")
+    run_dir = Path(config.out)
+    try:
+        saved = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))["train"]
+        known = {f.name for f in fields(TrainConfig)}
+        resumed = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    except FileNotFoundError as error:
+        raise TrainingError(f"nothing to resume: {run_dir / CONFIG_FILE} does not exist") from error
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
+        raise TrainingError(f"cannot read {run_dir / CONFIG_FILE}: {error}") from error
+    runtime = {name: getattr(config, name) for name in RUNTIME_FIELDS}
+    return replace(resumed, **runtime, out=str(run_dir)), run_dir
+
+
+def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
+    """Train `config.model` on the store's train split, validating on its val split."""
+    config, run_dir = resolve_config(config)
+    config.check()
+    data = prepare_data(config, console)
+    feature_set = data.feature_set
+    frames = config.frames or feature_set.frames
+    model = new_model(config, feature_set, frames)
+    if run_dir is None:
+        run_dir = Path(config.out) if config.out else default_run_dir(config, feature_set)
+        if (run_dir / CONFIG_FILE).exists():
+            raise TrainingError(
+                f"{run_dir} already holds a run; continue it with --resume or pick another --out"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = replace(config, out=str(run_dir))
+        description = {
+            "train": asdict(config),
+            "model": config.model,
+            "model_config": model.config(),
+            "feature_set": feature_set.name,
+            "store": feature_set.location,
+            "split": data.split.name,
+            "split_description": data.split.description,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+        }
+        (run_dir / CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n")
+    return Trainer(config, data, model, run_dir, frames, console).run()
+
+
+def new_model(config: TrainConfig, feature_set: FeatureSet, frames: int) -> torch.nn.Module:
+    if config.model not in ("sact", "protonet", "trx"):
+        raise TrainingError(f"--model must be sact, protonet or trx, got {config.model!r}")
+    segment_frames(feature_set.frames, frames, 0)  # frames <= stored frames
+    torch.manual_seed(config.seed)
+    model_config = {
+        "dim": feature_set.dim,
+        "frames": frames,
+        "grid": list(feature_set.grid),
+        **config.model_options(),
+    }
+    return build_model(config.model, model_config)
+
+
+class Trainer:
+    """The state of one run between steps, and the steps themselves."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: Data,
+        model: torch.nn.Module,
+        run_dir: Path,
+        frames: int,
+        console: Console | None,
+    ) -> None:
+        self.config, self.data, self.run_dir, self.frames, self.console = (
+            config,
+            data,
+            run_dir,
+            frames,
+            console,
+        )
+        self.device = pick_device(config.device)
+        self.model = model.to(self.device)
+        self.autocast, self.amp_dtype = autocast_for(self.device)
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(config, self.parameters) if self.parameters else None
+        # float16 autocast needs loss scaling; bfloat16 and float32 do not
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.rng = np.random.default_rng(config.seed)
+        self.step = 0
+        self.best_accuracy = -1.0
+        self.best_step = 0
+        self.last_accuracy = math.nan
+        self.metrics_path = run_dir / METRICS_FILE
+        self.checkpoints = run_dir / "checkpoints"
+        self.started = time.perf_counter()
+        self.train_features = SplitFeatures(
+            data.feature_set,
+            data.train_pool,
+            frames=frames,
+            device=self.device,
+            cache_gb=config.cache_gb,
+            console=console,
+        )
+        self.val_features = SplitFeatures(
+            data.feature_set,
+            data.val_pool,
+            frames=frames,
+            device=self.device,
+            cache_gb=config.cache_gb,
+            console=console,
+        )
+        if config.resume:
+            self.restore()
+
+    @property
+    def iterations(self) -> int:
+        """Steps to take: none for a model without parameters (ProtoNet)."""
+        return self.config.iterations if self.optimizer is not None else 0
+
+    # -- checkpoints --
+
+    def description(self) -> dict[str, Any]:
+        return {
+            "model": self.config.model,
+            "model_config": self.model.config(),
+            "feature_set": self.data.feature_set.name,
+            "store": self.data.feature_set.location,
+            "split": self.data.split.name,
+            "step": self.step,
+            "val_accuracy": self.last_accuracy,
+        }
+
+    def save(self, *, best: bool, rng_state: dict) -> None:
+        tensors: dict[str, Any] = {"torch_rng": torch.get_rng_state()}
+        if self.optimizer is not None:
+            tensors["optimizer"] = self.optimizer.state_dict()
+            tensors["scaler"] = self.scaler.state_dict()
+        if self.device.type == "cuda":
+            tensors["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        state = {
+            "step": self.step,
+            "numpy_rng": rng_state,
+            "best_accuracy": self.best_accuracy,
+            "best_step": self.best_step,
+        }
+        if best:
+            save_checkpoint(self.checkpoints / "best", self.model, description=self.description())
+        save_checkpoint(
+            self.checkpoints / "last",
+            self.model,
+            description=self.description(),
+            resume_tensors=tensors,
+            resume_json=state,
+        )
+
+    def restore(self) -> None:
+        folder = self.checkpoints / "last"
+        checkpoint: Checkpoint = read_checkpoint(folder)
+        if checkpoint.model != self.config.model or checkpoint.model_config != self.model.config():
+            raise TrainingError(f"{folder} holds a different model than {self.run_dir}'s config")
+        self.model.load_state_dict(checkpoint.build().state_dict())
+        tensors, state = read_resume_state(checkpoint.folder)
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(tensors["optimizer"])
+            self.scaler.load_state_dict(tensors["scaler"])
+        torch.set_rng_state(tensors["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in tensors:
+            torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self.step = int(state["step"])
+        self.best_accuracy = float(state["best_accuracy"])
+        self.best_step = int(state["best_step"])
+        self.last_accuracy = float(checkpoint.val_accuracy)
+        truncate_metrics(self.metrics_path, self.step)
+        if self.console is not None:
+            self.console.print(f"resuming {self.run_dir} at step {self.step}")
+
+    # -- data --
+
+    def plans(self) -> Iterator[tuple[list[tuple[Episode, np.ndarray, np.ndarray]], dict]]:
+        """Each step's episodes and frames, drawn in order, with the generator state after."""
+        stored = self.data.feature_set.frames
+        while True:
+            tasks = []
+            for _ in range(self.config.tasks_per_batch):
+                episode = self.data.train_sampler.sample(self.rng)
+                support_frames = segment_frames(stored, self.frames, len(episode.support), self.rng)
+                query_frames = segment_frames(stored, self.frames, len(episode.query), self.rng)
+                tasks.append((episode, support_frames, query_frames))
+            yield tasks, self.rng.bit_generator.state
+
+    def load(self, plan) -> tuple[list[tuple[torch.Tensor, ...]], dict]:
+        tasks, rng_state = plan
+        loaded = []
+        for episode, support_frames, query_frames in tasks:
+            loaded.append(
+                (
+                    self.train_features.videos(episode.support, support_frames),
+                    torch.from_numpy(episode.support_labels()).to(self.device),
+                    self.train_features.videos(episode.query, query_frames),
+                    torch.from_numpy(episode.query_labels()).to(self.device),
+                )
+            )
+        return loaded, rng_state
+
+    def batches(self) -> Iterator[tuple[list[tuple[torch.Tensor, ...]], dict]]:
+        plans = itertools.islice(self.plans(), self.iterations - self.step)
+        if self.train_features.in_memory:
+            return map(self.load, plans)
+        prefetcher = Prefetcher(workers=self.config.workers, depth=self.config.prefetch)
+        return prefetcher.map(self.load, plans)
+
+    # -- steps --
+
+    def train_step(self, tasks: list[tuple[torch.Tensor, ...]]) -> tuple[float, float]:
+        """One optimiser step on the mean loss of `tasks`: (loss, accuracy) over the tasks."""
+        assert self.optimizer is not None
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config, self.step + 1)
+        self.optimizer.zero_grad(set_to_none=True)
+        total_loss, correct, count = 0.0, 0, 0
+        for support, support_labels, query, query_labels in tasks:
+            with self.autocast:
+                logits = self.model(support, support_labels, query)  # (N*Q, N)
+            loss = F.cross_entropy(logits.float(), query_labels) / len(tasks)
+            self.scaler.scale(loss).backward()
+            total_loss += float(loss.detach())
+            correct += int((logits.argmax(dim=1) == query_labels).sum())
+            count += len(query_labels)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return total_loss, correct / count
+
+    def validate(self) -> float:
+        positions = np.unique(
+            np.concatenate([np.r_[e.support, e.query] for e in self.data.val_episodes])
+        )
+        embedding, row_of = embed_videos(
+            self.model,
+            self.val_features,
+            positions,
+            batch_size=self.config.batch_size,
+            autocast=self.autocast,
+        )
+        accuracies = episode_accuracies(
+            self.model, embedding, row_of, self.data.val_episodes, autocast=self.autocast
+        )
+        return float(accuracies.mean())
+
+    def log(self, record: dict[str, Any]) -> None:
+        with self.metrics_path.open("a", encoding="utf-8") as metrics:
+            metrics.write(json.dumps(record) + "\n")
+
+    def validate_and_save(self, rng_state: dict) -> None:
+        """Validate, log, and save with the generator state after this step (reads run ahead)."""
+        self.last_accuracy = self.validate()
+        improved = self.last_accuracy > self.best_accuracy
+        if improved:
+            self.best_accuracy, self.best_step = self.last_accuracy, self.step
+        self.log({"step": self.step, "val_accuracy": self.last_accuracy})
+        self.save(best=improved, rng_state=rng_state)
+
+    def run(self) -> TrainResult:
+        columns = (
+            TextColumn("train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+        )
+        with Progress(*columns, console=self.console, disable=self.console is None) as progress:
+            task = progress.add_task("train", total=self.iterations, completed=self.step, status="")
+            if self.step == 0:
+                # the untrained model: the curve's first point
+                self.validate_and_save(self.rng.bit_generator.state)
+            try:
+                for tasks, rng_state in self.batches():
+                    loss, accuracy = self.train_step(tasks)
+                    self.step += 1
+                    self.log({"step": self.step, "loss": loss, "train_accuracy": accuracy})
+                    if self.step % self.config.val_every == 0 or self.step == self.iterations:
+                        self.validate_and_save(rng_state)
+                    progress.update(
+                        task,
+                        completed=self.step,
+                        status=f"loss {loss:.3f}  val {self.last_accuracy:.3f}",
+                    )
+            except KeyboardInterrupt:
+                if self.console is not None:
+                    self.console.print(
+                        f"interrupted; continue from the last checkpoint with: "
+                        f"sact train --out {self.run_dir} --resume"
+                    )
+                raise
+        training_curve(self.metrics_path, self.run_dir / CURVE_FILE)
+        return TrainResult(
+            run_dir=self.run_dir,
+            steps=self.step,
+            best_step=self.best_step,
+            best_val_accuracy=self.best_accuracy,
+            last_val_accuracy=self.last_accuracy,
+            data=self.train_features.where(),
+        )

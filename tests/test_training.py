@@ -1,0 +1,163 @@
+"""Training: it learns on separable synthetic features, it resumes exactly, it refuses bad input."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from extract.errors import SactError
+from fewshot.checkpoints import read_checkpoint
+from fewshot.synthetic import write_split_lists, write_synthetic_store
+from fewshot.training import TrainConfig, Trainer, TrainingError, learning_rate, read_metrics, train
+
+CLASSES, VIDEOS = 30, 6
+PARTS = {"train": range(0, 20), "val": range(20, 25), "test": range(25, 30)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("training")
+    split = write_split_lists(folder / "split", CLASSES, VIDEOS, PARTS)
+    location = write_synthetic_store(
+        folder / "feats.zarr", classes=CLASSES, videos_per_class=VIDEOS, frames=8, shard_size=8
+    )
+    return location, str(split)
+
+
+def tiny(store, out, **changes) -> TrainConfig:
+    location, split = store
+    config = TrainConfig(
+        feats=location,
+        split=split,
+        way=3,
+        shot=2,
+        query=2,
+        frames=4,
+        d_k=16,
+        iterations=12,
+        lr=3e-3,
+        warmup=5,
+        tasks_per_batch=2,
+        val_every=4,
+        val_episodes=20,
+        out=str(out),
+        device="cpu",
+    )
+    return replace(config, **changes)
+
+
+def test_training_lifts_val_accuracy_far_above_chance(store, tmp_path):
+    config = tiny(store, tmp_path / "run", iterations=200, val_every=50)
+    result = train(config)
+    validations = [r["val_accuracy"] for r in read_metrics(tmp_path / "run/metrics.jsonl")
+                   if "val_accuracy" in r]  # fmt: skip
+    assert validations[0] < 0.6  # untrained: near chance (1/3), the nuisance channels dominate
+    assert result.best_val_accuracy >= 0.8
+    assert result.steps == 200 and result.best_step > 0
+    for name in ("config.json", "metrics.jsonl", "training_curve.png"):
+        assert (tmp_path / "run" / name).is_file()
+    best = read_checkpoint(tmp_path / "run/checkpoints/best")
+    assert best.model == "sact" and best.step == result.best_step
+    assert best.model_config == {"dim": 16, "frames": 4, "grid": [2, 2], "d_k": 16,
+                                 "tmixer": True, "cpe": True}  # fmt: skip
+    assert best.split == store[1] and best.store == store[0] and best.feature_set == "synthetic"
+    saved = json.loads((tmp_path / "run/config.json").read_text())
+    assert saved["train"]["lr"] == 3e-3 and saved["model_config"]["d_k"] == 16
+
+
+def weights(run) -> dict[str, torch.Tensor]:
+    return load_file(run / "checkpoints/last/model.safetensors")
+
+
+def without_time(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in records]
+
+
+@pytest.mark.parametrize("model", ["sact", "trx"])
+def test_resume_after_a_kill_equals_an_uninterrupted_run(store, tmp_path, monkeypatch, model):
+    options = {"d_k": 16} if model == "trx" else {}
+    whole = train(tiny(store, tmp_path / "whole", model=model, **options))
+
+    original_step = Trainer.train_step
+
+    def killed_at_step_7(self, tasks):
+        if self.step == 6:  # after the checkpoint at step 4: steps 5 and 6 must be redone
+            raise KeyboardInterrupt
+        return original_step(self, tasks)
+
+    monkeypatch.setattr(Trainer, "train_step", killed_at_step_7)
+    # the interrupted run streams its features: prefetching must not change what is drawn
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(store, tmp_path / "cut", model=model, cache_gb=0.0, **options))
+    assert read_checkpoint(tmp_path / "cut/checkpoints/last").step == 4
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    resumed = train(TrainConfig(feats="", out=str(tmp_path / "cut"), resume=True, device="cpu"))
+
+    assert resumed.steps == whole.steps == 12
+    assert resumed.best_val_accuracy == whole.best_val_accuracy
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert without_time(read_metrics(tmp_path / "whole/metrics.jsonl")) == without_time(
+        read_metrics(tmp_path / "cut/metrics.jsonl")
+    )
+
+
+def test_protonet_has_nothing_to_train_but_gets_a_checkpoint(store, tmp_path):
+    result = train(tiny(store, tmp_path / "proto", model="protonet", d_k=None))
+    assert result.steps == 0
+    checkpoint = read_checkpoint(tmp_path / "proto/checkpoints/best")
+    assert checkpoint.model == "protonet" and checkpoint.build().config()["frames"] == 4
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    config = TrainConfig(feats="", lr=1.0, warmup=10, iterations=110)
+    assert learning_rate(config, 5) == pytest.approx(0.5)
+    assert learning_rate(config, 10) == pytest.approx(1.0)
+    assert learning_rate(config, 60) == pytest.approx(0.5)
+    assert learning_rate(config, 110) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"optimizer": "lbfgs"}, "--optimizer must be one of"),
+        ({"iterations": 0}, "--iterations must be at least 1"),
+        ({"lr": 0.0}, "--lr must be positive"),
+        ({"model": "resnet"}, "--model must be sact, protonet or trx"),
+        ({"frames": 16}, "uses 16 frames but the store holds only 8"),
+        ({"frames": 3}, "needs an even T"),
+        ({"model": "protonet"}, "--d-k applies to sact, trx only"),
+        ({"tmixer": False, "model": "trx"}, "--tmixer applies to sact only"),
+        ({"way": 6}, "6-way episodes need 6 classes; val has 5"),
+        ({"shot": 5, "query": 2}, "shot \\+ query = 7 videos"),
+        ({"device": "cuda:7"} if not torch.cuda.is_available() else {"device": "tpu"}, "device"),
+        ({"feats": "/nonexistent/feats.zarr"}, "no feature store"),
+    ],
+)
+def test_bad_configs_are_refused_with_one_line(store, tmp_path, changes, message):
+    with pytest.raises(SactError, match=message) as error:
+        train(tiny(store, tmp_path / "bad", **changes))
+    assert "\n" not in str(error.value)
+
+
+def test_an_existing_run_is_never_overwritten(store, tmp_path):
+    train(tiny(store, tmp_path / "run", iterations=1, val_every=1))
+    before = (tmp_path / "run/checkpoints/last/model.safetensors").read_bytes()
+    with pytest.raises(TrainingError, match="already holds a run; continue it with --resume"):
+        train(tiny(store, tmp_path / "run", iterations=1, val_every=1))
+    assert (tmp_path / "run/checkpoints/last/model.safetensors").read_bytes() == before
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(TrainConfig(feats="", out=str(tmp_path / "empty"), resume=True))
