@@ -1,0 +1,362 @@
+"""A frozen timm backbone that turns frames into patch features.
+
+Any timm model works through ``forward_features``: a CNN's (B, D, h, w) map becomes h·w patches,
+a ViT's tokens lose their prefix (class / register) tokens and are laid back on the patch grid.
+``grid`` adaptive-average-pools that grid to grid×grid patches (STRM uses 4×4).
+
+Preprocessing comes from the model's own timm data config: resize the shorter side to
+``floor(size / crop_pct)``, center crop size×size, scale to [0, 1], subtract mean, divide by std.
+Workers do the resize and crop on uint8 frames (4× less to move between processes); the device
+does the normalization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import timm.data
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+from extract.errors import SactError
+
+INTERPOLATIONS = {
+    "bicubic": TF.InterpolationMode.BICUBIC,
+    "bilinear": TF.InterpolationMode.BILINEAR,
+    "nearest": TF.InterpolationMode.NEAREST,
+}
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+# Wrappers training scripts put around a state dict.
+CHECKPOINT_KEYS = ("state_dict", "model", "module")
+
+
+@contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Treat float32 denormals as zero on the CPU while the backbone runs.
+
+    Randomly initialized (and some trained) networks produce denormal activations, which x86
+    CPUs process 10-20× slower. They lie far below float16's smallest value, so the stored
+    features do not change. PyTorch's default (off) is restored afterwards.
+    """
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+class BackboneError(SactError):
+    """A backbone or weights that cannot be used; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side, center crop, normalize: the backbone's own eval transform."""
+
+    size: int
+    resize_to: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def rule(self) -> str:
+        return f"resize shorter side to {self.resize_to}, center crop {self.size}x{self.size}"
+
+    def resize_and_crop(self, frames: np.ndarray) -> torch.Tensor:
+        """(T, H, W, 3) uint8 RGB frames -> (T, 3, size, size) uint8 crops."""
+        images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
+        images = TF.resize(
+            images,
+            [self.resize_to],
+            interpolation=INTERPOLATIONS[self.interpolation],
+            antialias=True,
+        )
+        return TF.center_crop(images, [self.size, self.size]).contiguous()  # (T, 3, S, S)
+
+    def normalize(self, crops: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) uint8 -> float32, scaled to [0, 1] then standardized per channel."""
+        mean = torch.tensor(self.mean, device=crops.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=crops.device).view(1, 3, 1, 1)
+        return (crops.float() / 255.0 - mean) / std
+
+
+def resolve_preprocessing(model: nn.Module, *, size: int | None = None) -> Preprocessing:
+    """The model's timm data config (``resolve_model_data_config``); ``size`` overrides the crop."""
+    config = timm.data.resolve_model_data_config(model)
+    crop = size or int(config["input_size"][-1])
+    crop_pct = float(config.get("crop_pct") or 1.0)
+    interpolation = config.get("interpolation", "bicubic")
+    if interpolation not in INTERPOLATIONS:
+        interpolation = "bicubic"
+    return Preprocessing(
+        size=crop,
+        resize_to=math.floor(crop / crop_pct),
+        interpolation=interpolation,
+        mean=tuple(float(v) for v in config["mean"]),  # type: ignore[arg-type]
+        std=tuple(float(v) for v in config["std"]),  # type: ignore[arg-type]
+    )
+
+
+class PatchFeatures(nn.Module):
+    """timm ``forward_features`` as patch tokens: (B, 3, S, S) -> (B, P, D), P = h·w."""
+
+    def __init__(self, *, model: nn.Module, grid: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.grid = grid
+        self.channels_last_output = getattr(model, "output_fmt", "NCHW") == "NHWC"
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
+
+    def _token_grid(self, tokens: int) -> tuple[int, int]:
+        patch_embed = getattr(self.model, "patch_embed", None)
+        grid_size = getattr(patch_embed, "grid_size", None)
+        if grid_size is not None and grid_size[0] * grid_size[1] == tokens:
+            return int(grid_size[0]), int(grid_size[1])
+        side = math.isqrt(tokens)
+        if side * side != tokens:
+            raise BackboneError(f"cannot lay {tokens} tokens on a patch grid")
+        return side, side
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.model.forward_features(images)
+        if x.ndim == 4 and self.channels_last_output:
+            x = x.permute(0, 3, 1, 2)  # (B, D, h, w)
+        elif x.ndim == 3:
+            x = x[:, self.num_prefix_tokens :]  # (B, h*w, D)
+            height, width = self._token_grid(x.shape[1])
+            x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)  # (B, D, h, w)
+        elif x.ndim != 4:
+            raise BackboneError(
+                f"forward_features returned a {x.ndim}-d tensor; expected 3-d or 4-d"
+            )
+        if self.grid is not None:
+            x = F.adaptive_avg_pool2d(x, self.grid)  # (B, D, grid, grid)
+        return x.flatten(2).transpose(1, 2)  # (B, h*w, D)
+
+
+@dataclass(frozen=True)
+class Weights:
+    source: str  # "hub", "file" or "random-init"
+    sha256: str
+    file: str | None = None
+
+
+@dataclass
+class LoadedBackbone:
+    """A frozen backbone on the CPU, with what decides its features' values."""
+
+    name: str
+    features: PatchFeatures
+    preprocessing: Preprocessing
+    weights: Weights
+    grid: tuple[int, int]  # (h, w) of the stored patches
+    dim: int
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 over the state dict: each key, dtype, shape and raw bytes, in key order."""
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _unknown_backbone(name: str) -> BackboneError:
+    base = name.split(".")[0]
+    similar = timm.list_models(f"*{base[:6]}*")[:6] if base else []
+    hint = f"; similar: {', '.join(similar)}" if similar else ""
+    return BackboneError(f"unknown backbone {name!r}: not a timm model{hint}")
+
+
+def _create(name: str, *, pretrained: bool, seed: int, **kwargs: Any) -> nn.Module:
+    # A fixed seed makes a random init the same on every run; fork_rng keeps the global RNG as is.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            return timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs)
+        except RuntimeError as error:
+            if "Unknown model" in str(error):
+                raise _unknown_backbone(name) from error
+            if pretrained:
+                raise BackboneError(
+                    f"cannot load pretrained weights for {name}: {error}; "
+                    "use --weights FILE or --random-init"
+                ) from error
+            raise
+        except (OSError, ValueError) as error:
+            if pretrained:
+                raise BackboneError(
+                    f"cannot load pretrained weights for {name} ({type(error).__name__}: "
+                    f"{str(error).splitlines()[0] if str(error) else ''}); "
+                    "use --weights FILE or --random-init"
+                ) from error
+            raise
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors, or from a .pth/.pt/.bin via ``torch.load(weights_only)``."""
+    if not path.is_file():
+        raise BackboneError(f"weights file {path} does not exist")
+    if path.suffix not in WEIGHT_FILE_SUFFIXES:
+        raise BackboneError(f"weights file {path} must end in {', '.join(WEIGHT_FILE_SUFFIXES)}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any failure to parse the file is the user's file being bad
+        raise BackboneError(f"cannot read weights file {path}: {error}") from error
+    for key in CHECKPOINT_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BackboneError(f"weights file {path} does not hold a state dict of tensors")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def _load_weights_file(model: nn.Module, path: Path) -> None:
+    state = read_weights_file(path)
+    classifier = (
+        model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
+    )
+    head_prefixes = tuple(
+        f"{name}." for name in ([classifier] if isinstance(classifier, str) else classifier or [])
+    )
+    # The backbone is built without its classifier; a checkpoint's head weights are not needed.
+    state = {k: v for k, v in state.items() if not (head_prefixes and k.startswith(head_prefixes))}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise BackboneError(f"weights file {path} does not fit the model: {first}") from error
+    if missing or unexpected:
+        raise BackboneError(
+            f"weights file {path} does not fit the model: {len(missing)} missing keys "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+
+
+def load_backbone(
+    name: str,
+    *,
+    weights_file: Path | None = None,
+    random_init: bool = False,
+    size: int | None = None,
+    grid: int | None = None,
+    seed: int = 0,
+) -> LoadedBackbone:
+    """Build a frozen timm backbone in eval mode on the CPU, with its preprocessing and identity.
+
+    Weights: ``weights_file`` (.safetensors or .pth), else ``random_init`` (seeded), else the
+    timm hub (``pretrained=True``). ``size`` sets the crop; a ViT is built for that size.
+    """
+    if weights_file is not None and random_init:
+        raise BackboneError("--weights and --random-init exclude each other")
+    if grid is not None and grid < 1:
+        raise BackboneError(f"--grid must be at least 1, got {grid}")
+    if size is not None and size < 8:
+        raise BackboneError(f"--size must be at least 8 pixels, got {size}")
+    if not timm.is_model(name):
+        raise _unknown_backbone(name)
+    pretrained = weights_file is None and not random_init
+    model = None
+    if size is not None:
+        # ViT-style models are built for one input size; CNNs take any and refuse the argument.
+        with suppress(TypeError):
+            model = _create(name, pretrained=pretrained, seed=seed, img_size=size)
+    if model is None:
+        model = _create(name, pretrained=pretrained, seed=seed)
+    if weights_file is not None:
+        _load_weights_file(model, weights_file)
+        weights = Weights(source="file", sha256=file_sha256(weights_file), file=str(weights_file))
+    else:
+        source = "hub" if pretrained else "random-init"
+        weights = Weights(source=source, sha256=state_dict_sha256(model))
+    model.eval().requires_grad_(False)
+    preprocessing = resolve_preprocessing(model, size=size)
+    features = PatchFeatures(model=model, grid=grid)
+    with torch.inference_mode(), flush_denormals():
+        raw = model.forward_features(torch.zeros(1, 3, preprocessing.size, preprocessing.size))
+        dim = int(features(torch.zeros(1, 3, preprocessing.size, preprocessing.size)).shape[-1])
+    patch_grid = (grid, grid) if grid is not None else _grid_of(features, raw)
+    return LoadedBackbone(name, features, preprocessing, weights, patch_grid, dim)
+
+
+def _grid_of(features: PatchFeatures, raw: torch.Tensor) -> tuple[int, int]:
+    if raw.ndim == 4:
+        height, width = (raw.shape[1:3]) if features.channels_last_output else raw.shape[2:4]
+        return int(height), int(width)
+    return features._token_grid(raw.shape[1] - features.num_prefix_tokens)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise BackboneError(f"unknown device {device!r}: {error}") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise BackboneError(f"device {device!r} asked, but CUDA is not available here")
+    return resolved
+
+
+class FrozenBackbone:
+    """A loaded backbone placed on a device: uint8 crops in, float16 patch features out.
+
+    On CUDA it runs under autocast (bf16 where supported, else fp16) with channels_last inputs;
+    on the CPU in float32, so CPU features equal timm's ``forward_features`` cast to float16.
+    """
+
+    def __init__(self, loaded: LoadedBackbone, *, device: torch.device) -> None:
+        self.loaded = loaded
+        self.device = device
+        self.on_cuda = device.type == "cuda"
+        self.autocast_dtype = (
+            (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+            if self.on_cuda
+            else None
+        )
+        memory_format = torch.channels_last if self.on_cuda else torch.contiguous_format
+        self.features = loaded.features.to(device=device, memory_format=memory_format)
+
+    @property
+    def compute_dtype(self) -> str:
+        return str(self.autocast_dtype or torch.float32).removeprefix("torch.")
+
+    @torch.inference_mode()
+    def __call__(self, crops: torch.Tensor) -> np.ndarray:
+        """(B, 3, S, S) uint8 -> (B, P, D) float16 numpy."""
+        images = crops.to(self.device, non_blocking=True)
+        images = self.loaded.preprocessing.normalize(images)  # (B, 3, S, S) float32
+        if self.on_cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=self.autocast_dtype):
+                tokens = self.features(images)  # (B, P, D)
+        else:
+            with flush_denormals():
+                tokens = self.features(images)  # (B, P, D)
+        return tokens.to(torch.float16).cpu().numpy()

@@ -1,0 +1,242 @@
+"""Decode a video (or a frame folder) and sample T frames at segment centers.
+
+Frame sampling: the video's n frames are cut into T equal segments and the center frame of each is
+kept, ``index_i = floor((i + 0.5) * n / T)`` for i = 0..T-1 (TSN/TRX test-time sampling). A video
+shorter than T frames repeats frames: with n = 3 and T = 8 the indices are 0 0 0 1 1 2 2 2. The
+indices are stored with the features, so nothing downstream has to guess.
+
+Two ways to reach the frames, chosen per video:
+- decode everything and keep T frames: exact for any video, and the faster one for short clips
+  (a seek lands on the previous keyframe and decodes forward anyway);
+- seek to each sampled frame's timestamp: used only when the container announces a long video,
+  where decoding every frame would waste most of the work. It maps frame indices to timestamps,
+  which assumes a constant frame rate; if a seek does not reach its frame the video falls back to
+  decoding everything.
+
+Per-video problems raise ``DecodeError`` with a one-line reason: the pipeline records it in the
+store and carries on with the other videos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import av
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from extract.videos import is_frame_file
+
+FRAME_SAMPLING = "segment centers: index_i = floor((i + 0.5) * n / T), repeating frames when n < T"
+# Seek only when decoding everything would decode more than this many frames per kept frame: below
+# that, the keyframe interval of common encodes (~12 to 250 frames) makes seeking no cheaper.
+SEEK_MIN_FRAMES_PER_SAMPLE = 64
+
+Strategy = Literal["auto", "decode_all", "seek"]
+
+
+class DecodeError(Exception):
+    """A video that cannot be decoded; ``str(error)`` is the reason stored for it."""
+
+
+@dataclass(frozen=True)
+class SampledClip:
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB
+    indices: np.ndarray  # (T,) int64, which source frames these are
+    num_frames: int  # frames the source has
+
+
+def segment_centers(num_frames: int, frames: int) -> np.ndarray:
+    """``floor((i + 0.5) * n / T)`` for i < T, in exact integer arithmetic: (T,) int64."""
+    if num_frames < 1 or frames < 1:
+        raise ValueError(
+            f"need at least one source frame and one sample, got {num_frames}, {frames}"
+        )
+    steps = np.arange(frames, dtype=np.int64)
+    return ((2 * steps + 1) * num_frames) // (2 * frames)
+
+
+# ---- frame folders ----
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """A frame folder's images in frame order (natural sort, so 2.jpg comes before 10.jpg)."""
+
+    def natural(path: Path) -> list[int | str]:
+        return [int(part) if part.isdigit() else part for part in _digit_runs(path.name)]
+
+    return sorted((p for p in folder.iterdir() if is_frame_file(p)), key=natural)
+
+
+def _digit_runs(name: str) -> list[str]:
+    runs: list[str] = []
+    for char in name:
+        if runs and runs[-1][-1].isdigit() == char.isdigit():
+            runs[-1] += char
+        else:
+            runs.append(char)
+    return runs
+
+
+def _read_image(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as error:
+        raise DecodeError(f"unreadable frame {path.name}: {error}") from error
+
+
+def _stack(frames: list[np.ndarray], where: str) -> np.ndarray:
+    shapes = {frame.shape for frame in frames}
+    if len(shapes) > 1:
+        raise DecodeError(f"{where}: frames differ in size: {sorted(shapes)}")
+    return np.stack(frames)  # (T, H, W, 3)
+
+
+# ---- video files ----
+
+
+def _reason(error: Exception) -> str:
+    """av errors carry the file name in str(); the reason alone reads better in a table."""
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
+def _open_video(path: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise DecodeError(f"cannot read file: {_reason(error)}") from error
+    if size == 0:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        container = av.open(str(path), mode="r")
+    except av.EOFError as error:
+        raise DecodeError("no frames: the file ends right after its header") from error
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
+        raise DecodeError(f"not a readable video: {_reason(error)}") from error
+    if not container.streams.video:
+        kinds = sorted({stream.type for stream in container.streams})
+        container.close()
+        holds = f"only {', '.join(kinds)}" if kinds else "no streams, no frames"
+        raise DecodeError(f"no video stream (the file holds {holds})")
+    return container, container.streams.video[0]
+
+
+def _announced_frames(stream: av.video.stream.VideoStream) -> int:
+    """Frames the container says the stream has (0 when it does not say)."""
+    if stream.frames > 0:
+        return int(stream.frames)
+    if stream.duration is not None and stream.average_rate and stream.time_base:
+        return int(float(stream.duration * stream.time_base) * float(stream.average_rate))
+    return 0
+
+
+def _decode_all(path: Path) -> list[av.VideoFrame]:
+    container, stream = _open_video(path)
+    with container:
+        try:
+            decoded = list(container.decode(stream))
+        except (av.FFmpegError, OSError) as error:
+            raise DecodeError(f"decoding failed: {_reason(error)}") from error
+    if not decoded:
+        raise DecodeError("no decodable video frames")
+    return decoded
+
+
+def _seek_frames(path: Path, indices: np.ndarray) -> list[av.VideoFrame] | None:
+    """The frames at ``indices`` (sorted, unique) by seeking; None when a seek misses."""
+    container, stream = _open_video(path)
+    with container:
+        if not stream.average_rate or not stream.time_base:
+            return None
+        start = stream.start_time or 0
+        frame_seconds = 1 / float(stream.average_rate)
+        picked: list[av.VideoFrame] = []
+        try:
+            for index in indices:
+                target = float(index) * frame_seconds
+                container.seek(start + int(target / float(stream.time_base)), stream=stream)
+                frame = next(
+                    (
+                        candidate
+                        for candidate in container.decode(stream)
+                        if candidate.pts is not None
+                        and (candidate.pts - start) * float(stream.time_base)
+                        >= target - frame_seconds / 2
+                    ),
+                    None,
+                )
+                if frame is None:
+                    return None
+                picked.append(frame)
+        except (av.FFmpegError, OSError):
+            return None
+    return picked
+
+
+def _to_rgb(frames: list[av.VideoFrame]) -> np.ndarray:
+    return np.stack([frame.to_ndarray(format="rgb24") for frame in frames])  # (T, H, W, 3)
+
+
+def num_frames(path: Path) -> int:
+    """Frames in a frame folder, or in a video (announced by the container, else counted)."""
+    if path.is_dir():
+        return len(frame_files(path))
+    container, stream = _open_video(path)
+    container.close()
+    return _announced_frames(stream) or len(_decode_all(path))
+
+
+def read_frames(
+    path: Path, indices: np.ndarray | list[int], *, strategy: Strategy = "auto"
+) -> np.ndarray:
+    """Raw RGB frames ``indices`` of a video file or a frame folder: (len(indices), H, W, 3) uint8.
+
+    Indices may repeat and come in any order; an index past the end raises ``DecodeError``.
+    """
+    wanted = np.asarray(indices, dtype=np.int64)
+    if wanted.size == 0:
+        raise ValueError("read_frames needs at least one index")
+    unique, inverse = np.unique(wanted, return_inverse=True)
+    if unique[0] < 0:
+        raise DecodeError(f"negative frame index {unique[0]}")
+    if path.is_dir():
+        files = frame_files(path)
+        if unique[-1] >= len(files):
+            raise DecodeError(f"frame {unique[-1]} asked, the folder holds {len(files)} frames")
+        return _stack([_read_image(files[i]) for i in unique], path.name)[inverse]
+    picked = None
+    if strategy != "decode_all":
+        picked = _seek_frames(path, unique)
+    if picked is None:
+        decoded = _decode_all(path)
+        if unique[-1] >= len(decoded):
+            raise DecodeError(f"frame {unique[-1]} asked, the video has {len(decoded)} frames")
+        picked = [decoded[i] for i in unique]
+    return _to_rgb(picked)[inverse]
+
+
+def sample_clip(path: Path, frames: int, *, strategy: Strategy = "auto") -> SampledClip:
+    """Decode ``path`` (a video file or a frame folder) and keep ``frames`` segment centers."""
+    if path.is_dir():
+        files = frame_files(path)
+        if not files:
+            raise DecodeError("frame folder holds no images")
+        indices = segment_centers(len(files), frames)
+        return SampledClip(read_frames(path, indices), indices, len(files))
+    container, stream = _open_video(path)
+    announced = _announced_frames(stream)
+    container.close()
+    long_video = announced >= SEEK_MIN_FRAMES_PER_SAMPLE * frames
+    if announced > 0 and (strategy == "seek" or (strategy == "auto" and long_video)):
+        indices = segment_centers(announced, frames)
+        unique, inverse = np.unique(indices, return_inverse=True)
+        picked = _seek_frames(path, unique)
+        if picked is not None:
+            return SampledClip(_to_rgb(picked)[inverse], indices, announced)
+    decoded = _decode_all(path)
+    indices = segment_centers(len(decoded), frames)
+    unique, inverse = np.unique(indices, return_inverse=True)
+    return SampledClip(_to_rgb([decoded[i] for i in unique])[inverse], indices, len(decoded))

@@ -1,0 +1,133 @@
+"""What `sact info STORE` shows: each feature set's config, provenance, progress and size."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from extract.store import FeatureSet, feature_set_names, is_url, open_root
+
+# Shown in the overview table; everything else in attrs goes to the per-set table and the JSON.
+OVERVIEW_KEYS = ("backbone", "weights_source", "input_size", "frames", "grid", "dim")
+
+
+@dataclass
+class FeatureSetInfo:
+    name: str
+    shape: list[int]  # (N, T, P, D)
+    counts: dict[str, int]  # videos, done, failed, pending
+    size_bytes: int | None  # None where the store cannot say (some object stores)
+    attrs: dict[str, Any]  # identity and provenance, as stored
+    failures: list[dict[str, str]] = field(default_factory=list)  # video_id, path, reason
+
+
+@dataclass
+class StoreInventory:
+    location: str
+    feature_sets: list[FeatureSetInfo]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _local_size(path: Path) -> int:
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            total += (Path(folder) / name).stat().st_size
+    return total
+
+
+def feature_set_size(location: str, name: str) -> int | None:
+    """Bytes the feature set takes: its files on disk, or its objects under an fsspec URL."""
+    if not is_url(location) or location.startswith("file://"):
+        return _local_size(Path(location.removeprefix("file://")) / name)
+    try:
+        import fsspec
+
+        filesystem, root = fsspec.core.url_to_fs(location)
+        return int(filesystem.du(f"{root.rstrip('/')}/{name}"))
+    except (ImportError, OSError, ValueError):
+        return None
+
+
+def describe(feature_set: FeatureSet, *, size_bytes: int | None) -> FeatureSetInfo:
+    failures = [
+        {"video_id": video_id, "path": path, "reason": error}
+        for video_id, path, error, done in zip(
+            feature_set.video_ids,
+            feature_set.paths,
+            feature_set.errors,
+            feature_set.done,
+            strict=True,
+        )
+        if done and error
+    ]
+    return FeatureSetInfo(
+        name=feature_set.name,
+        shape=[int(n) for n in feature_set.features.shape],
+        counts=feature_set.counts(),
+        size_bytes=size_bytes,
+        attrs=feature_set.attrs,
+        failures=failures,
+    )
+
+
+def inventory(location: str) -> StoreInventory:
+    """Open the store read-only and describe every feature set in it."""
+    root = open_root(location, mode="r")
+    infos = []
+    for name in feature_set_names(root):
+        group = root[name]
+        if "sact" not in group.attrs:
+            continue  # a feature set whose creation was interrupted: nothing in it yet
+        feature_set = FeatureSet(group, location=location)  # type: ignore[arg-type]
+        infos.append(describe(feature_set, size_bytes=feature_set_size(location, name)))
+    return StoreInventory(location=location, feature_sets=infos)
+
+
+def human_size(size_bytes: int | None) -> str:
+    if size_bytes is None:
+        return "?"
+    size = float(size_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def inventory_tables(found: StoreInventory) -> list[Table]:
+    """An overview table of the feature sets, then one provenance table per feature set."""
+    overview = Table(title=f"feature sets in {found.location}")
+    overview.add_column("feature set", style="bold")
+    for key in OVERVIEW_KEYS:
+        overview.add_column(key)
+    for column in ("videos", "done", "failed", "pending", "size"):
+        overview.add_column(column, justify="right")
+    tables = [overview]
+    if not found.feature_sets:
+        overview.caption = "no feature set yet"
+    for info in found.feature_sets:
+        counts = info.counts
+        overview.add_row(
+            info.name,
+            *(str(info.attrs.get(key, "")) for key in OVERVIEW_KEYS),
+            str(counts["videos"]),
+            f"[green]{counts['done']}",
+            f"[red]{counts['failed']}" if counts["failed"] else "0",
+            str(counts["pending"]),
+            human_size(info.size_bytes),
+        )
+        details = Table(title=info.name, show_header=False)
+        details.add_column("key", style="dim")
+        details.add_column("value")
+        for key, value in sorted(info.attrs.items()):
+            if key not in ("identity", "config"):
+                details.add_row(key, str(value))
+        tables.append(details)
+    return tables

@@ -1,0 +1,201 @@
+"""Find the videos to extract: video files and frame folders under one folder, optionally
+restricted to a split list.
+
+Layouts (DESIGN.md, "Inputs"):
+
+    DIR/<id>.webm                      flat (SSv2)                       label ""
+    DIR/<class>/<id>.mp4               class folders (Kinetics, HMDB)    label <class>
+    DIR/<class>/<id>/00001.jpg         frame folders (TRX/STRM layout)   label <class>
+    DIR/<id>/00001.jpg                 flat frame folders                label ""
+
+A split line ``class/video_id`` is matched against what was found, never joined into a path, the
+way TRX/STRM data loaders find their videos: first ``<class>/<id>``, then a flat ``<id>``, then any
+single file named ``<id>``; a Kinetics id ``<youtube>_<start>_<end>`` also matches a file named
+after the YouTube id alone. Class folder names match split classes with spaces or underscores.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from extract.errors import SactError
+from extract.splits import SplitEntry, load_split
+from extract.store import VideoRecord
+
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp"}
+)
+FRAME_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+KINETICS_ID = re.compile(r"^(?P<youtube>.+)_(?P<start>\d{6})_(?P<end>\d{6})$")
+
+
+class VideoDiscoveryError(SactError):
+    """The videos folder cannot be used as asked; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class FoundVideo:
+    """A video file or a frame folder, as found on disk."""
+
+    path: str  # relative to the videos folder, '/'-separated
+    label: str  # the class folder, or "" for a flat layout
+    stem: str  # the file name without suffix, or the frame folder's name
+
+
+@dataclass
+class VideoList:
+    """The videos one extraction covers, plus the split lines that named no file."""
+
+    records: list[VideoRecord]
+    unmatched: list[str] = field(default_factory=list)  # "class/video_id" lines with no file
+
+
+def is_frame_file(path: Path) -> bool:
+    return (
+        path.is_file() and path.suffix.lower() in FRAME_SUFFIXES and not path.name.startswith(".")
+    )
+
+
+def is_video_file(path: Path) -> bool:
+    return (
+        path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES and not path.name.startswith(".")
+    )
+
+
+def is_frame_folder(path: Path) -> bool:
+    return path.is_dir() and any(is_frame_file(child) for child in path.iterdir())
+
+
+def _visible_children(folder: Path) -> list[Path]:
+    return sorted(child for child in folder.iterdir() if not child.name.startswith("."))
+
+
+def find_videos(videos_dir: Path) -> list[FoundVideo]:
+    """Every video file and frame folder in the layouts above, sorted by path."""
+    if not videos_dir.is_dir():
+        raise VideoDiscoveryError(f"videos folder {videos_dir} does not exist or is not a folder")
+    found: list[FoundVideo] = []
+    for child in _visible_children(videos_dir):
+        if is_video_file(child):
+            found.append(FoundVideo(path=child.name, label="", stem=child.stem))
+        elif child.is_dir():
+            grandchildren = _visible_children(child)
+            if any(is_frame_file(entry) for entry in grandchildren):
+                found.append(FoundVideo(path=child.name, label="", stem=child.name))
+                continue
+            for entry in grandchildren:
+                if is_video_file(entry):
+                    found.append(
+                        FoundVideo(
+                            path=f"{child.name}/{entry.name}", label=child.name, stem=entry.stem
+                        )
+                    )
+                elif is_frame_folder(entry):
+                    found.append(
+                        FoundVideo(
+                            path=f"{child.name}/{entry.name}", label=child.name, stem=entry.name
+                        )
+                    )
+    return sorted(found, key=lambda video: video.path)
+
+
+def _class_key(label: str) -> str:
+    return label.replace("_", " ").strip().casefold()
+
+
+def _check_unique(records: list[VideoRecord]) -> list[VideoRecord]:
+    paths_by_id: dict[str, list[str]] = defaultdict(list)
+    for record in records:
+        paths_by_id[record.video_id].append(record.path)
+    duplicated = {video_id: paths for video_id, paths in paths_by_id.items() if len(paths) > 1}
+    if duplicated:
+        video_id, paths = next(iter(sorted(duplicated.items())))
+        raise VideoDiscoveryError(
+            f"{len(duplicated)} video id(s) name several files, e.g. {video_id!r}: "
+            + ", ".join(paths)
+            + "; video ids must be unique (rename the files or pass --split)"
+        )
+    return records
+
+
+class _Matcher:
+    """Looks split entries up among the found videos, the way TRX/STRM loaders do."""
+
+    def __init__(self, found: list[FoundVideo]) -> None:
+        self.by_class_and_stem: dict[tuple[str, str], FoundVideo] = {}
+        self.by_stem: dict[str, list[FoundVideo]] = defaultdict(list)
+        for video in found:
+            self.by_class_and_stem.setdefault((_class_key(video.label), video.stem), video)
+            self.by_stem[video.stem].append(video)
+
+    def _lookup(self, label: str, stem: str) -> FoundVideo | None:
+        in_class = self.by_class_and_stem.get((_class_key(label), stem))
+        if in_class is not None:
+            return in_class
+        flat = self.by_class_and_stem.get(("", stem))
+        if flat is not None:
+            return flat
+        anywhere = self.by_stem.get(stem, [])
+        return anywhere[0] if len(anywhere) == 1 else None
+
+    def match(self, entry: SplitEntry) -> FoundVideo | None:
+        video = self._lookup(entry.label, entry.video_id)
+        if video is None and (kinetics := KINETICS_ID.match(entry.video_id)):
+            video = self._lookup(entry.label, kinetics["youtube"])
+        return video
+
+
+def list_videos(videos_dir: Path, split: str | None = None) -> VideoList:
+    """The videos to extract: everything found, or (with ``split``) the split's videos.
+
+    Without a split, ids are file stems and labels are class folders. With a split, ids and labels
+    come from the split lines (all of its train/val/test parts, in that order); lines that name no
+    file are returned in ``unmatched``.
+    """
+    found = find_videos(videos_dir)
+    if not found:
+        raise VideoDiscoveryError(
+            f"no videos found in {videos_dir} (looked for {', '.join(sorted(VIDEO_SUFFIXES))} "
+            "files, flat or in class folders, and class/video/00001.jpg frame folders)"
+        )
+    if split is None:
+        records = [VideoRecord(video_id=v.stem, path=v.path, label=v.label) for v in found]
+        return VideoList(records=_check_unique(records))
+    matcher = _Matcher(found)
+    records, unmatched, seen = [], [], set()
+    for entries in load_split(split).values():
+        for entry in entries:
+            if (entry.label, entry.video_id) in seen:
+                continue
+            seen.add((entry.label, entry.video_id))
+            video = matcher.match(entry)
+            if video is None:
+                unmatched.append(f"{entry.label}/{entry.video_id}")
+            else:
+                records.append(
+                    VideoRecord(video_id=entry.video_id, path=video.path, label=entry.label)
+                )
+    if not records:
+        raise VideoDiscoveryError(
+            f"none of the {len(unmatched)} videos of split {split!r} was found in {videos_dir} "
+            f"(e.g. {unmatched[0]!r})"
+        )
+    return VideoList(records=_check_unique(records), unmatched=unmatched)
+
+
+def resolve_video_path(videos_dir: Path, relative: str) -> Path:
+    """The file a stored ``path`` names, checked to lie inside the videos folder.
+
+    Paths read back from a store (on resume) are data, not trusted: an absolute path or one that
+    climbs out with '..' is refused.
+    """
+    parts = relative.split("/")
+    if not relative or relative.startswith("/") or "\\" in relative or ".." in parts:
+        raise VideoDiscoveryError(f"stored video path {relative!r} leaves the videos folder")
+    candidate = videos_dir.joinpath(*parts)
+    if not candidate.resolve().is_relative_to(videos_dir.resolve()):
+        raise VideoDiscoveryError(f"stored video path {relative!r} leaves the videos folder")
+    return candidate
