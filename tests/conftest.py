@@ -12,6 +12,7 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
+from s3_server import s3_bucket, s3_server  # noqa: F401  (one S3 server for the whole session)
 
 from extract.synthetic import encode_video
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from s3_server import make_bucket, s3_bucket, s3_server  # noqa: F401  (fixtures)
+from s3_server import make_bucket
 
 from extract.hdf5 import export_hdf5
 from extract.store import (
@@ -333,7 +333,7 @@ def test_a_different_config_never_writes_into_a_feature_set(tmp_path: Path) -> N
         open_writer(location, "tiny-a", videos(4), dim=16)
 
 
-def test_s3_errors_are_one_line(s3_server: str) -> None:  # noqa: F811
+def test_s3_errors_are_one_line(s3_server: str) -> None:
     with pytest.raises(FeatureStoreError, match="no feature store at s3://"):
         open_feature_set("s3://sact-no-such-bucket/feats.zarr")
 
