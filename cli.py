@@ -145,5 +145,163 @@ def info(
         console.print(table)
 
 
+# -- train, evaluate (fewshot/training.py, fewshot/evaluation.py) --
+
+
+@app.command()
+def train(
+    feats: Annotated[str | None, typer.Option(help="Feature store (.zarr path or URL).")] = None,
+    feature_set: Annotated[
+        str | None, typer.Option(help="Feature set in the store; needed if it holds several.")
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Split list: a built-in name or a folder; default: the store's split."),
+    ] = None,
+    model: Annotated[str, typer.Option(help="sact, protonet or trx.")] = "sact",
+    way: Annotated[int, typer.Option(help="Classes per episode, N.")] = 5,
+    shot: Annotated[int, typer.Option(help="Support videos per class, K.")] = 5,
+    query: Annotated[int, typer.Option(help="Query videos per class, Q.")] = 5,
+    frames: Annotated[
+        int | None, typer.Option(help="Frames the model sees; default: all stored frames.")
+    ] = None,
+    d_k: Annotated[int | None, typer.Option(help="Projection width d_k (sact, trx).")] = None,
+    tmixer: Annotated[bool, typer.Option(help="SA-CT's TMixer (ablation: --no-tmixer).")] = True,
+    cpe: Annotated[bool, typer.Option(help="SA-CT's CPE (ablation: --no-cpe).")] = True,
+    iterations: Annotated[int, typer.Option(help="Optimiser steps.")] = 10_000,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
+    optimizer: Annotated[str, typer.Option(help="adamw, adam or sgd.")] = "adamw",
+    tasks_per_batch: Annotated[int, typer.Option(help="Episodes per optimiser step.")] = 4,
+    val_every: Annotated[int, typer.Option(help="Validate and checkpoint every N steps.")] = 500,
+    val_episodes: Annotated[int, typer.Option(help="Fixed val episodes per validation.")] = 300,
+    out: Annotated[str | None, typer.Option(help="Run directory; default runs/NAME.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    ] = False,
+    cache_gb: Annotated[
+        float | None,
+        typer.Option(
+            help="Keep the split's features in memory up to this size; default: half "
+            "the available memory."
+        ),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train a few-shot head on cached features (episodic, resumable, deterministic)."""
+    from dataclasses import asdict
+
+    from fewshot.training import TrainConfig
+    from fewshot.training import train as run_training
+
+    if feats is None and not resume:
+        fail("missing --feats STORE (the feature store written by `sact extract`)")
+    config = TrainConfig(
+        feats=feats or "",
+        feature_set=feature_set,
+        split=split,
+        model=model,
+        way=way,
+        shot=shot,
+        query=query,
+        frames=frames,
+        d_k=d_k,
+        tmixer=tmixer,
+        cpe=cpe,
+        iterations=iterations,
+        lr=lr,
+        optimizer=optimizer,
+        tasks_per_batch=tasks_per_batch,
+        val_every=val_every,
+        val_episodes=val_episodes,
+        out=out,
+        seed=seed,
+        device=device,
+        resume=resume,
+        cache_gb=cache_gb,
+    )
+    with user_errors():
+        result = run_training(config, console=stderr)
+    stderr.print(
+        f"{result.steps} steps; best val accuracy {100 * result.best_val_accuracy:.2f}% at step "
+        f"{result.best_step}; train features {result.data}; run in {result.run_dir}",
+        highlight=False,
+    )
+    if json_out:
+        typer.echo(json.dumps({**asdict(result), "run_dir": str(result.run_dir)}, indent=2))
+
+
+@app.command()
+def evaluate(
+    run: Annotated[
+        Path | None, typer.Option(help="Run directory; default: the latest run under runs/.")
+    ] = None,
+    ckpt: Annotated[Path | None, typer.Option(help="A checkpoint folder instead of a run.")] = None,
+    checkpoint: Annotated[str, typer.Option(help="Which checkpoint of a run: best or last.")] = (
+        "best"
+    ),
+    feats: Annotated[
+        str | None, typer.Option(help="Feature store; default: the run's own.")
+    ] = None,
+    feature_set: Annotated[
+        str | None, typer.Option(help="Feature set; default: the run's own.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split part to score: train, val or test.")] = "test",
+    split_list: Annotated[
+        str | None, typer.Option(help="Split list name or folder; default: the run's split.")
+    ] = None,
+    way: Annotated[int, typer.Option(help="Classes per episode, N.")] = 5,
+    shot: Annotated[
+        list[int] | None, typer.Option(help="Shots K (repeatable); default: 1 and 5.")
+    ] = None,
+    query: Annotated[int, typer.Option(help="Queries per class, Q.")] = 1,
+    episodes: Annotated[int, typer.Option(help="Episodes per shot setting.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed of the episodes.")] = 0,
+    episodes_file: Annotated[
+        Path | None, typer.Option(help="Episode file: read if it exists, else written.")
+    ] = None,
+    compare: Annotated[
+        list[Path] | None,
+        typer.Option(help="Another run scored on the same episodes (repeatable): paired Δ."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Videos per embedding forward.")] = 32,
+    out: Annotated[
+        Path | None, typer.Option(help="Results JSON; default: evaluation.json in the run.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Few-shot accuracy ± 95% CI on the test split; paired differences with --compare."""
+    from fewshot.evaluation import EvalConfig, results_table
+    from fewshot.evaluation import evaluate as run_evaluation
+
+    config = EvalConfig(
+        run=None if run is None else str(run),
+        ckpt=None if ckpt is None else str(ckpt),
+        checkpoint=checkpoint,
+        feats=feats,
+        feature_set=feature_set,
+        split=split,
+        split_list=split_list,
+        way=way,
+        shots=tuple(shot) if shot else (1, 5),
+        query=query,
+        episodes=episodes,
+        seed=seed,
+        episodes_file=None if episodes_file is None else str(episodes_file),
+        compare=tuple(str(path) for path in compare or ()),
+        device=device,
+        batch_size=batch_size,
+        out=None if out is None else str(out),
+    )
+    with user_errors():
+        results = run_evaluation(config, console=stderr)
+    (stderr if json_out else Console()).print(results_table(results))
+    stderr.print(f"results in {results['path']}", highlight=False)
+    if json_out:
+        typer.echo(json.dumps(results, indent=2))
+
+
 if __name__ == "__main__":
     app()

@@ -40,7 +40,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from extract.errors import SactError
-from extract.store import FeatureSet, open_feature_set
+from extract.store import FeatureSet, is_url, open_feature_set
 from fewshot.checkpoints import (
     Checkpoint,
     build_model,
@@ -173,6 +173,11 @@ def make_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]):
     return kind(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def store_location(location: str) -> str:
+    """A local store as an absolute path, so a run can be evaluated from any folder."""
+    return location if is_url(location) else str(Path(location.removeprefix("file://")).resolve())
+
+
 def default_run_dir(config: TrainConfig, feature_set: FeatureSet) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{config.model}-{feature_set.name}-{stamp}"
@@ -280,7 +285,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
             "model": config.model,
             "model_config": model.config(),
             "feature_set": feature_set.name,
-            "store": feature_set.location,
+            "store": store_location(feature_set.location),
             "split": data.split.name,
             "split_description": data.split.description,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -369,7 +374,7 @@ class Trainer:
             "model": self.config.model,
             "model_config": self.model.config(),
             "feature_set": self.data.feature_set.name,
-            "store": self.data.feature_set.location,
+            "store": store_location(self.data.feature_set.location),
             "split": self.data.split.name,
             "step": self.step,
             "val_accuracy": self.last_accuracy,

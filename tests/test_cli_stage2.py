@@ -1,0 +1,102 @@
+"""`sact train` and `sact evaluate` end to end through typer's runner, on a synthetic store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli import app
+from fewshot.synthetic import write_split_lists, write_synthetic_store
+
+CLASSES, VIDEOS = 30, 6
+PARTS = {"train": range(0, 20), "val": range(20, 25), "test": range(25, 30)}
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A store that records its split (as `sact extract --split` does), in the current folder."""
+    split = write_split_lists(tmp_path / "split", CLASSES, VIDEOS, PARTS)
+    write_synthetic_store(
+        tmp_path / "feats.zarr", classes=CLASSES, videos_per_class=VIDEOS, split=str(split)
+    )
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+TRAIN = ["train", "--feats", "feats.zarr", "--way", "3", "--shot", "2", "--query", "2"]
+SMALL = ["--d-k", "16", "--iterations", "8", "--val-every", "4", "--val-episodes", "10"]
+
+
+def test_train_then_evaluate_the_latest_run_with_no_arguments(workdir):
+    trained = runner.invoke(app, [*TRAIN, *SMALL, "--lr", "0.003", "--device", "cpu", "--json"])
+    assert trained.exit_code == 0, trained.output
+    result = json.loads(trained.stdout)
+    run_dir = workdir / result["run_dir"]
+    assert run_dir.parent == workdir / "runs" and result["steps"] == 8
+    assert (run_dir / "checkpoints/best/model.safetensors").is_file()
+    assert (run_dir / "training_curve.png").is_file()
+
+    evaluated = runner.invoke(app, ["evaluate", "--way", "3", "--episodes", "20", "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    results = json.loads(evaluated.stdout)
+    assert [s["shot"] for s in results["settings"]] == [1, 5]
+    assert list(results["runs"]) == [result["run_dir"]]
+    assert results["runs"][result["run_dir"]]["store"] == str(workdir / "feats.zarr")
+    assert (run_dir / "evaluation.json").is_file()
+
+    table = runner.invoke(app, ["evaluate", "--way", "3", "--shot", "1", "--episodes", "20"])
+    assert table.exit_code == 0 and "5-way" not in table.stdout and "3-way 1-shot" in table.stdout
+
+
+def test_resume_and_compare_through_the_command_line(workdir):
+    base = [*TRAIN, *SMALL, "--device", "cpu"]
+    assert runner.invoke(app, [*base, "--out", "runs/a"]).exit_code == 0
+    again = runner.invoke(app, [*base, "--out", "runs/a"])
+    assert again.exit_code == 2 and "continue it with --resume" in again.output
+    resumed = runner.invoke(app, ["train", "--out", "runs/a", "--resume", "--device", "cpu"])
+    assert resumed.exit_code == 0, resumed.output
+    proto = runner.invoke(
+        app, [*TRAIN, "--model", "protonet", "--out", "runs/p", "--device", "cpu"]
+    )
+    assert proto.exit_code == 0, proto.output
+    compared = runner.invoke(
+        app,
+        ["evaluate", "--run", "runs/a", "--compare", "runs/p", "--way", "3", "--shot", "1",
+         "--episodes", "20", "--episodes-file", "episodes.json", "--json"],
+    )  # fmt: skip
+    assert compared.exit_code == 0, compared.output
+    setting = json.loads(compared.stdout)["settings"][0]
+    assert set(setting["paired_differences"]) == {"runs/p"}
+    assert (workdir / "episodes.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["train"], "missing --feats STORE"),
+        (["train", "--feats", "missing.zarr"], "no feature store at missing.zarr"),
+        ([*TRAIN, "--model", "bert"], "--model must be sact, protonet or trx"),
+        ([*TRAIN, "--way", "9"], "9-way episodes need 9 classes"),
+        (["train", "--out", "runs/none", "--resume"], "nothing to resume"),
+        (["evaluate"], "no trained run under runs/"),
+        (["evaluate", "--run", "runs/none"], "run directory runs/none does not exist"),
+        (["evaluate", "--ckpt", "feats.zarr"], "no checkpoint at feats.zarr"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(workdir, arguments, message):
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output

@@ -1,0 +1,194 @@
+"""Evaluation: deterministic, embed-once equals forward, paired comparisons, clear errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from extract.errors import SactError
+from extract.store import open_feature_set
+from fewshot.checkpoints import read_checkpoint
+from fewshot.episodes import EpisodeSampler, build_pool, resolve_split
+from fewshot.evaluation import (
+    EvalConfig,
+    embed_videos,
+    episode_logits,
+    evaluate,
+    mean_and_interval,
+    results_table,
+)
+from fewshot.features import SplitFeatures, segment_frames
+from fewshot.synthetic import write_split_lists, write_synthetic_store
+from fewshot.training import TrainConfig, train
+
+CLASSES, VIDEOS = 30, 6
+PARTS = {"train": range(0, 20), "val": range(20, 25), "test": range(25, 30)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A store (8 stored frames, models use 4) and two trained runs under one runs/ folder."""
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("evaluation")
+    split = write_split_lists(folder / "split", CLASSES, VIDEOS, PARTS)
+    location = write_synthetic_store(
+        folder / "feats.zarr", classes=CLASSES, videos_per_class=VIDEOS, frames=8, shard_size=8
+    )
+    common = {
+        "feats": location,
+        "split": str(split),
+        "way": 3,
+        "shot": 2,
+        "query": 2,
+        "frames": 4,
+        "val_episodes": 10,
+        "device": "cpu",
+    }
+    protonet = folder / "runs/protonet"
+    train(TrainConfig(**common, model="protonet", out=str(protonet)))
+    sact = folder / "runs/sact"
+    train(
+        TrainConfig(**common, d_k=16, iterations=30, lr=3e-3, warmup=5, val_every=10, out=str(sact))
+    )
+    # the sact run is the latest one, whatever the file system's timestamp resolution
+    later = time.time() + 10
+    os.utime(sact / "checkpoints/last/checkpoint.json", (later, later))
+    return folder, location, split, sact, protonet
+
+
+def config(run, **changes) -> EvalConfig:
+    settings = {"run": str(run), "way": 3, "shots": (1, 2), "episodes": 60, "device": "cpu"}
+    return EvalConfig(**{**settings, **changes})
+
+
+def test_the_same_evaluation_twice_gives_identical_numbers(runs, tmp_path):
+    _, _, _, sact, _ = runs
+    first = evaluate(config(sact, out=str(tmp_path / "a.json")))
+    second = evaluate(config(sact, out=str(tmp_path / "b.json")))
+    assert first["settings"] == second["settings"]
+    (one_shot, two_shot) = first["settings"]
+    assert (one_shot["shot"], two_shot["shot"], one_shot["episodes"]) == (1, 2, 60)
+    accuracy = one_shot["runs"][str(sact)]["accuracy"]
+    assert 0 <= accuracy <= 1 and one_shot["runs"][str(sact)]["ci95"] > 0
+    assert json.loads((tmp_path / "a.json").read_text())["settings"] == first["settings"]
+
+
+def test_results_land_in_the_run_directory_by_default(runs):
+    _, _, _, sact, _ = runs
+    results = evaluate(config(sact, shots=(1,), episodes=10))
+    assert results["path"] == str(sact / "evaluation.json")
+    assert json.loads((sact / "evaluation.json").read_text())["runs"][str(sact)]["model"] == "sact"
+    assert results_table(results).row_count == 1
+
+
+def test_embedding_once_gives_the_logits_of_a_full_forward(runs):
+    _, location, split, sact, _ = runs
+    model = read_checkpoint(sact / "checkpoints/best").build()
+    feature_set = open_feature_set(location)
+    pool = build_pool(feature_set, resolve_split(feature_set, str(split)), "test")
+    episodes = EpisodeSampler(pool, way=3, shot=2, queries=1).episodes(10, seed=0)
+    features = SplitFeatures(feature_set, pool, frames=4, device=torch.device("cpu"))
+    positions = np.arange(len(pool))
+    embedding, row_of = embed_videos(model, features, positions, batch_size=7)
+    cached = list(episode_logits(model, embedding, row_of, episodes))
+    with torch.no_grad():
+        for episode, logits in zip(episodes, cached, strict=True):
+            support = features.videos(episode.support, segment_frames(8, 4, len(episode.support)))
+            query = features.videos(episode.query, segment_frames(8, 4, len(episode.query)))
+            labels = torch.from_numpy(episode.support_labels())
+            torch.testing.assert_close(logits, model(support, labels, query), rtol=1e-5, atol=1e-5)
+
+
+def test_episode_files_and_paired_comparisons(runs, tmp_path):
+    _, _, _, sact, protonet = runs
+    episodes_file = tmp_path / "episodes.json"
+    results = evaluate(config(sact, episodes_file=str(episodes_file), compare=(str(protonet),)))
+    assert episodes_file.is_file()
+    again = evaluate(config(sact, episodes_file=str(episodes_file), shots=(5,), episodes=3))
+    # the file decides the episodes: its 1- and 2-shot settings, 60 episodes each
+    assert [s["shot"] for s in again["settings"]] == [1, 2]
+    for setting, repeated in zip(results["settings"], again["settings"], strict=True):
+        assert repeated["runs"][str(sact)] == setting["runs"][str(sact)]
+        ours = setting["runs"][str(sact)]["accuracy"]
+        theirs = setting["runs"][str(protonet)]["accuracy"]
+        paired = setting["paired_differences"][str(protonet)]
+        assert paired["difference"] == pytest.approx(ours - theirs)
+        assert paired["ci95"] >= 0
+    itself = evaluate(config(sact, episodes_file=str(episodes_file), compare=(str(sact),)))
+    paired = itself["settings"][0]["paired_differences"][str(sact)]
+    assert paired == {"difference": 0.0, "ci95": 0.0}
+
+
+def test_the_latest_run_is_the_default(runs, tmp_path):
+    folder, _, _, sact, _ = runs
+    results = evaluate(
+        EvalConfig(runs_dir=str(folder / "runs"), way=3, shots=(1,), episodes=5, device="cpu",
+                   out=str(tmp_path / "latest.json"))
+    )  # fmt: skip
+    assert list(results["runs"]) == [str(sact)]
+    with pytest.raises(SactError, match="no trained run under"):
+        evaluate(EvalConfig(runs_dir=str(tmp_path / "none")))
+
+
+def test_confidence_interval_is_1_96_std_over_sqrt_n():
+    values = np.array([1.0, 0.0, 1.0, 1.0])
+    mean, interval = mean_and_interval(values)
+    assert mean == 0.75 and interval == pytest.approx(1.96 * np.std(values) / math.sqrt(4))
+
+
+def test_a_checkpoint_that_does_not_fit_the_store_is_refused(runs, tmp_path):
+    _, _, _, sact, _ = runs
+    other = write_synthetic_store(
+        tmp_path / "wide.zarr", classes=CLASSES, videos_per_class=VIDEOS, dim=8, frames=8
+    )
+    with pytest.raises(SactError, match=r"expects D=16, grid \(2, 2\), T=4; .* has D=8"):
+        evaluate(config(sact, feats=other))
+    short = write_synthetic_store(
+        tmp_path / "short.zarr", classes=CLASSES, videos_per_class=VIDEOS, frames=2
+    )
+    with pytest.raises(SactError, match=r"T=4; feature set synthetic has .* T=2"):
+        evaluate(config(sact, feats=short))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"way": 6}, "6-way episodes need 6 classes; test has 5"),
+        ({"shots": (6,)}, "shot \\+ query = 7 videos; test has 0"),
+        ({"checkpoint": "middle"}, "--checkpoint must be best or last"),
+        ({"ckpt": "somewhere"}, "pass --run or --ckpt, not both"),
+        ({"episodes": 0}, "need --episodes >= 1"),
+        ({"split": "holdout"}, "has no holdout list"),
+    ],
+)
+def test_bad_evaluations_are_refused_with_one_line(runs, changes, message):
+    _, _, _, sact, _ = runs
+    with pytest.raises(SactError, match=message) as error:
+        evaluate(config(sact, **changes))
+    assert "\n" not in str(error.value)
+
+
+def test_a_split_whose_videos_are_not_in_the_store_is_refused(runs, tmp_path):
+    _, _, _, sact, _ = runs
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign/testlist01.txt").write_text("jump/abc\nrun/def\n")
+    with pytest.raises(SactError, match="none of the 2 videos"):
+        evaluate(config(sact, split_list=str(tmp_path / "foreign")))
+    with pytest.raises(SactError, match=r"run directory .* does not exist"):
+        evaluate(config(tmp_path / "no-run"))
+    with pytest.raises(SactError, match="no checkpoint at"):
+        evaluate(EvalConfig(ckpt=str(tmp_path)))
