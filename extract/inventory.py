@@ -11,8 +11,13 @@ from rich.table import Table
 
 from extract.store import FeatureSet, feature_set_names, is_url, open_root
 
-# Shown in the overview table; everything else in attrs goes to the per-set table and the JSON.
-OVERVIEW_KEYS = ("backbone", "weights_source", "input_size", "frames", "grid", "dim")
+# Overview columns (header, attrs key); every attr is in the per-set table and the JSON.
+OVERVIEW_COLUMNS = (
+    ("weights", "weights_source"),
+    ("px", "input_size"),
+    ("T", "frames"),
+    ("D", "dim"),
+)
 
 
 @dataclass
@@ -104,9 +109,10 @@ def human_size(size_bytes: int | None) -> str:
 def inventory_tables(found: StoreInventory) -> list[Table]:
     """An overview table of the feature sets, then one provenance table per feature set."""
     overview = Table(title=f"feature sets in {found.location}")
-    overview.add_column("feature set", style="bold")
-    for key in OVERVIEW_KEYS:
-        overview.add_column(key)
+    overview.add_column("feature set", style="bold", overflow="fold")
+    for header, _ in OVERVIEW_COLUMNS:
+        overview.add_column(header)
+    overview.add_column("grid")
     for column in ("videos", "done", "failed", "pending", "size"):
         overview.add_column(column, justify="right")
     tables = [overview]
@@ -116,7 +122,8 @@ def inventory_tables(found: StoreInventory) -> list[Table]:
         counts = info.counts
         overview.add_row(
             info.name,
-            *(str(info.attrs.get(key, "")) for key in OVERVIEW_KEYS),
+            *(str(info.attrs.get(key, "")) for _, key in OVERVIEW_COLUMNS),
+            "x".join(str(side) for side in info.attrs.get("grid", [])),
             str(counts["videos"]),
             f"[green]{counts['done']}",
             f"[red]{counts['failed']}" if counts["failed"] else "0",

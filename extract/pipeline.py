@@ -125,7 +125,12 @@ class ExtractSummary:
     extracted_now: int  # videos this run processed (successes and failures)
     failures: list[VideoFailure]
     unmatched: list[str]  # split lines that named no file
-    seconds: float
+    seconds: float  # the whole run: listing, backbone loading, extraction
+    work_seconds: float  # decoding, inference and writing only
+
+    @property
+    def videos_per_second(self) -> float:
+        return self.extracted_now / self.work_seconds if self.work_seconds > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -373,7 +378,13 @@ def extract_shards(
 
 
 def summarize(
-    writer: FeatureSetWriter, *, store: str, processed: int, unmatched: list[str], seconds: float
+    writer: FeatureSetWriter,
+    *,
+    store: str,
+    processed: int,
+    unmatched: list[str],
+    seconds: float,
+    work_seconds: float,
 ) -> ExtractSummary:
     group = writer.group
     done = np.asarray(group["done"][:], dtype=bool)
@@ -396,6 +407,7 @@ def summarize(
         failures=failures,
         unmatched=unmatched,
         seconds=round(seconds, 3),
+        work_seconds=round(work_seconds, 3),
     )
 
 
@@ -417,14 +429,17 @@ def run_extraction(config: ExtractConfig, *, console: Console | None = None) -> 
     frozen = FrozenBackbone(loaded, device=device)
     writer = open_feature_set_for_writing(config, frozen, video_list)
     shards = shards_for_this_process(writer)
+    work_started = time.perf_counter()
     with _progress(console) as progress:
         processed = extract_shards(writer, shards, frozen=frozen, config=config, progress=progress)
+    finished = time.perf_counter()
     return summarize(
         writer,
         store=config.out,
         processed=processed,
         unmatched=video_list.unmatched,
-        seconds=time.perf_counter() - started,
+        seconds=finished - started,
+        work_seconds=finished - work_started,
     )
 
 
@@ -436,6 +451,7 @@ def summary_table(summary: ExtractSummary) -> Table:
     table.add_column("failed", justify="right", style="red")
     table.add_column("pending", justify="right")
     table.add_column("this run", justify="right")
+    table.add_column("videos/s", justify="right")
     table.add_column("seconds", justify="right")
     table.add_row(
         str(summary.videos),
@@ -443,6 +459,7 @@ def summary_table(summary: ExtractSummary) -> Table:
         str(summary.failed),
         str(summary.pending),
         str(summary.extracted_now),
+        f"{summary.videos_per_second:.1f}",
         f"{summary.seconds:.1f}",
     )
     return table

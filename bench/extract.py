@@ -1,0 +1,138 @@
+"""Where does `sact extract` spend its time? Videos/s of, on the same videos in one run:
+
+  (a) decode only: the DataLoader workers alone (decode, sample T frames, resize + crop);
+  (b) backbone only: the frozen backbone on crops already in memory, same batch size;
+  (c) the whole extraction (`run_extraction` into a fresh store: a + b + writing, overlapped).
+
+A pipeline that overlaps well gets (c) close to min(a, b); the ratio (c)/min(a, b) says how close.
+
+    .venv/bin/python bench/extract.py                                    # this CPU, small backbone
+    .venv/bin/python bench/extract.py --backbone resnet50.tv_in1k --size 224 --frames 8 \\
+        --videos-count 256 --batch-size 32 --workers 8 --device cuda     # the GPU goal: c >= 0.8 b
+
+Without ``--videos DIR`` it encodes synthetic h264 clips (like Kinetics/SSv2 clip lengths).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+# Run as a script, this file's folder comes first on sys.path and its name would hide the
+# `extract` package: look packages up from the repository root instead.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from extract.backbone import FrozenBackbone, load_backbone, resolve_device
+from extract.pipeline import ClipDataset, ExtractConfig, decoded_videos, run_extraction
+from extract.synthetic import encode_video
+from extract.videos import list_videos
+
+console = Console()
+
+
+def synthetic_videos(folder: Path, *, count: int, frames: int, width: int, height: int) -> Path:
+    """``count`` h264 clips of moving noise blocks, one seeded generator per clip."""
+    for index in range(count):
+        rng = np.random.default_rng(index)
+        blocks = rng.integers(0, 256, size=(frames, height // 8, width // 8, 3), dtype=np.uint8)
+        clip = blocks.repeat(8, axis=1).repeat(8, axis=2)  # (frames, height, width, 3)
+        path = folder / f"class{index % 4}" / f"v{index:04d}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        encode_video(path, clip)
+    return folder
+
+
+def decode_only(dataset: ClipDataset, *, workers: int) -> float:
+    started = time.perf_counter()
+    for video in decoded_videos(dataset, workers=workers, pin_memory=False):
+        assert not video.error, video.error
+    return len(dataset) / (time.perf_counter() - started)
+
+
+def backbone_only(frozen: FrozenBackbone, crops: list[torch.Tensor], *, batch_size: int) -> float:
+    frozen(torch.cat(crops[:batch_size]))  # warm-up: kernel selection, allocator
+    if frozen.on_cuda:
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for start in range(0, len(crops), batch_size):
+        frozen(torch.cat(crops[start : start + batch_size]))  # ends with a copy to the host
+    return len(crops) / (time.perf_counter() - started)
+
+
+def main(
+    videos: Annotated[Path | None, typer.Option(help="Videos to use; default: synthetic.")] = None,
+    videos_count: Annotated[int, typer.Option(help="Synthetic videos to encode.")] = 32,
+    video_frames: Annotated[int, typer.Option(help="Frames per synthetic video.")] = 48,
+    video_size: Annotated[str, typer.Option(help="Synthetic video WxH.")] = "320x240",
+    backbone: str = "resnet18",
+    size: int = 112,
+    frames: int = 8,
+    batch_size: int = 8,
+    workers: int = 1,
+    device: str = "auto",
+) -> None:
+    width, height = (int(side) for side in video_size.split("x"))
+    with tempfile.TemporaryDirectory() as scratch:
+        if videos is None:
+            videos = synthetic_videos(
+                Path(scratch) / "videos",
+                count=videos_count,
+                frames=video_frames,
+                width=width,
+                height=height,
+            )
+        records = list_videos(videos).records
+        loaded = load_backbone(backbone, random_init=True, size=size)
+        frozen = FrozenBackbone(loaded, device=resolve_device(device))
+        dataset = ClipDataset(
+            videos_dir=videos, records=records, frames=frames, preprocessing=loaded.preprocessing
+        )
+
+        decode_rate = decode_only(dataset, workers=workers)
+        crops = [dataset[index].crops for index in range(len(dataset))]
+        backbone_rate = backbone_only(frozen, crops, batch_size=batch_size)
+        config = ExtractConfig(
+            videos=videos,
+            out=str(Path(scratch) / "feats.zarr"),
+            backbone=backbone,
+            random_init=True,
+            frames=frames,
+            size=size,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+        )
+        summary = run_extraction(config, console=Console(quiet=True))
+        whole_rate = summary.videos_per_second
+
+    table = Table(
+        title=f"extract: {len(records)} videos, {backbone} {size}px, T={frames}, "
+        f"batch {batch_size} videos, {workers} workers, {frozen.device}"
+    )
+    table.add_column("stage")
+    table.add_column("videos/s", justify="right")
+    table.add_column("frames/s", justify="right")
+    for stage, rate in (
+        ("(a) decode + sample + crop only", decode_rate),
+        ("(b) backbone only (crops in memory)", backbone_rate),
+        ("(c) whole extract (run_extraction)", whole_rate),
+    ):
+        table.add_row(stage, f"{rate:.1f}", f"{rate * frames:.0f}")
+    console.print(table)
+    bound = min(decode_rate, backbone_rate)
+    console.print(
+        f"(c) / min(a, b) = {whole_rate / bound:.2f}   (c) / (b) = {whole_rate / backbone_rate:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    typer.run(main)
