@@ -165,8 +165,9 @@ class TRX(nn.Module):
             s_keys = s_keys.reshape(way, shot * n_tuples, d_k)  # (N, K*n_tuples, d_k)
             s_values = s_values.reshape(way, shot * n_tuples, d_k)  # (N, K*n_tuples, d_k)
             dtype = torch.promote_types(s_keys.dtype, q_keys.dtype)
-            scores = torch.einsum("qad,nbd->nqab", q_keys.to(dtype), s_keys.to(dtype))
-            scores = scores / math.sqrt(d_k)  # (N, Q, n_tuples, K*n_tuples)
+            q_keys = q_keys.to(dtype) / math.sqrt(d_k)  # scaled first: no float16 overflow
+            scores = torch.einsum("qad,nbd->nqab", q_keys, s_keys.to(dtype))
+            # (N, Q, n_tuples, K*n_tuples)
             attention = scores.to(torch.promote_types(scores.dtype, torch.float32)).softmax(-1)
             prototype = torch.einsum(
                 "nqab,nbd->nqad", attention.to(s_values.dtype), s_values

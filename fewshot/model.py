@@ -212,12 +212,13 @@ class SACT(nn.Module):
         s_values = support.values.reshape(way, shot, n_frames, n_patches, d_k)
         q_keys = query.query_keys  # (Q, T', P, d_k)
         key_dtype = torch.promote_types(s_keys.dtype, q_keys.dtype)
+        # scale before the product: in float16, d_k-long dot products of LN outputs can overflow
+        q_keys = q_keys.to(key_dtype) / math.sqrt(d_k)
 
         # a[c, q, p, i, k, m]: query patch p of frame i against support patch m of frame i, shot k
-        scores = torch.einsum("nkimd,qipd->nqpikm", s_keys.to(key_dtype), q_keys.to(key_dtype))
-        scores = scores / math.sqrt(d_k)  # (N, Q, P, T', K, P)
+        scores = torch.einsum("nkimd,qipd->nqpikm", s_keys.to(key_dtype), q_keys)
         # softmax over all (k, m) of the class, in at least float32 whatever autocast chose
-        scores = scores.flatten(-2)  # (N, Q, P, T', K*P)
+        scores = scores.flatten(-2)  # (N, Q, P, T', K, P) -> (N, Q, P, T', K*P)
         attention = scores.to(torch.promote_types(scores.dtype, torch.float32)).softmax(-1)
         attention = attention.unflatten(-1, (shot, n_patches))  # (N, Q, P, T', K, P)
 

@@ -315,3 +315,18 @@ def test_float16_features_and_autocast() -> None:
     torch.testing.assert_close(from_half, exact, rtol=1e-2, atol=1e-2 * exact.abs().max().item())
     # bfloat16 keeps 8 bits of mantissa: the ranking of classes, not the digits, must survive
     assert (mixed - exact).abs().max() < 0.1 * exact.abs().max()
+
+
+def test_half_precision_model_does_not_overflow_on_large_layernorm_gains() -> None:
+    model = make_model().eval()
+    with torch.no_grad():
+        for norm in (model.norm_support, model.norm_query):
+            # keys of norm √d_k·150: their dot products reach d_k·150² > 65504, float16's largest
+            # value, unless scaled by 1/√d_k first (then at most √d_k·150² < 65504)
+            norm.weight.fill_(150.0)
+            norm.bias.zero_()
+    model = model.half()
+    support, labels, query = make_episode()
+    with torch.no_grad():
+        logits = model(support, labels, query)
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
