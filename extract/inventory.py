@@ -11,14 +11,6 @@ from rich.table import Table
 
 from extract.store import FeatureSet, feature_set_names, is_url, open_root
 
-# Overview columns (header, attrs key); every attr is in the per-set table and the JSON.
-OVERVIEW_COLUMNS = (
-    ("weights", "weights_source"),
-    ("px", "input_size"),
-    ("T", "frames"),
-    ("D", "dim"),
-)
-
 
 @dataclass
 class FeatureSetInfo:
@@ -109,10 +101,7 @@ def human_size(size_bytes: int | None) -> str:
 def inventory_tables(found: StoreInventory) -> list[Table]:
     """An overview table of the feature sets, then one provenance table per feature set."""
     overview = Table(title=f"feature sets in {found.location}")
-    overview.add_column("feature set", style="bold", overflow="fold")
-    for header, _ in OVERVIEW_COLUMNS:
-        overview.add_column(header)
-    overview.add_column("grid")
+    overview.add_column("feature set", style="bold", no_wrap=True)
     for column in ("videos", "done", "failed", "pending", "size"):
         overview.add_column(column, justify="right")
     tables = [overview]
@@ -122,15 +111,14 @@ def inventory_tables(found: StoreInventory) -> list[Table]:
         counts = info.counts
         overview.add_row(
             info.name,
-            *(str(info.attrs.get(key, "")) for _, key in OVERVIEW_COLUMNS),
-            "x".join(str(side) for side in info.attrs.get("grid", [])),
             str(counts["videos"]),
             f"[green]{counts['done']}",
             f"[red]{counts['failed']}" if counts["failed"] else "0",
             str(counts["pending"]),
             human_size(info.size_bytes),
         )
-        details = Table(title=info.name, show_header=False)
+        shape = "×".join(str(n) for n in info.shape)
+        details = Table(title=f"{info.name}: features (N, T, P, D) = {shape}", show_header=False)
         details.add_column("key", style="dim")
         details.add_column("value")
         for key, value in sorted(info.attrs.items()):
