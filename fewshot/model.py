@@ -195,6 +195,24 @@ class SACT(nn.Module):
             values=self.to_value(phi),  # (B, T', P, d_k)
         )
 
+    @staticmethod
+    def cross_attention(support_keys: Tensor, query_keys: Tensor) -> Tensor:
+        """ã: softmax over (k, m) of a / √d_k, each query frame against the same support frame.
+
+        support_keys (N, K, T', P, d_k), query_keys (Q, T', P, d_k) -> (N, Q, P, T', K, P).
+        `match` uses it, and so does the attention figure (fewshot/attention.py).
+        """
+        shot, n_patches, d_k = support_keys.shape[1], support_keys.shape[3], support_keys.shape[4]
+        key_dtype = torch.promote_types(support_keys.dtype, query_keys.dtype)
+        # scale before the product: in float16, d_k-long dot products of LN outputs can overflow
+        q_keys = query_keys.to(key_dtype) / math.sqrt(d_k)
+        # a[c, q, p, i, k, m]: query patch p of frame i against support patch m of frame i, shot k
+        scores = torch.einsum("nkimd,qipd->nqpikm", support_keys.to(key_dtype), q_keys)
+        # softmax over all (k, m) of the class, in at least float32 whatever autocast chose
+        scores = scores.flatten(-2)  # (N, Q, P, T', K, P) -> (N, Q, P, T', K*P)
+        attention = scores.to(torch.promote_types(scores.dtype, torch.float32)).softmax(-1)
+        return attention.unflatten(-1, (shot, n_patches))  # (N, Q, P, T', K, P)
+
     def match(
         self,
         support: SACTEmbedding,
@@ -210,17 +228,7 @@ class SACT(nn.Module):
         # (N*K, T', P, d_k) -> (N, K, T', P, d_k), class-major after the stable sort
         s_keys = support.support_keys.reshape(way, shot, n_frames, n_patches, d_k)
         s_values = support.values.reshape(way, shot, n_frames, n_patches, d_k)
-        q_keys = query.query_keys  # (Q, T', P, d_k)
-        key_dtype = torch.promote_types(s_keys.dtype, q_keys.dtype)
-        # scale before the product: in float16, d_k-long dot products of LN outputs can overflow
-        q_keys = q_keys.to(key_dtype) / math.sqrt(d_k)
-
-        # a[c, q, p, i, k, m]: query patch p of frame i against support patch m of frame i, shot k
-        scores = torch.einsum("nkimd,qipd->nqpikm", s_keys.to(key_dtype), q_keys)
-        # softmax over all (k, m) of the class, in at least float32 whatever autocast chose
-        scores = scores.flatten(-2)  # (N, Q, P, T', K, P) -> (N, Q, P, T', K*P)
-        attention = scores.to(torch.promote_types(scores.dtype, torch.float32)).softmax(-1)
-        attention = attention.unflatten(-1, (shot, n_patches))  # (N, Q, P, T', K, P)
+        attention = self.cross_attention(s_keys, query.query_keys)  # (N, Q, P, T', K, P)
 
         # Σ_i t^c_ip in one contraction over (i, k, m): t^c_ip itself is never materialised
         summed_prototype = torch.einsum(
