@@ -54,6 +54,15 @@ def test_sampled_frames_are_the_source_frames_at_segment_centers(
         assert distances[index] < CODEC_TOLERANCE
 
 
+@pytest.mark.parametrize("suffix", [".avi", ".mkv"])
+def test_other_containers_decode_too(tmp_path: Path, suffix: str) -> None:
+    source = synthetic_frames(9, seed=11)
+    clip = sample_clip(encode_video(tmp_path / f"clip{suffix}", source), 3)
+    assert clip.num_frames == 9 and clip.indices.tolist() == [1, 4, 7]
+    for frame, index in zip(clip.frames, clip.indices, strict=True):
+        assert mean_abs_difference(frame, source[index]) < CODEC_TOLERANCE
+
+
 def test_frame_folder_reads_images_in_order(video_folder: Path) -> None:
     folder = video_folder / "riding bike/r2"
     clip = sample_clip(folder, 4)

@@ -10,18 +10,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 import zarr
 from rich.console import Console
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from cli import app
 from extract.backbone import flush_denormals, load_backbone
 from extract.decode import sample_clip
-from extract.pipeline import ExtractConfig, run_extraction
+from extract.pipeline import ExtractConfig, ExtractSummary, run_extraction
 from extract.store import FeatureStoreError, open_feature_set
 
 # Tiny on purpose: 64 px crops, 4 frames, a 2×2 ResNet grid.
@@ -41,7 +42,7 @@ def quiet() -> Console:
     return Console(quiet=True)
 
 
-def extract(videos: Path, out: Path, **options: object) -> object:
+def extract(videos: Path, out: Path, **options: Any) -> ExtractSummary:
     config = ExtractConfig(videos=videos, out=str(out), **{**TINY, "workers": 0, **options})
     return run_extraction(config, console=quiet())
 
@@ -51,7 +52,9 @@ def read_arrays(store: Path, name: str) -> dict[str, np.ndarray]:
     return {array: np.asarray(group[array][:]) for array in ARRAYS}
 
 
-def test_extract_writes_features_equal_to_timm_forward_features(mixed_folder: Path, tmp_path: Path):
+def test_extract_writes_features_equal_to_timm_forward_features(
+    mixed_folder: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "feats.zarr"
     # batch_size 1: each forward pass is one video's T frames, exactly as the reference below.
     summary = extract(mixed_folder, out, batch_size=1, shard_size=3, workers=1)
@@ -134,7 +137,9 @@ def test_rerun_retries_only_failed_shards_and_appends_new_videos(
     np.testing.assert_array_equal(arrays["features"][8:10], before["features"][8:10])
 
 
-def test_split_selects_videos_and_reports_unmatched_lines(video_folder: Path, tmp_path: Path):
+def test_split_selects_videos_and_reports_unmatched_lines(
+    video_folder: Path, tmp_path: Path
+) -> None:
     split = tmp_path / "split"
     split.mkdir()
     (split / "trainlist01.txt").write_text("juggling/j2\nriding bike/r2\n")
@@ -162,7 +167,7 @@ def test_a_different_config_never_writes_into_an_existing_feature_set(
 # ---- the command line ----
 
 
-def cli(*args: str) -> object:
+def cli(*args: str) -> Result:
     return runner.invoke(app, list(args))
 
 
@@ -173,7 +178,7 @@ def tiny_cli_options(videos: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def assert_one_line_error(result, *fragments: str) -> None:  # type: ignore[no-untyped-def]
+def assert_one_line_error(result: Result, *fragments: str) -> None:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
