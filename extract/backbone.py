@@ -118,7 +118,7 @@ class PatchFeatures(nn.Module):
         self.channels_last_output = getattr(model, "output_fmt", "NCHW") == "NHWC"
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
 
-    def _token_grid(self, tokens: int) -> tuple[int, int]:
+    def token_grid(self, tokens: int) -> tuple[int, int]:
         patch_embed = getattr(self.model, "patch_embed", None)
         grid_size = getattr(patch_embed, "grid_size", None)
         if grid_size is not None and grid_size[0] * grid_size[1] == tokens:
@@ -134,7 +134,7 @@ class PatchFeatures(nn.Module):
             x = x.permute(0, 3, 1, 2)  # (B, D, h, w)
         elif x.ndim == 3:
             x = x[:, self.num_prefix_tokens :]  # (B, h*w, D)
-            height, width = self._token_grid(x.shape[1])
+            height, width = self.token_grid(x.shape[1])
             x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)  # (B, D, h, w)
         elif x.ndim != 4:
             raise BackboneError(
@@ -309,7 +309,7 @@ def _grid_of(features: PatchFeatures, raw: torch.Tensor) -> tuple[int, int]:
     if raw.ndim == 4:
         height, width = (raw.shape[1:3]) if features.channels_last_output else raw.shape[2:4]
         return int(height), int(width)
-    return features._token_grid(raw.shape[1] - features.num_prefix_tokens)
+    return features.token_grid(raw.shape[1] - features.num_prefix_tokens)
 
 
 def resolve_device(device: str) -> torch.device:

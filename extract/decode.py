@@ -176,6 +176,13 @@ def _seek_frames(path: Path, indices: np.ndarray) -> list[av.VideoFrame] | None:
     return picked
 
 
+def _seeks(announced: int, samples: int, strategy: Strategy) -> bool:
+    """Whether to seek: asked to, or (auto) a long video that announces its length."""
+    if announced <= 0 or strategy == "decode_all":
+        return False
+    return strategy == "seek" or announced >= SEEK_MIN_FRAMES_PER_SAMPLE * samples
+
+
 def _to_rgb(frames: list[av.VideoFrame]) -> np.ndarray:
     return np.stack([frame.to_ndarray(format="rgb24") for frame in frames])  # (T, H, W, 3)
 
@@ -207,9 +214,10 @@ def read_frames(
         if unique[-1] >= len(files):
             raise DecodeError(f"frame {unique[-1]} asked, the folder holds {len(files)} frames")
         return _stack([_read_image(files[i]) for i in unique], path.name)[inverse]
-    picked = None
-    if strategy != "decode_all":
-        picked = _seek_frames(path, unique)
+    container, stream = _open_video(path)
+    announced = _announced_frames(stream)
+    container.close()
+    picked = _seek_frames(path, unique) if _seeks(announced, len(unique), strategy) else None
     if picked is None:
         decoded = _decode_all(path)
         if unique[-1] >= len(decoded):
@@ -229,8 +237,7 @@ def sample_clip(path: Path, frames: int, *, strategy: Strategy = "auto") -> Samp
     container, stream = _open_video(path)
     announced = _announced_frames(stream)
     container.close()
-    long_video = announced >= SEEK_MIN_FRAMES_PER_SAMPLE * frames
-    if announced > 0 and (strategy == "seek" or (strategy == "auto" and long_video)):
+    if _seeks(announced, frames, strategy):
         indices = segment_centers(announced, frames)
         unique, inverse = np.unique(indices, return_inverse=True)
         picked = _seek_frames(path, unique)
