@@ -14,7 +14,7 @@ of store offer:
   ``os.link`` it to the final name, which fails if the name exists);
 - S3 and S3-compatible servers: a conditional PUT (``If-None-Match: *``, s3fs ``mode="create"``).
 
-Claims live next to the feature sets, outside the zarr hierarchy that readers see::
+Claims live next to the feature sets, in a group that no reader looks into::
 
     feats.zarr/.sact-claims/<feature-set>/<topic>/<generation>.json
 
@@ -130,6 +130,9 @@ class ClaimBook:
         stale_after: float = DEFAULT_STALE_AFTER_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        # A group of its own, so zarr lists it as a member instead of warning about a stray folder
+        # (feature_set_names leaves it out: feature set names never start with ".").
+        root.require_group(CLAIMS_PREFIX)
         self.store = root.store
         self.feature_set = feature_set
         self.prefix = "/".join(part for part in (root.path, CLAIMS_PREFIX, feature_set) if part)

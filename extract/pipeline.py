@@ -12,6 +12,11 @@
 Resume is the same command again: shards already done are skipped, shards with a failed video are
 redone. Batches are formed in a fixed order (a shard's videos, failures left out, cut every
 ``batch_size``), so a redone shard is bitwise equal to the first attempt on the same machine.
+
+Many processes (docs/LAB.md): under ``torchrun`` rank 0 creates or opens the feature set while the
+others wait at a barrier, and each rank takes every ``WORLD_SIZE``-th shard still to do. Whatever
+launched it, a process claims each shard (``extract.claims``) just before its videos are decoded
+and skips a shard another live run holds, so independent runs on one feature set share the work.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import dataclasses
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +58,30 @@ from extract.backbone import (
     load_backbone,
     resolve_device,
 )
+from extract.claims import SETUP, ClaimBook, RunInfo, shard_topic
 from extract.decode import FRAME_SAMPLING, DecodeError, sample_clip
+from extract.distributed import (
+    Rank,
+    all_ranks_agree,
+    barrier,
+    device_for,
+    owned_shards,
+    process_group,
+    rank_from_env,
+)
 from extract.errors import SactError
-from extract.store import FeatureSetWriter, ShardResult, VideoRecord, open_root
+from extract.store import (
+    FeatureSetWriter,
+    ShardResult,
+    VideoRecord,
+    check_feature_set_name,
+    open_root,
+)
 from extract.videos import VideoDiscoveryError, VideoList, list_videos, resolve_video_path
 
 FEATURE_DTYPE = "float16"
+# How long a run waits for another run that is creating or growing the same feature set.
+SETUP_WAIT_S = 600.0
 PROVENANCE_PACKAGES = ("sact", "torch", "timm", "zarr", "av", "numpy")
 
 
@@ -195,31 +220,105 @@ def provenance(config: ExtractConfig, frozen: FrozenBackbone) -> dict[str, Any]:
 
 
 def open_feature_set_for_writing(
-    config: ExtractConfig, frozen: FrozenBackbone, video_list: VideoList
+    config: ExtractConfig, frozen: FrozenBackbone, video_list: VideoList, *, claims: ClaimBook
 ) -> FeatureSetWriter:
     """Create the feature set, or open it and append new videos; refuse a different config.
 
-    Called once, before any work: under torchrun only rank 0 will call it.
+    Called once, before any work: under torchrun only rank 0 calls it. Holds the feature set's
+    setup claim meanwhile, so two runs never create or grow it at the same time.
     """
     loaded = frozen.loaded
     root = open_root(config.out, mode="a")
-    return FeatureSetWriter.create_or_open(
-        root,
-        config.name or default_name(config, loaded),
-        identity=feature_set_identity(loaded, frames=config.frames),
-        provenance=provenance(config, frozen),
-        videos=video_list.records,
-        frames=config.frames,
-        patches=loaded.grid[0] * loaded.grid[1],
-        dim=loaded.dim,
-        grid=loaded.grid,
-        shard_size=config.shard_size,
-    )
+    with claims.hold(SETUP, wait_s=SETUP_WAIT_S):
+        return FeatureSetWriter.create_or_open(
+            root,
+            claims.feature_set,
+            identity=feature_set_identity(loaded, frames=config.frames),
+            provenance=provenance(config, frozen),
+            videos=video_list.records,
+            frames=config.frames,
+            patches=loaded.grid[0] * loaded.grid[1],
+            dim=loaded.dim,
+            grid=loaded.grid,
+            shard_size=config.shard_size,
+        )
 
 
-def shards_for_this_process(writer: FeatureSetWriter) -> list[int]:
-    """The shards this process extracts: today every shard still to do, in order."""
-    return writer.shards_to_do()
+def open_for_this_rank(
+    config: ExtractConfig, frozen: FrozenBackbone, video_list: VideoList, rank: Rank
+) -> tuple[FeatureSetWriter, ClaimBook]:
+    """Rank 0 creates or opens the feature set while the other ranks wait; then all open it."""
+    name = check_feature_set_name(config.name or default_name(config, frozen.loaded))
+    claims = ClaimBook(open_root(config.out, mode="a"), name, run=RunInfo.this_process())
+    failure: SactError | None = None
+    if rank.is_main:
+        try:
+            writer = open_feature_set_for_writing(config, frozen, video_list, claims=claims)
+        except SactError as error:
+            failure = error
+    # Also the barrier: no rank goes on before rank 0 is done, and all learn whether it failed.
+    if all_ranks_agree(rank, int(failure is not None)):
+        raise failure or SactError(f"rank 0 could not open the feature set in {config.out}")
+    if not rank.is_main:
+        writer = FeatureSetWriter(open_root(config.out, mode="a")[name])  # type: ignore[arg-type]
+    return writer, claims
+
+
+def shards_for_this_process(writer: FeatureSetWriter, rank: Rank) -> list[int]:
+    """The shards this process extracts: its share of the shards still to do, in order (all of
+    them for a single process). Each is claimed only when its turn comes (``ClaimedOrder``)."""
+    return owned_shards(writer.shards_to_do(), rank)
+
+
+class ClaimedOrder:
+    """The order the decoding loader reads the work list in, claiming shard by shard.
+
+    ``shards`` are laid end to end in the work list. Iterating yields the work-list positions of
+    each shard this run manages to claim, and records the shard in ``claimed`` first; a shard that
+    another live run holds, or that another run finished meanwhile, is skipped. The loader draws
+    positions only a few videos ahead of the model, so a run claims just ahead of its work and an
+    independent run started later gets the shards this one has not reached.
+    """
+
+    def __init__(
+        self,
+        writer: FeatureSetWriter,
+        shards: list[int],
+        claims: ClaimBook,
+        *,
+        on_skip: Callable[[int], None],
+    ) -> None:
+        self.writer = writer
+        self.shards = shards
+        self.claims = claims
+        self.on_skip = on_skip  # called with the number of videos of each skipped shard
+        self.claimed: deque[int] = deque()
+        self.held_elsewhere: dict[int, RunInfo] = {}
+
+    def _take(self, shard: int) -> bool:
+        topic = shard_topic(shard)
+        if not self.writer.shard_needs_work(shard):  # finished by another run meanwhile
+            return False
+        if not self.claims.try_claim(topic):
+            holder = self.claims.holder_of(topic)
+            if holder is not None:
+                self.held_elsewhere[shard] = holder
+            return False
+        if not self.writer.shard_needs_work(shard):
+            self.claims.release(topic)
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[int]:
+        position = 0
+        for shard in self.shards:
+            start, end = self.writer.shard_bounds(shard)
+            if self._take(shard):
+                self.claimed.append(shard)
+                yield from range(position, position + end - start)
+            else:
+                self.on_skip(end - start)
+            position += end - start
 
 
 # ---- decoding workers ----
@@ -278,13 +377,15 @@ def _single_thread_worker(_: int) -> None:
 
 
 def decoded_videos(
-    dataset: ClipDataset, *, workers: int, pin_memory: bool
+    dataset: ClipDataset, *, workers: int, pin_memory: bool, order: Iterable[int] | None = None
 ) -> Iterator[DecodedVideo]:
-    """The dataset's videos in order, decoded by ``workers`` processes a few videos ahead."""
+    """The dataset's videos in ``order`` (default: all, in order), decoded by ``workers``
+    processes a few videos ahead."""
     loader = DataLoader(
         dataset,
         batch_size=None,
         shuffle=False,
+        sampler=order,
         num_workers=workers,
         collate_fn=_as_is,
         pin_memory=pin_memory,
@@ -336,8 +437,10 @@ def extract_shards(
     frozen: FrozenBackbone,
     config: ExtractConfig,
     progress: Progress,
+    claims: ClaimBook,
 ) -> int:
-    """Extract and write ``shards`` in order; returns how many videos were processed."""
+    """Extract and write those of ``shards`` this run claims, in order; returns how many videos
+    were processed."""
     work = [(shard, writer.records(shard)) for shard in shards]
     dataset = ClipDataset(
         videos_dir=config.videos,
@@ -346,18 +449,28 @@ def extract_shards(
         preprocessing=frozen.loaded.preprocessing,
     )
     task = progress.add_task("extract", total=len(dataset), failed=0)
-    failed = 0
+    failed = processed = 0
     patches, dim = writer.features.shape[2:]
-    stream = decoded_videos(dataset, workers=config.workers, pin_memory=frozen.on_cuda)
-    for shard, records in work:
-        count = len(records)
+
+    def skip(count: int) -> None:
+        progress.update(task, total=progress.tasks[task].total - count)  # type: ignore[operator]
+
+    order = ClaimedOrder(writer, shards, claims, on_skip=skip)
+    stream = iter(
+        decoded_videos(dataset, workers=config.workers, pin_memory=frozen.on_cuda, order=order)
+    )
+    records_of = dict(work)
+    # The loader drew a shard's first position (claiming the shard) before yielding its video.
+    while (first := next(stream, None)) is not None:
+        shard = order.claimed.popleft()
+        count = len(records_of[shard])
+        processed += count
         features = np.zeros((count, config.frames, patches, dim), dtype=np.float16)
         frame_index = np.full((count, config.frames), -1, dtype=np.int32)
         num_frames = np.zeros(count, dtype=np.int32)
         errors = [""] * count
         waiting: list[tuple[int, torch.Tensor]] = []  # (position in shard, crops)
-        for position in range(count):
-            video = next(stream)
+        for position, video in enumerate(chain([first], islice(stream, count - 1))):
             if video.error:
                 errors[position] = video.error
                 failed += 1
@@ -373,8 +486,20 @@ def extract_shards(
         if waiting:
             _run_batch(frozen, waiting, into=features)
             progress.advance(task, len(waiting))
-        writer.write_shard(shard, ShardResult(features, frame_index, num_frames, errors))
-    return len(dataset)
+        topic = shard_topic(shard)
+        if claims.still_holds(topic):
+            writer.write_shard(shard, ShardResult(features, frame_index, num_frames, errors))
+        else:  # taken over as stale (this run stalled): the other run writes it
+            progress.console.print(f"shard {shard} was taken over by another run; not written")
+        claims.release(topic)
+    for holder in sorted(set(order.held_elsewhere.values()), key=lambda run: run.started):
+        held = sum(holder == other for other in order.held_elsewhere.values())
+        progress.console.print(
+            f"{held} shard(s) skipped: being extracted by {holder.describe()}; "
+            "run again once it has finished to pick up anything it left",
+            highlight=False,
+        )
+    return processed
 
 
 def summarize(
@@ -412,12 +537,25 @@ def summarize(
 
 
 def run_extraction(config: ExtractConfig, *, console: Console | None = None) -> ExtractSummary:
-    """Extract every video of ``config`` not yet done into its feature set; see the module doc."""
+    """Extract every video of ``config`` not yet done into its feature set; see the module doc.
+
+    Under torchrun this process extracts its rank's share, then waits for the other ranks.
+    """
+    rank = rank_from_env()
+    with process_group(rank, device=device_for(rank, resolve_device(config.device))):
+        return _extract_as_rank(config, rank, console=console)
+
+
+def _extract_as_rank(
+    config: ExtractConfig, rank: Rank, *, console: Console | None = None
+) -> ExtractSummary:
     console = console or Console(stderr=True)
+    if not rank.is_main:
+        console = Console(stderr=True, quiet=True)  # one progress bar per job, not per rank
     started = time.perf_counter()
     config.check()
     video_list = list_videos(config.videos, config.split)
-    device = resolve_device(config.device)
+    device = device_for(rank, resolve_device(config.device))
     loaded = load_backbone(
         config.backbone,
         weights_file=config.weights,
@@ -427,11 +565,14 @@ def run_extraction(config: ExtractConfig, *, console: Console | None = None) -> 
         seed=config.seed,
     )
     frozen = FrozenBackbone(loaded, device=device)
-    writer = open_feature_set_for_writing(config, frozen, video_list)
-    shards = shards_for_this_process(writer)
+    writer, claims = open_for_this_rank(config, frozen, video_list, rank)
+    shards = shards_for_this_process(writer, rank)
     work_started = time.perf_counter()
-    with _progress(console) as progress:
-        processed = extract_shards(writer, shards, frozen=frozen, config=config, progress=progress)
+    with claims.keep_alive(), _progress(console) as progress:
+        processed = extract_shards(
+            writer, shards, frozen=frozen, config=config, progress=progress, claims=claims
+        )
+    barrier(rank)  # the summary then counts every rank's shards
     finished = time.perf_counter()
     return summarize(
         writer,

@@ -3,6 +3,8 @@ claim left behind by a killed run does not block forever."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -10,13 +12,18 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 import pytest
-from s3_server import make_bucket, s3_server  # noqa: F401  (fixtures)
+import torch
+from rich.console import Console
+from s3_server import make_bucket
 
 from extract.claims import ClaimBook, ClaimError, RunInfo, shard_topic
-from extract.store import open_root
+from extract.pipeline import ExtractConfig, run_extraction
+from extract.store import open_feature_set, open_root
 
 TOPICS = [shard_topic(shard) for shard in range(12)]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -98,3 +105,83 @@ def test_keep_alive_beats_and_releases(tmp_path: Path) -> None:
         assert claims.current(TOPICS[2]).heartbeat > first_beat  # type: ignore[union-attr]
     assert claims.current(TOPICS[2]).released  # type: ignore[union-attr]
     assert claims.held == {}
+
+
+# ---- two `sact extract` runs at once, end to end ----
+
+EXTRACT_OPTIONS = [
+    *("--backbone", "resnet10t", "--random-init", "--size", "32", "--frames", "4"),
+    *("--device", "cpu", "--workers", "0", "--shard-size", "1", "--name", "tiny"),
+]
+
+
+def start_extract(videos: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "cli", "extract", "--videos", str(videos), "--out", str(out)]
+    return subprocess.Popen(
+        [*command, *EXTRACT_OPTIONS, "--json"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen) -> dict:
+    """The run's summary (``sact extract --json``)."""
+    output, errors = process.communicate(timeout=300)
+    assert process.returncode == 0, output + errors
+    return json.loads(output)
+
+
+def extract_here(videos: Path, out: Path) -> None:
+    """The same extraction in this process, on one thread like the subprocesses."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_extraction(
+            ExtractConfig(
+                videos=videos,
+                out=str(out),
+                backbone="resnet10t",
+                random_init=True,
+                size=32,
+                frames=4,
+                device="cpu",
+                workers=0,
+                shard_size=1,
+                name="tiny",
+            ),
+            console=Console(quiet=True),
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_two_extract_runs_at_once_share_the_work(video_folder: Path, tmp_path: Path) -> None:
+    alone, shared = tmp_path / "alone.zarr", tmp_path / "shared.zarr"
+    extract_here(video_folder, alone)
+    runs = [start_extract(video_folder, shared) for _ in range(2)]
+    summaries = [finish(run) for run in runs]
+    # Each video was extracted by exactly one of the two runs ...
+    assert sum(summary["extracted_now"] for summary in summaries) == 5
+    together, reference = open_feature_set(str(shared)), open_feature_set(str(alone))
+    assert together.video_ids == reference.video_ids  # ... and appended to the set only once
+    assert together.done.all()
+    everything = np.arange(len(reference))
+    np.testing.assert_array_equal(together.read(everything), reference.read(everything))
+    np.testing.assert_array_equal(together.frame_index, reference.frame_index)
+    claims = book(str(shared))
+    assert all(claims.holder_of(shard_topic(shard)) is None for shard in range(5))  # all released
+
+
+def test_a_killed_runs_claims_do_not_block(video_folder: Path, tmp_path: Path) -> None:
+    store = tmp_path / "feats.zarr"
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    killed = RunInfo("killed-run", RunInfo.this_process().host, finished.pid, time.time())
+    ghost = book(str(store), killed)
+    assert ghost.try_claim("setup") and ghost.try_claim(shard_topic(0))
+    extract_here(video_folder, store)
+    assert open_feature_set(str(store)).done.all()

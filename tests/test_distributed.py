@@ -1,0 +1,123 @@
+"""``sact extract`` under torchrun: two CPU processes (gloo) write one feature set, and the result
+is bitwise the store a single process writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from extract.claims import CLAIMS_PREFIX, Claim
+from extract.distributed import Rank, owned_shards, rank_from_env
+from extract.errors import SactError
+from extract.pipeline import ExtractConfig, run_extraction
+from extract.store import PER_VIDEO_ARRAYS, open_feature_set
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "tiny"
+
+
+def extract_command(videos: Path, out: Path) -> list[str]:
+    return [
+        *("extract", "--videos", str(videos), "--out", str(out), "--name", NAME),
+        *("--backbone", "resnet10t", "--random-init", "--size", "32", "--frames", "4"),
+        *("--device", "cpu", "--workers", "0", "--shard-size", "2", "--batch-size", "2"),
+    ]
+
+
+def extract_here(videos: Path, out: Path) -> None:
+    """The same extraction as one plain process (this one), on one thread like each rank."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = ExtractConfig(
+            videos=videos,
+            out=str(out),
+            name=NAME,
+            backbone="resnet10t",
+            random_init=True,
+            size=32,
+            frames=4,
+            device="cpu",
+            workers=0,
+            shard_size=2,
+            batch_size=2,
+        )
+        run_extraction(config, console=Console(quiet=True))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    # One thread per rank, as in extract_here: the float sums then happen in the same order.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    finished = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    return finished
+
+
+def assert_same_feature_set(first: Path, second: Path) -> None:
+    one, other = open_feature_set(str(first), NAME), open_feature_set(str(second), NAME)
+    for name in PER_VIDEO_ARRAYS:
+        np.testing.assert_array_equal(one.group[name][:], other.group[name][:], err_msg=name)
+    everything = np.arange(len(one))
+    np.testing.assert_array_equal(one.read(everything), other.read(everything))
+    identity = one.attrs["identity"]
+    assert {key: one.attrs[key] for key in identity} == {key: other.attrs[key] for key in identity}
+
+
+def shard_holders(store: Path) -> dict[str, list[Claim]]:
+    """Every claim ever written, by shard: who extracted what."""
+    folder = store / CLAIMS_PREFIX / NAME
+    return {
+        topic.name: [Claim.from_json(path.read_bytes()) for path in sorted(topic.glob("*.json"))]
+        for topic in sorted(folder.glob("shard-*"))
+    }
+
+
+def test_torchrun_two_gloo_ranks_equal_one_process(video_folder: Path, tmp_path: Path) -> None:
+    single, distributed = tmp_path / "single.zarr", tmp_path / "torchrun.zarr"
+    extract_here(video_folder, single)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    run([*torchrun, "-m", "cli", *extract_command(video_folder, distributed)])
+    assert open_feature_set(str(distributed), NAME).done.all()
+    assert_same_feature_set(single, distributed)
+    holders = shard_holders(distributed)
+    assert len(holders) == 3  # 5 videos in shards of 2
+    # Each shard was extracted once (one claim generation), by the rank that owns it.
+    assert all(len(claims) == 1 and claims[0].released for claims in holders.values())
+    pids = [claims[0].holder.pid for claims in holders.values()]
+    assert pids[0] == pids[2] != pids[1]  # rank 0: shards 0 and 2; rank 1: shard 1
+
+
+def test_ranks_own_disjoint_whole_shards() -> None:
+    shards = [0, 2, 3, 5, 8, 9, 11]
+    owned = [owned_shards(shards, Rank(rank, 3, rank)) for rank in range(3)]
+    assert sorted(shard for mine in owned for shard in mine) == shards
+    assert all(set(a).isdisjoint(b) for i, a in enumerate(owned) for b in owned[i + 1 :])
+
+
+def test_rank_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert rank_from_env() == Rank(0, 1, 0)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert rank_from_env() == Rank(3, 4, 1)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(SactError, match="out of range"):
+        rank_from_env()
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(SactError, match="not an integer"):
+        rank_from_env()
