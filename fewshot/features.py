@@ -85,14 +85,16 @@ def segment_frames(
     """Which stored frames each of `count` videos uses: (count, used) int64.
 
     The stored frames are cut into `used` equal segments; with `rng` one random frame per segment
-    (training), without it each segment's center (evaluation).
+    (training), without it each segment's center floor((i + 0.5)·stored/used), the rule stage 1
+    samples source frames by (extract/decode.py).
     """
     if used > stored:
         raise FeatureError(f"the model uses {used} frames but the store holds only {stored}")
+    if rng is None or stored == used:
+        centers = ((2 * np.arange(used) + 1) * stored) // (2 * used)  # (used,)
+        return np.broadcast_to(centers, (count, used)).copy()
     starts = (np.arange(used) * stored) // used  # (used,)
     lengths = (np.arange(1, used + 1) * stored) // used - starts  # (used,)
-    if rng is None or stored == used:
-        return np.broadcast_to(starts + (lengths - 1) // 2, (count, used)).copy()
     return starts + rng.integers(0, lengths, size=(count, used))  # (count, used)
 
 

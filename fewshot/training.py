@@ -44,6 +44,7 @@ from extract.store import FeatureSet, is_url, open_feature_set
 from fewshot.checkpoints import (
     Checkpoint,
     build_model,
+    checkpoint_folder,
     read_checkpoint,
     read_resume_state,
     save_checkpoint,
@@ -279,7 +280,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
                 f"{run_dir} already holds a run; continue it with --resume or pick another --out"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
-        config = replace(config, out=str(run_dir))
+        config = replace(config, out=str(run_dir), feats=store_location(config.feats))
         description = {
             "train": asdict(config),
             "model": config.model,
@@ -359,8 +360,10 @@ class Trainer:
             cache_gb=config.cache_gb,
             console=console,
         )
-        if config.resume:
+        if config.resume and checkpoint_folder(self.checkpoints / "last").exists():
             self.restore()
+        elif config.resume:  # killed before its first checkpoint: nothing to keep
+            self.metrics_path.unlink(missing_ok=True)
 
     @property
     def iterations(self) -> int:

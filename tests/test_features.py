@@ -39,8 +39,9 @@ def pool(tmp_path_factory):
 
 
 def test_segment_centers_and_random_offsets_stay_in_their_segment():
-    assert segment_frames(8, 4, 2).tolist() == [[0, 2, 4, 6], [0, 2, 4, 6]]
-    assert segment_frames(16, 4, 1).tolist() == [[1, 5, 9, 13]]
+    assert segment_frames(8, 4, 2).tolist() == [[1, 3, 5, 7], [1, 3, 5, 7]]
+    assert segment_frames(16, 4, 1).tolist() == [[2, 6, 10, 14]]
+    assert segment_frames(10, 3, 1).tolist() == [[1, 5, 8]]
     assert segment_frames(4, 4, 1).tolist() == [[0, 1, 2, 3]]
     rng = np.random.default_rng(0)
     drawn = segment_frames(16, 4, 500, rng)  # (500, 4)

@@ -115,6 +115,21 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(store, tmp_path, monkey
     )
 
 
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_scratch(
+    store, tmp_path, monkeypatch
+):
+    def killed(self, rng_state):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "validate_and_save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(store, tmp_path / "run", iterations=2, val_every=1))
+    monkeypatch.undo()
+    result = train(TrainConfig(feats="", out=str(tmp_path / "run"), resume=True, device="cpu"))
+    assert result.steps == 2
+    assert [r["step"] for r in read_metrics(tmp_path / "run/metrics.jsonl")] == [0, 1, 1, 2, 2]
+
+
 def test_protonet_has_nothing_to_train_but_gets_a_checkpoint(store, tmp_path):
     result = train(tiny(store, tmp_path / "proto", model="protonet", d_k=None))
     assert result.steps == 0

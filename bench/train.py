@@ -1,0 +1,310 @@
+"""Training speed at ResNet-50 dims (T=8, P=7x7, D=2048, d_k=1152), and the default settings.
+
+    .venv/bin/python -P bench/train.py loader    # loader time per episode vs model step time
+    .venv/bin/python -P bench/train.py onthefly  # cached step vs decode + backbone + head step
+    .venv/bin/python -P bench/train.py sweep     # learning rate x tasks per batch, small dims
+
+(`-P`: bench/extract.py would otherwise shadow the `extract` package.)
+
+`loader`: a 5-way 5-shot 5-query episode (50 videos) read from the in-memory cache and streamed
+from the store, against one SA-CT training step (forward, backward, AdamW) on it; with streaming,
+also the time the step actually waits for the prefetching reader threads.
+`onthefly`: the step the cache replaces decodes the episode's videos, runs the frozen backbone
+(resnet50, random init: the cost does not depend on the weights) on its frames, then trains the
+head; the cached step reads the same episode's features from memory, then trains the head.
+`sweep`: final and best val accuracy of short runs on a synthetic store, at an equal budget of
+episodes, for the defaults in fewshot/training.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from extract.store import open_feature_set
+from fewshot import SACT
+from fewshot.episodes import EpisodeSampler, build_pool, resolve_split
+from fewshot.features import Prefetcher, SplitFeatures, segment_frames
+from fewshot.synthetic import write_split_lists, write_synthetic_store
+from fewshot.training import TrainConfig, read_metrics, train
+
+FRAMES, GRID, DIM, D_K = 8, (7, 7), 2048, 1152
+console = Console()
+
+
+def resnet50_store(folder: Path, *, classes: int, videos: int) -> tuple[str, Path]:
+    parts = {"train": range(classes), "val": range(0), "test": range(0)}
+    split = write_split_lists(folder / "split", classes, videos, parts)
+    location = write_synthetic_store(
+        folder / "feats.zarr",
+        classes=classes,
+        videos_per_class=videos,
+        frames=FRAMES,
+        grid=GRID,
+        dim=DIM,
+        signal_dims=64,
+    )
+    return location, split
+
+
+def head_step(model: SACT, optimizer, support, support_labels, query, query_labels) -> None:
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(support, support_labels, query).float(), query_labels)
+    loss.backward()
+    optimizer.step()
+
+
+def timed(fn, *args) -> tuple[float, object]:
+    started = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - started, result
+
+
+# ---- loader ----------------------------------------------------------------------------------
+
+
+def loader(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        location, split = resnet50_store(Path(folder), classes=args.classes, videos=args.videos)
+        feature_set = open_feature_set(location)
+        pool = build_pool(feature_set, resolve_split(feature_set, str(split)), "train")
+        sampler = EpisodeSampler(pool, way=5, shot=5, queries=5)
+        cpu = torch.device("cpu")
+        sources = {
+            "in memory": SplitFeatures(feature_set, pool, frames=FRAMES, device=cpu),
+            "streaming": SplitFeatures(feature_set, pool, frames=FRAMES, device=cpu, cache_gb=0),
+        }
+        rng = np.random.default_rng(0)
+        plans = []
+        for _ in range(args.loads):
+            episode = sampler.sample(rng)
+            frames = segment_frames(FRAMES, FRAMES, len(episode.support) + len(episode.query), rng)
+            plans.append((episode, frames))
+
+        def load(source: SplitFeatures, plan):
+            episode, frames = plan
+            split_at = len(episode.support)
+            support = source.videos(episode.support, frames[:split_at])
+            query = source.videos(episode.query, frames[split_at:])
+            labels = torch.from_numpy(episode.support_labels())
+            return support, labels, query, torch.from_numpy(episode.query_labels())
+
+        load_seconds = {}
+        for name, source in sources.items():
+            load(source, plans[0])  # first read warms the store's metadata caches
+            load_seconds[name] = timed(lambda s=source: [load(s, p) for p in plans])[0] / len(plans)
+
+        torch.manual_seed(0)
+        model = SACT(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        step_seconds, waits = [], []
+        batches = Prefetcher(workers=4, depth=2).map(
+            lambda plan: load(sources["streaming"], plan), plans[: args.steps]
+        )
+        iterator = iter(batches)
+        for _ in range(args.steps):
+            wait, batch = timed(next, iterator)
+            waits.append(wait)
+            step_seconds.append(timed(head_step, model, optimizer, *batch)[0])
+    step = float(np.mean(step_seconds))
+    # the first wait includes the first read, which nothing could overlap: report the rest
+    steady_wait = float(np.mean(waits[1:])) if len(waits) > 1 else waits[0]
+    numbers = {
+        "episode": "5-way 5-shot 5-query (50 videos, 80 MB at float16)",
+        "step_seconds": step,
+        "load_seconds": load_seconds,
+        "load_over_step": {name: seconds / step for name, seconds in load_seconds.items()},
+        "streaming_prefetched_wait_seconds": steady_wait,
+        "streaming_prefetched_wait_over_step": steady_wait / step,
+        "first_wait_seconds": waits[0],
+        "steps": args.steps,
+        "loads": args.loads,
+    }
+    table = Table(title=f"training loader vs step, {numbers['episode']} (CPU)")
+    for column in ("data", "seconds per episode", "÷ model step"):
+        table.add_column(column, justify="left" if column == "data" else "right")
+    table.add_row("model step (forward + backward + AdamW)", f"{step:.2f}", "1")
+    for name, seconds in load_seconds.items():
+        table.add_row(f"loader, {name}", f"{seconds:.4f}", f"{seconds / step:.4f}")
+    table.add_row(
+        "streaming with prefetch: the step's wait",
+        f"{steady_wait:.4f}",
+        f"{steady_wait / step:.4f}",
+    )
+    console.print(table)
+    return numbers
+
+
+# ---- on the fly ------------------------------------------------------------------------------
+
+
+def onthefly(args: argparse.Namespace) -> dict:
+    from extract.backbone import FrozenBackbone, load_backbone
+    from extract.decode import sample_clip
+    from extract.synthetic import encode_video
+
+    way, shot, queries = 5, args.shot, args.query
+    rng = np.random.default_rng(0)
+    loaded = load_backbone("resnet50.tv_in1k", random_init=True)
+    backbone = FrozenBackbone(loaded, device=torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for number in range(way * (shot + queries)):
+            frames = rng.integers(0, 255, size=(args.source_frames, 240, 320, 3), dtype=np.uint8)
+            paths.append(encode_video(Path(folder) / f"video{number:03d}.mp4", frames))
+
+        def decode_and_embed():
+            clips = []
+            for path in paths:
+                clip = sample_clip(path, FRAMES)
+                crops = loaded.preprocessing.resize_and_crop(clip.frames)  # (T, 3, S, S)
+                clips.append(backbone(crops))  # (T, P, D) float16
+            return torch.from_numpy(np.stack(clips))  # (N*(K+Q), T, P, D)
+
+        support_labels = torch.arange(way).repeat_interleave(shot)
+        query_labels = torch.arange(way).repeat_interleave(queries)
+        torch.manual_seed(0)
+        model = SACT(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        videos_seconds, videos = timed(decode_and_embed)
+        split_at = way * shot
+        cache = videos.clone()  # what the store holds for these videos, in memory
+
+        def cached_load():
+            return cache[torch.arange(len(cache))]
+
+        load_seconds, _ = timed(cached_load)
+        head_seconds, _ = timed(
+            head_step, model, optimizer, videos[:split_at], support_labels, videos[split_at:],
+            query_labels,
+        )  # fmt: skip
+    on_the_fly = videos_seconds + head_seconds
+    cached = load_seconds + head_seconds
+    numbers = {
+        "episode": f"{way}-way {shot}-shot {queries}-query ({len(paths)} videos of "
+        f"{args.source_frames} frames, 320x240 h264)",
+        "decode_and_backbone_seconds": videos_seconds,
+        "head_step_seconds": head_seconds,
+        "cached_load_seconds": load_seconds,
+        "on_the_fly_step_seconds": on_the_fly,
+        "cached_step_seconds": cached,
+        "speedup": on_the_fly / cached,
+    }
+    table = Table(title=f"cached vs on-the-fly training step, {numbers['episode']} (CPU)")
+    for column in ("step", "seconds", "speedup"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    table.add_row(
+        f"on the fly: decode + resnet50 ({videos_seconds:.1f} s) + head ({head_seconds:.1f} s)",
+        f"{on_the_fly:.1f}",
+        "1.0×",
+    )
+    table.add_row(
+        f"cached: features from memory ({load_seconds:.3f} s) + head",
+        f"{cached:.1f}",
+        f"{on_the_fly / cached:.2f}×",
+    )
+    console.print(table)
+    return numbers
+
+
+# ---- sweep -----------------------------------------------------------------------------------
+
+
+def sweep(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(1)  # small tensors: threads cost more than they give
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        classes = 96
+        parts = {"train": range(64), "val": range(64, 76), "test": range(76, 96)}
+        split = write_split_lists(Path(folder) / "split", classes, 10, parts)
+        location = write_synthetic_store(
+            Path(folder) / "feats.zarr",
+            classes=classes,
+            videos_per_class=10,
+            frames=8,
+            grid=(3, 3),
+            dim=64,
+            signal_dims=8,
+        )
+        for tasks in (1, 4):
+            for lr in (1e-4, 3e-4, 1e-3, 3e-3):
+                steps = args.episodes // tasks
+                config = TrainConfig(
+                    feats=location,
+                    split=str(split),
+                    d_k=64,
+                    lr=lr,
+                    tasks_per_batch=tasks,
+                    iterations=steps,
+                    warmup=steps // 10,
+                    val_every=max(1, steps // 5),
+                    val_episodes=200,
+                    out=str(Path(folder) / f"run-{tasks}-{lr}"),
+                    device="cpu",
+                )
+                started = time.perf_counter()
+                result = train(config)
+                curve = [
+                    r["val_accuracy"]
+                    for r in read_metrics(Path(config.out) / "metrics.jsonl")
+                    if "val_accuracy" in r
+                ]
+                rows.append(
+                    {
+                        "tasks_per_batch": tasks,
+                        "lr": lr,
+                        "steps": steps,
+                        "val_curve": curve,
+                        "best": result.best_val_accuracy,
+                        "last": result.last_val_accuracy,
+                        "seconds": time.perf_counter() - started,
+                    }
+                )
+    table = Table(title=f"AdamW sweep, {args.episodes} training episodes each (synthetic, D=64)")
+    for column in ("tasks/batch", "lr", "steps", "val accuracy along the run", "best", "seconds"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            str(row["tasks_per_batch"]),
+            f"{row['lr']:g}",
+            str(row["steps"]),
+            " ".join(f"{v:.2f}" for v in row["val_curve"]),
+            f"{row['best']:.3f}",
+            f"{row['seconds']:.0f}",
+        )
+    console.print(table)
+    return {"episodes": args.episodes, "runs": rows, "defaults": asdict(TrainConfig(feats=""))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("loader", "onthefly", "sweep"))
+    parser.add_argument("--classes", type=int, default=10, help="loader: train classes")
+    parser.add_argument("--videos", type=int, default=10, help="loader: videos per class")
+    parser.add_argument("--loads", type=int, default=10, help="loader: episodes read per source")
+    parser.add_argument("--steps", type=int, default=2, help="loader: model steps timed")
+    parser.add_argument("--shot", type=int, default=1, help="onthefly: K")
+    parser.add_argument("--query", type=int, default=1, help="onthefly: Q per class")
+    parser.add_argument("--source-frames", type=int, default=48, help="onthefly: video length")
+    parser.add_argument("--episodes", type=int, default=1200, help="sweep: episodes per run")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args()
+    numbers = {"loader": loader, "onthefly": onthefly, "sweep": sweep}[args.what](args)
+    numbers["torch_threads"] = torch.get_num_threads()
+    if args.json:
+        args.json.write_text(json.dumps(numbers, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
