@@ -337,5 +337,53 @@ def evaluate(
         typer.echo(json.dumps(results, indent=2))
 
 
+# -- demo, explain (demo.py, explain.py) --
+
+DEMO_DIR = Path("sact-demo")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for dataset, store, runs, plots.")] = DEMO_DIR,
+    seed: Annotated[int, typer.Option(help="Seed of the dataset, weights and episodes.")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print demo.json on stdout.")] = False,
+) -> None:
+    """The whole chain on a generated dataset: extract, train SA-CT/ProtoNet/TRX, evaluate."""
+    from demo import DemoConfig, run_demo
+
+    with user_errors():
+        result = run_demo(DemoConfig(out=out, seed=seed), console=stderr)
+    (stderr if json_out else Console()).print(result.table)
+    figures = ", ".join(result.results["figures"].values())
+    stderr.print(f"results in {result.path}; plots: {figures}", highlight=False)
+    stderr.print(f"{result.results['seconds']['total']:.0f} s in all", highlight=False)
+    if json_out:
+        typer.echo(json.dumps(result.results, indent=2))
+
+
+@app.command()
+def explain(
+    run: Annotated[Path | None, typer.Option(help="A SA-CT run directory.")] = None,
+    query: Annotated[str | None, typer.Option(help="Query video id (in the run's store).")] = None,
+    support: Annotated[str | None, typer.Option(help="Support video id.")] = None,
+    out: Annotated[Path | None, typer.Option(help="PNG to write; default: in the run.")] = None,
+    checkpoint: Annotated[str, typer.Option(help="Which checkpoint: best or last.")] = "best",
+    patches: Annotated[int, typer.Option(help="Query patches drawn per frame (1-4).")] = 2,
+    feats: Annotated[str | None, typer.Option(help="Feature store; default: the run's.")] = None,
+) -> None:
+    """Draw SA-CT's cross-attention, frame by frame, from a query video onto a support video."""
+    from explain import ExplainConfig
+    from explain import explain as draw
+
+    if run is None or query is None or support is None:
+        fail("sact explain needs --run DIR, --query VIDEO_ID and --support VIDEO_ID")
+    if not 1 <= patches <= 4:
+        fail(f"--patches must lie in 1..4, got {patches}")
+    with user_errors():
+        path = draw(ExplainConfig(run=run, query=query, support=support, out=out,
+                                  checkpoint=checkpoint, patches=patches, feats=feats))  # fmt: skip
+    stderr.print(f"attention figure in {path}", highlight=False)
+
+
 if __name__ == "__main__":
     app()
