@@ -122,9 +122,15 @@ def test_extract_train_evaluate_on_s3(dataset, s3_bucket: str, tmp_path: Path) -
     copy = open_feature_set(str(tmp_path / "feats.h5"))
     np.testing.assert_array_equal(copy.read(everything), local_set.read(everything))
     assert copy.attrs == remote_set.attrs
-    # Stage 2 takes the HDF5 copy as it takes the store: same episodes, same accuracy.
+    # Stage 2 takes the HDF5 copy as it takes the store: same episodes, same accuracy ...
     from_hdf5 = evaluated(str(tmp_path / "feats.h5"), tmp_path / "evaluation-h5.json")
     assert from_hdf5["settings"][0]["runs"][str(trained.run_dir)]["accuracy"] == accuracy
+    # ... and trains from it.
+    options = ["--way", "2", "--shot", "1", "--query", "1", "--d-k", "16", "--iterations", "1"]
+    options += ["--val-every", "1", "--val-episodes", "2", "--device", "cpu"]
+    options += ["--split", str(dataset.splits), "--out", str(tmp_path / "run-h5")]
+    trained_h5 = runner.invoke(app, ["train", "--feats", str(tmp_path / "feats.h5"), *options])
+    assert trained_h5.exit_code == 0, trained_h5.output
 
 
 def test_bad_bucket_is_one_line(s3_server: str) -> None:
