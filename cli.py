@@ -203,7 +203,7 @@ def train(
     tmixer: Annotated[bool, typer.Option(help="SA-CT's TMixer (ablation: --no-tmixer).")] = True,
     cpe: Annotated[bool, typer.Option(help="SA-CT's CPE (ablation: --no-cpe).")] = True,
     iterations: Annotated[int, typer.Option(help="Optimiser steps.")] = 10_000,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-4,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
     optimizer: Annotated[str, typer.Option(help="adamw, adam or sgd.")] = "adamw",
     tasks_per_batch: Annotated[int, typer.Option(help="Episodes per optimiser step.")] = 4,
     val_every: Annotated[int, typer.Option(help="Validate and checkpoint every N steps.")] = 500,
