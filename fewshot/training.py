@@ -364,7 +364,8 @@ class Trainer:
             cache_gb=config.cache_gb,
             console=console,
         )
-        if config.resume and checkpoint_folder(self.checkpoints / "last").exists():
+        self.restored = config.resume and checkpoint_folder(self.checkpoints / "last").exists()
+        if self.restored:
             self.restore()
         elif config.resume:  # killed before its first checkpoint: nothing to keep
             self.metrics_path.unlink(missing_ok=True)
@@ -528,7 +529,7 @@ class Trainer:
         )
         with Progress(*columns, console=self.console, disable=self.console is None) as progress:
             task = progress.add_task("train", total=self.iterations, completed=self.step, status="")
-            if self.step == 0:
+            if not self.restored:
                 # the untrained model: the curve's first point
                 self.validate_and_save(self.rng.bit_generator.state)
             try:

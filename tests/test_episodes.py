@@ -178,3 +178,15 @@ def test_episode_files_round_trip_and_are_checked(store, tmp_path):
         load_episodes(bad, pool)
     with pytest.raises(EpisodeError, match="cannot read episode file"):
         load_episodes(tmp_path / "missing.json", pool)
+
+
+def test_videos_of_shards_not_extracted_yet_are_skipped(tmp_path):
+    location = write_synthetic_store(
+        tmp_path / "feats.zarr", classes=CLASSES, videos_per_class=VIDEOS, shard_size=6,
+        pending_shards=[9],
+    )  # fmt: skip
+    split = write_split_lists(tmp_path / "split", CLASSES, VIDEOS, PARTS)
+    feature_set = open_feature_set(location)
+    pool = build_pool(feature_set, resolve_split(feature_set, str(split)), "test")
+    assert pool.classes == ["class_010", "class_011"] and pool.unusable == VIDEOS
+    assert "6 failed or not extracted" in pool.summary()
