@@ -75,7 +75,9 @@ def resolve_split(feature_set: FeatureSet, split: str | None) -> SplitSource:
     """`split` if given, else the split stage 1 recorded, else the store's own labels."""
     name = split or feature_set.attrs.get("split") or None
     if name:
-        return SplitSource(parts=load_split(str(name)), description=str(name), name=str(name))
+        # a folder is recorded absolute, so a checkpoint finds it again from any working folder
+        name = str(Path(name).resolve()) if Path(name).is_dir() else str(name)
+        return SplitSource(parts=load_split(name), description=name, name=name)
     fractions = "/".join(str(round(100 * f)) for f in LABEL_SPLIT_FRACTIONS.values())
     return SplitSource(
         parts=split_by_labels(feature_set),
