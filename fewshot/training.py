@@ -30,7 +30,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
@@ -347,7 +346,6 @@ class Trainer:
         self.last_accuracy = math.nan
         self.metrics_path = run_dir / METRICS_FILE
         self.checkpoints = run_dir / "checkpoints"
-        self.started = time.perf_counter()
         self.train_features = SplitFeatures(
             data.feature_set,
             data.train_pool,
