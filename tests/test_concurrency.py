@@ -14,12 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from rich.console import Console
 from s3_server import make_bucket
 
 from extract.claims import ClaimBook, ClaimError, RunInfo, shard_topic
-from extract.pipeline import ExtractConfig, run_extraction
 from extract.store import open_feature_set, open_root
 
 TOPICS = [shard_topic(shard) for shard in range(12)]
@@ -137,6 +134,12 @@ def finish(process: subprocess.Popen) -> dict:
 
 def extract_here(videos: Path, out: Path) -> None:
     """The same extraction in this process, on one thread like the subprocesses."""
+    # Imported here: the claim racers import this module in fresh processes, without torch.
+    import torch
+    from rich.console import Console
+
+    from extract.pipeline import ExtractConfig, run_extraction
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
