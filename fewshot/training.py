@@ -33,6 +33,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -346,27 +347,30 @@ class Trainer:
         self.last_accuracy = math.nan
         self.metrics_path = run_dir / METRICS_FILE
         self.checkpoints = run_dir / "checkpoints"
-        self.train_features = SplitFeatures(
-            data.feature_set,
-            data.train_pool,
-            frames=frames,
-            device=self.device,
-            cache_gb=config.cache_gb,
-            console=console,
-        )
-        self.val_features = SplitFeatures(
-            data.feature_set,
-            data.val_pool,
-            frames=frames,
-            device=self.device,
-            cache_gb=config.cache_gb,
-            console=console,
-        )
         self.restored = config.resume and checkpoint_folder(self.checkpoints / "last").exists()
         if self.restored:
             self.restore()
         elif config.resume:  # killed before its first checkpoint: nothing to keep
             self.metrics_path.unlink(missing_ok=True)
+
+    @cached_property
+    def train_features(self) -> SplitFeatures:
+        """Read on first use: a finished run that is resumed never loads its split."""
+        return self.split_features(self.data.train_pool)
+
+    @cached_property
+    def val_features(self) -> SplitFeatures:
+        return self.split_features(self.data.val_pool)
+
+    def split_features(self, pool: VideoPool) -> SplitFeatures:
+        return SplitFeatures(
+            self.data.feature_set,
+            pool,
+            frames=self.frames,
+            device=self.device,
+            cache_gb=self.config.cache_gb,
+            console=self.console,
+        )
 
     @property
     def iterations(self) -> int:
@@ -517,7 +521,15 @@ class Trainer:
         self.log({"step": self.step, "val_accuracy": self.last_accuracy})
         self.save(best=improved, rng_state=rng_state)
 
+    def load_features(self) -> None:
+        """Read what the run still needs now, before the training progress display starts."""
+        if self.step < self.iterations:
+            _ = self.train_features, self.val_features
+        elif not self.restored:
+            _ = self.val_features
+
     def run(self) -> TrainResult:
+        self.load_features()
         columns = (
             TextColumn("train"),
             BarColumn(),
@@ -556,5 +568,9 @@ class Trainer:
             best_step=self.best_step,
             best_val_accuracy=self.best_accuracy,
             last_val_accuracy=self.last_accuracy,
-            data=self.train_features.where(),
+            data=(
+                self.train_features.where()
+                if "train_features" in self.__dict__
+                else "not read (nothing left to train)"
+            ),
         )
