@@ -126,6 +126,23 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_scratch(
     assert [r["step"] for r in read_metrics(tmp_path / "run/metrics.jsonl")] == [0, 1, 1, 2, 2]
 
 
+def test_checkpoints_survive_a_kill_between_renames_and_refuse_bad_files(store, tmp_path):
+    train(tiny(store, tmp_path / "run", iterations=2, val_every=1))
+    last = tmp_path / "run/checkpoints/last"
+    # a kill between "last -> last.previous" and "last.partial -> last" leaves only the previous
+    last.rename(last.with_name("last.previous"))
+    assert read_checkpoint(last).step == 2
+    resumed = train(TrainConfig(feats="", out=str(tmp_path / "run"), resume=True, device="cpu"))
+    assert resumed.steps == 2
+    best = tmp_path / "run/checkpoints/best"
+    (best / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(SactError, match=r"cannot read .*model\.safetensors"):
+        read_checkpoint(best).build()
+    (best / "checkpoint.json").write_text('{"format": 1, "model": "sact"}')
+    with pytest.raises(SactError, match=r"checkpoint\.json is incomplete"):
+        read_checkpoint(best)
+
+
 def test_protonet_has_nothing_to_train_but_gets_a_checkpoint(store, tmp_path):
     result = train(tiny(store, tmp_path / "proto", model="protonet", d_k=None))
     assert result.steps == 0
