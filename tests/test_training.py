@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -189,3 +191,15 @@ def test_an_existing_run_is_never_overwritten(store, tmp_path):
     assert (tmp_path / "run/checkpoints/last/model.safetensors").read_bytes() == before
     with pytest.raises(TrainingError, match="nothing to resume"):
         train(TrainConfig(feats="", out=str(tmp_path / "empty"), resume=True))
+
+
+def test_stage_two_never_imports_the_decoder_or_the_backbone():
+    code = (
+        "import sys, fewshot.training, fewshot.evaluation, fewshot.synthetic\n"
+        "print(sorted(m for m in ('av', 'timm', 'extract.decode', 'extract.backbone') "
+        "if m in sys.modules))"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert imported.strip() == "[]"
