@@ -107,6 +107,13 @@ class HDF5FeatureSet(FeatureSet):
         self._handle.close()
 
 
+def hdf5_feature_set_size(path: str, name: str) -> int:
+    """Bytes the feature set's datasets take in the file."""
+    with _open_file(path) as handle:
+        group = handle[name]
+        return sum(int(group[key].id.get_storage_size()) for key in group)
+
+
 def open_hdf5_feature_set(path: str, name: str | None = None) -> HDF5FeatureSet:
     chosen = choose_feature_set(path, hdf5_feature_set_names(path), name)
     return HDF5FeatureSet(path, chosen)

@@ -9,7 +9,15 @@ from typing import Any
 
 from rich.table import Table
 
-from extract.store import FeatureSet, feature_set_names, is_url, open_root
+from extract.store import (
+    FeatureSet,
+    feature_set_names,
+    is_hdf5,
+    is_url,
+    list_feature_sets,
+    open_feature_set,
+    open_root,
+)
 
 
 @dataclass
@@ -76,6 +84,16 @@ def describe(feature_set: FeatureSet, *, size_bytes: int | None) -> FeatureSetIn
 
 def inventory(location: str) -> StoreInventory:
     """Open the store read-only and describe every feature set in it."""
+    if is_hdf5(location):  # an HDF5 copy made by `sact export`
+        from extract.hdf5 import hdf5_feature_set_size
+
+        infos = [
+            describe(
+                open_feature_set(location, name), size_bytes=hdf5_feature_set_size(location, name)
+            )
+            for name in list_feature_sets(location)
+        ]
+        return StoreInventory(location=location, feature_sets=infos)
     root = open_root(location, mode="r")
     infos = []
     for name in feature_set_names(root):

@@ -4,6 +4,7 @@ train and evaluate from it, list it with ``sact info`` and copy it to HDF5 with 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,11 @@ def test_extract_train_evaluate_on_s3(dataset, s3_bucket: str, tmp_path: Path) -
     assert "tiny" in shown.output
     exported = runner.invoke(app, ["export", url, "--to", str(tmp_path / "feats.h5")])
     assert exported.exit_code == 0, exported.output
+    shown_h5 = runner.invoke(app, ["info", str(tmp_path / "feats.h5"), "--json"])
+    assert shown_h5.exit_code == 0, shown_h5.output
+    listed = json.loads(shown_h5.stdout)["feature_sets"][0]
+    assert (listed["name"], listed["counts"]["done"]) == ("tiny", 18)
+    assert listed["size_bytes"] > 0
     copy = open_feature_set(str(tmp_path / "feats.h5"))
     np.testing.assert_array_equal(copy.read(everything), local_set.read(everything))
     assert copy.attrs == remote_set.attrs
