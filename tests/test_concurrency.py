@@ -3,6 +3,7 @@ claim left behind by a killed run does not block forever."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -132,14 +133,15 @@ def finish(process: subprocess.Popen) -> dict:
     return json.loads(output)
 
 
-def extract_here(videos: Path, out: Path) -> None:
-    """The same extraction in this process, on one thread like the subprocesses."""
+def extract_here(videos: Path, out: Path) -> str:
+    """The same extraction in this process, on one thread like the subprocesses; what it said."""
     # Imported here: the claim racers import this module in fresh processes, without torch.
     import torch
     from rich.console import Console
 
     from extract.pipeline import ExtractConfig, run_extraction
 
+    said = io.StringIO()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -156,10 +158,11 @@ def extract_here(videos: Path, out: Path) -> None:
                 shard_size=1,
                 name="tiny",
             ),
-            console=Console(quiet=True),
+            console=Console(file=said, width=200),
         )
     finally:
         torch.set_num_threads(threads)
+    return said.getvalue()
 
 
 def test_two_extract_runs_at_once_share_the_work(video_folder: Path, tmp_path: Path) -> None:
@@ -188,3 +191,19 @@ def test_a_killed_runs_claims_do_not_block(video_folder: Path, tmp_path: Path) -
     assert ghost.try_claim("setup") and ghost.try_claim(shard_topic(0))
     extract_here(video_folder, store)
     assert open_feature_set(str(store)).done.all()
+
+
+def test_shards_held_by_a_live_run_are_skipped_and_it_is_named(
+    video_folder: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "feats.zarr"
+    extract_here(video_folder, store)  # creates the feature set: 5 shards of one video
+    group = open_root(str(store), mode="a")["tiny"]
+    group["done"][1:3] = np.zeros(2, dtype=bool)  # shards 1 and 2 to do again
+    colleague = RunInfo("c0ffee00" * 4, "gpu-node-7", 4242, time.time())
+    assert book(str(store), colleague).try_claim(shard_topic(1))  # alive: fresh heartbeat
+
+    said = extract_here(video_folder, store)
+    assert "1 shard(s) skipped: being extracted by run c0ffee00 (host gpu-node-7, pid 4242" in said
+    done = open_feature_set(str(store)).done
+    assert done.tolist() == [True, False, True, True, True]  # shard 1 left to its holder
