@@ -259,13 +259,13 @@ def _paint(
     canvas += coverage * colour
 
 
-def _background(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A dim, smoothly shaded random background (H, W, 3) float and its mean colour."""
+def _background(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A dim, smoothly shaded random background: (H, W, 3) float."""
     base = rng.uniform(10.0, 90.0, size=3)
     coords = np.linspace(0.0, 1.0, size)
     gx, gy = rng.uniform(-25.0, 25.0, size=(2, 3))
     shade = coords[None, :, None] * gx + coords[:, None, None] * gy  # (H, W, 3)
-    return np.clip(base + shade, 0.0, 255.0), base
+    return np.clip(base + shade, 0.0, 255.0)
 
 
 def _bright_colour(rng: np.random.Generator) -> np.ndarray:
@@ -291,7 +291,7 @@ def render_action(
     low_y, high_y = MARGIN - pose.dy.min(), 1.0 - MARGIN - pose.dy.max()
     anchor = (rng.uniform(low_x, max(low_x, high_x)), rng.uniform(low_y, max(low_y, high_y)))
 
-    background, _ = _background(size, rng)
+    background = _background(size, rng)
     for _ in range(distractors):
         _paint(
             background,
