@@ -11,12 +11,26 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from s3_server import s3_bucket, s3_server  # noqa: F401  (one S3 server for the whole session)
 
 from extract.synthetic import encode_video
 
 HEIGHT, WIDTH = 48, 64
+
+
+@pytest.fixture(scope="session")
+def _session_torch_threads() -> int:
+    return torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored(_session_torch_threads):
+    """Every test ends with torch's thread count back at the session's. CPU results can depend on
+    it in the last bits, and tests compare in-process runs with `sact` subprocesses bit for bit."""
+    yield
+    torch.set_num_threads(_session_torch_threads)
 
 
 def synthetic_frames(
