@@ -1,7 +1,7 @@
 """Evaluation speed: embed each test video once and `match` per episode, against a full `forward`
 per episode, on the same episodes, at ResNet-50 dims (T=8, P=7x7, D=2048, d_k=1152), 5-way.
 
-    .venv/bin/python -P bench/evaluate.py [--naive-episodes 6] [--episodes 200] [--shot 5]
+    .venv/bin/python bench/evaluate.py [--naive-episodes 6] [--episodes 200] [--shot 5]
 
 The cached path is charged its one-time embedding of every video its episodes use; its speedup
 therefore grows with the number of episodes (10,000 in the protocol). Logits of the episodes both

@@ -1,10 +1,8 @@
 """Training speed at ResNet-50 dims (T=8, P=7x7, D=2048, d_k=1152), and the default settings.
 
-    .venv/bin/python -P bench/train.py loader    # loader time per episode vs model step time
-    .venv/bin/python -P bench/train.py onthefly  # cached step vs decode + backbone + head step
-    .venv/bin/python -P bench/train.py sweep     # learning rate x tasks per batch, small dims
-
-(`-P`: bench/extract.py would otherwise shadow the `extract` package.)
+    .venv/bin/python bench/train.py loader    # loader time per episode vs model step time
+    .venv/bin/python bench/train.py onthefly  # cached step vs decode + backbone + head step
+    .venv/bin/python bench/train.py sweep     # learning rate x tasks per batch, small dims
 
 `loader`: a 5-way 5-shot 5-query episode (50 videos) read from the in-memory cache and streamed
 from the store, against one SA-CT training step (forward, backward, AdamW) on it; with streaming,

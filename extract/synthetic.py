@@ -17,7 +17,7 @@ def encode_video(path: Path, frames: np.ndarray, *, fps: int = 12) -> Path:
     """Write ``frames`` (T, H, W, 3) uint8 RGB to ``path``; the codec follows the suffix.
 
     H and W must be even (yuv420p). The file is written next to its final name and renamed, so a
-    killed run never leaves a half-written video behind.
+    killed run never leaves a half-written video behind. The same frames give the same file.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
@@ -29,6 +29,9 @@ def encode_video(path: Path, frames: np.ndarray, *, fps: int = 12) -> Path:
     with av.open(str(partial), mode="w", format=CONTAINERS[path.suffix]) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        # One encoder thread: x264's threaded encoder was seen to give different frames for the
+        # same input on a busy machine, and tests compare runs bit for bit.
+        stream.codec_context.thread_count = 1
         if codec == "libvpx-vp9":
             stream.options = {"deadline": "realtime", "cpu-used": "8"}
         for frame in frames:

@@ -6,8 +6,8 @@
 
 A pipeline that overlaps well gets (c) close to min(a, b); the ratio (c)/min(a, b) says how close.
 
-    .venv/bin/python bench/extract.py                                    # this CPU, small backbone
-    .venv/bin/python bench/extract.py --backbone resnet50.tv_in1k --size 224 --frames 8 \\
+    .venv/bin/python bench/extraction.py                                 # this CPU, small backbone
+    .venv/bin/python bench/extraction.py --backbone resnet50.tv_in1k --size 224 --frames 8 \\
         --videos-count 256 --batch-size 32 --workers 8 --device cuda     # the GPU goal: c >= 0.8 b
 
 Without ``--videos DIR`` it encodes synthetic h264 clips (like Kinetics/SSv2 clip lengths).
