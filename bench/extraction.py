@@ -31,8 +31,9 @@ from rich.table import Table
 # `extract` package: look packages up from the repository root instead.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extract.backbone import FrozenBackbone, load_backbone, resolve_device
+from extract.backbone import FrozenBackbone, load_backbone
 from extract.decode import Strategy, sample_clip
+from extract.devices import resolve_device
 from extract.pipeline import ClipDataset, ExtractConfig, decoded_videos, run_extraction
 from extract.synthetic import encode_video
 from extract.videos import list_videos

@@ -312,18 +312,6 @@ def _grid_of(features: PatchFeatures, raw: torch.Tensor) -> tuple[int, int]:
     return features.token_grid(raw.shape[1] - features.num_prefix_tokens)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise BackboneError(f"unknown device {device!r}: {error}") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise BackboneError(f"device {device!r} asked, but CUDA is not available here")
-    return resolved
-
-
 class FrozenBackbone:
     """A loaded backbone placed on a device: uint8 crops in, float16 patch features out.
 

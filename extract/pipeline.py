@@ -56,10 +56,10 @@ from extract.backbone import (
     LoadedBackbone,
     Preprocessing,
     load_backbone,
-    resolve_device,
 )
 from extract.claims import SETUP, ClaimBook, RunInfo, shard_topic
 from extract.decode import FRAME_SAMPLING, DecodeError, sample_clip
+from extract.devices import resolve_device
 from extract.distributed import (
     Rank,
     all_ranks_agree,

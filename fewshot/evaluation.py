@@ -27,6 +27,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from extract.devices import resolve_device
 from extract.errors import SactError
 from extract.store import FeatureSet, open_feature_set
 from fewshot.checkpoints import Checkpoint, read_checkpoint
@@ -44,7 +45,6 @@ from fewshot.features import (
     Prefetcher,
     SplitFeatures,
     autocast_for,
-    pick_device,
     progress_bar,
     segment_frames,
 )
@@ -304,7 +304,7 @@ def score(
     scored: Scored, settings: list[EpisodeSet], config: EvalConfig, console: Console | None
 ) -> list[np.ndarray]:
     """Per-episode accuracies of one model for each setting; every video embedded once."""
-    device = pick_device(config.device)
+    device = resolve_device(config.device)
     autocast, _ = autocast_for(device)
     model = scored.checkpoint.build().to(device)
     features = SplitFeatures(

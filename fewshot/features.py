@@ -59,18 +59,6 @@ def default_cache_gb() -> float:
     return DEFAULT_MEMORY_SHARE * available_memory_bytes() / BYTES_PER_GB
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise SactError(f"unknown device {name!r}: {error}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SactError("--device cuda asked for, but torch sees no CUDA device")
-    return device
-
-
 def autocast_for(device: torch.device) -> tuple[AbstractContextManager, torch.dtype | None]:
     """Mixed precision on CUDA (bfloat16 where supported, else float16); float32 elsewhere."""
     if device.type != "cuda":

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from extract.devices import resolve_device
 from extract.errors import SactError
 from extract.store import FeatureSet, is_url, open_feature_set
 from fewshot.checkpoints import (
@@ -66,7 +67,6 @@ from fewshot.features import (
     Prefetcher,
     SplitFeatures,
     autocast_for,
-    pick_device,
     segment_frames,
 )
 from fewshot.figures import training_curve
@@ -333,7 +333,7 @@ class Trainer:
             frames,
             console,
         )
-        self.device = pick_device(config.device)
+        self.device = resolve_device(config.device)
         self.model = model.to(self.device)
         self.autocast, self.amp_dtype = autocast_for(self.device)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]

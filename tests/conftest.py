@@ -33,6 +33,12 @@ def _torch_threads_restored(_session_torch_threads):
     torch.set_num_threads(_session_torch_threads)
 
 
+@pytest.fixture
+def one_torch_thread() -> None:
+    """Tiny tensors: one intra-op thread is faster and immune to a busy machine."""
+    torch.set_num_threads(1)
+
+
 def synthetic_frames(
     count: int, *, seed: int, height: int = HEIGHT, width: int = WIDTH
 ) -> np.ndarray:

@@ -31,12 +31,7 @@ CLASSES, VIDEOS = 30, 6
 PARTS = {"train": range(0, 20), "val": range(20, 25), "test": range(25, 30)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
