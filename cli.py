@@ -79,6 +79,7 @@ def extract(
     ] = False,
 ) -> None:
     """Extract frozen-backbone patch features of every video into a resumable feature store."""
+    from extract.distributed import rank_from_env
     from extract.pipeline import (
         ExtractConfig,
         default_workers,
@@ -109,6 +110,8 @@ def extract(
     )
     with user_errors():
         summary = run_extraction(config, console=stderr)
+    if not rank_from_env().is_main:  # under torchrun, rank 0 alone reports the store-wide summary
+        raise typer.Exit(1 if summary.failed else 0)
     if summary.unmatched:
         stderr.print(
             f"[yellow]{len(summary.unmatched)} split lines name no file[/], e.g. "
