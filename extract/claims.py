@@ -45,6 +45,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from extract.errors import SactError
+from extract.store import require_group
 
 CLAIMS_PREFIX = ".sact-claims"
 SETUP = "setup"
@@ -132,7 +133,7 @@ class ClaimBook:
     ) -> None:
         # A group of its own, so zarr lists it as a member instead of warning about a stray folder
         # (feature_set_names leaves it out: feature set names never start with ".").
-        root.require_group(CLAIMS_PREFIX)
+        require_group(root, CLAIMS_PREFIX)
         self.store = root.store
         self.feature_set = feature_set
         self.prefix = "/".join(part for part in (root.path, CLAIMS_PREFIX, feature_set) if part)

@@ -89,6 +89,26 @@ def _zarr_store(location: str, *, read_only: bool) -> Any:
     return zarr.storage.LocalStore(location.removeprefix("file://"), read_only=read_only)
 
 
+def _open_group(store: Any, *, read_only: bool) -> zarr.Group:
+    if read_only:
+        return zarr.open_group(store=store, mode="r")
+    try:
+        return zarr.open_group(store=store, mode="a")
+    except zarr.errors.ContainsGroupError:
+        # zarr checked that no group existed, then another process created one before zarr
+        # wrote its own: open that one.
+        return zarr.open_group(store=store, mode="r+")
+
+
+def require_group(parent: zarr.Group, name: str) -> zarr.Group:
+    """``parent.require_group(name)``, also when another process creates that group meanwhile."""
+    try:
+        return parent.require_group(name)
+    except zarr.errors.ContainsGroupError:
+        # zarr saw no group, then another process created it before zarr's own write.
+        return parent[name]  # type: ignore[return-value]
+
+
 def open_root(location: str, *, mode: Literal["r", "a"]) -> zarr.Group:
     """Open (or, with mode "a", create) the store's root group at a local path or fsspec URL.
 
@@ -104,7 +124,7 @@ def open_root(location: str, *, mode: Literal["r", "a"]) -> zarr.Group:
     read_only = mode == "r"
     store = _zarr_store(location, read_only=read_only)
     try:
-        root = zarr.open_group(store=store, mode="r" if read_only else "a")
+        root = _open_group(store, read_only=read_only)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
         raise FeatureStoreError(f"no feature store at {location}") from error
     except zarr.errors.ContainsArrayError as error:
@@ -119,6 +139,11 @@ def open_root(location: str, *, mode: Literal["r", "a"]) -> zarr.Group:
             raise FeatureStoreError(f"cannot open store {location}: {error}") from error
         raise
     sact_attrs = root.attrs.get("sact")
+    if sact_attrs is None and not read_only and len(list(root.keys())) > 0:
+        # Another process (a torchrun rank, a second run) may have created the store since we
+        # read its metadata: read it again before calling it foreign.
+        root = zarr.open_group(store=store, mode="r+")
+        sact_attrs = root.attrs.get("sact")
     if sact_attrs is None:
         if read_only or len(list(root.keys())) > 0:
             raise FeatureStoreError(f"{location} is a zarr group but not a sact feature store")

@@ -51,6 +51,27 @@ def test_racing_runs_never_claim_the_same_shard(location: str) -> None:
     assert sorted(won[0] + won[1]) == TOPICS  # every shard claimed once, by exactly one run
 
 
+STORES_OPENED_AT_ONCE = 20
+
+
+def _open_new_stores(folder: str, start_at: float) -> int:
+    """One process opening fresh stores for writing at the same instants as its rivals."""
+    time.sleep(max(0.0, start_at - time.time()))
+    for index in range(STORES_OPENED_AT_ONCE):
+        open_root(f"{folder}/store{index}.zarr", mode="a")
+    return STORES_OPENED_AT_ONCE
+
+
+def test_processes_creating_the_same_new_store_at_once_all_open_it(tmp_path: Path) -> None:
+    # torchrun's ranks and a lab's independent runs all open --out for writing as they start.
+    start_at = time.time() + 1.5
+    with ProcessPoolExecutor(4, mp_context=get_context("spawn")) as pool:
+        opened = list(pool.map(_open_new_stores, [str(tmp_path)] * 4, [start_at] * 4))
+    assert opened == [STORES_OPENED_AT_ONCE] * 4
+    for index in range(STORES_OPENED_AT_ONCE):
+        assert open_root(str(tmp_path / f"store{index}.zarr"), mode="r").attrs["sact"]
+
+
 def test_a_live_holder_blocks_and_is_named(location: str) -> None:
     first = book(location)
     second = book(location)
