@@ -3,7 +3,6 @@ claim left behind by a killed run does not block forever."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from s3_server import make_bucket
+from tiny_extraction import extract_in_this_process, tiny_cli_options
 
 from extract.claims import ClaimBook, ClaimError, RunInfo, shard_topic
 from extract.store import open_feature_set, open_root
@@ -128,17 +128,12 @@ def test_keep_alive_beats_and_releases(tmp_path: Path) -> None:
 
 # ---- two `sact extract` runs at once, end to end ----
 
-EXTRACT_OPTIONS = [
-    *("--backbone", "resnet10t", "--random-init", "--size", "32", "--frames", "4"),
-    *("--device", "cpu", "--workers", "0", "--shard-size", "1", "--name", "tiny"),
-]
-
 
 def start_extract(videos: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "cli", "extract", "--videos", str(videos), "--out", str(out)]
     return subprocess.Popen(
-        [*command, *EXTRACT_OPTIONS, "--json"],
+        [*command, *tiny_cli_options(shard_size=1), "--json"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -156,34 +151,7 @@ def finish(process: subprocess.Popen) -> dict:
 
 def extract_here(videos: Path, out: Path) -> str:
     """The same extraction in this process, on one thread like the subprocesses; what it said."""
-    # Imported here: the claim racers import this module in fresh processes, without torch.
-    import torch
-    from rich.console import Console
-
-    from extract.pipeline import ExtractConfig, run_extraction
-
-    said = io.StringIO()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        run_extraction(
-            ExtractConfig(
-                videos=videos,
-                out=str(out),
-                backbone="resnet10t",
-                random_init=True,
-                size=32,
-                frames=4,
-                device="cpu",
-                workers=0,
-                shard_size=1,
-                name="tiny",
-            ),
-            console=Console(file=said, width=200),
-        )
-    finally:
-        torch.set_num_threads(threads)
-    return said.getvalue()
+    return extract_in_this_process(videos, out, shard_size=1)
 
 
 def test_two_extract_runs_at_once_share_the_work(video_folder: Path, tmp_path: Path) -> None:

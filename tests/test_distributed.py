@@ -10,48 +10,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from rich.console import Console
+from tiny_extraction import TINY, extract_in_this_process, tiny_cli_options
 
 from extract.claims import CLAIMS_PREFIX, Claim
 from extract.distributed import Rank, owned_shards, rank_from_env
 from extract.errors import SactError
-from extract.pipeline import ExtractConfig, run_extraction
 from extract.store import PER_VIDEO_ARRAYS, open_feature_set
 
 REPO = Path(__file__).resolve().parents[1]
-NAME = "tiny"
+SHARDS = {"shard_size": 2, "batch_size": 2}
+NAME = str(TINY["name"])
 
 
 def extract_command(videos: Path, out: Path) -> list[str]:
-    return [
-        *("extract", "--videos", str(videos), "--out", str(out), "--name", NAME),
-        *("--backbone", "resnet10t", "--random-init", "--size", "32", "--frames", "4"),
-        *("--device", "cpu", "--workers", "0", "--shard-size", "2", "--batch-size", "2"),
-    ]
+    return ["extract", "--videos", str(videos), "--out", str(out), *tiny_cli_options(**SHARDS)]
 
 
 def extract_here(videos: Path, out: Path) -> None:
     """The same extraction as one plain process (this one), on one thread like each rank."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        config = ExtractConfig(
-            videos=videos,
-            out=str(out),
-            name=NAME,
-            backbone="resnet10t",
-            random_init=True,
-            size=32,
-            frames=4,
-            device="cpu",
-            workers=0,
-            shard_size=2,
-            batch_size=2,
-        )
-        run_extraction(config, console=Console(quiet=True))
-    finally:
-        torch.set_num_threads(threads)
+    extract_in_this_process(videos, out, **SHARDS)
 
 
 def run(command: list[str]) -> subprocess.CompletedProcess:
