@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,9 @@ from rich.progress import track
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' S3 server
+
+from s3_server import local_s3_server, s3_environment
 
 from extract.hdf5 import export_hdf5
 from extract.store import (
@@ -46,34 +47,6 @@ from extract.store import (
 WAYS, SHOTS, QUERIES = 5, 5, 5
 EPISODE_VIDEOS = WAYS * (SHOTS + QUERIES)  # 50
 READER_THREADS = 4
-
-
-def start_s3_server() -> subprocess.Popen:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("moto server did not start") from None
-            time.sleep(0.1)
-    endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
-    return server
 
 
 def write_store(
@@ -146,9 +119,10 @@ def main() -> None:
     if args.videos < EPISODE_VIDEOS:
         parser.error(f"--videos must be at least {EPISODE_VIDEOS}, one episode's worth")
 
-    server = start_s3_server()
-    try:
+    with local_s3_server() as endpoint:
         import s3fs
+
+        os.environ.update(s3_environment(endpoint))
 
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
         s3fs.S3FileSystem(skip_instance_cache=True).mkdir(bucket)
@@ -180,9 +154,6 @@ def main() -> None:
                             "mb_per_s": len(drawn) * EPISODE_VIDEOS * video_mb / seconds,
                         }
                     )
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
     baseline = {r["threads"]: r["episodes_per_s"] for r in results if r["store"] == "local zarr"}
     table = Table(

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -34,38 +35,42 @@ def s3_environment(endpoint: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """Start ``python -m moto.server`` and point this process (and its children) at it."""
-    pytest.importorskip("moto.server")
-    pytest.importorskip("s3fs")
+@contextmanager
+def local_s3_server() -> Iterator[str]:
+    """Run ``python -m moto.server`` on a free port of 127.0.0.1; yields its endpoint URL."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail("the moto S3 server did not start")
-            time.sleep(0.1)
-    endpoint = f"http://127.0.0.1:{port}"
-    with pytest.MonkeyPatch.context() as patch:
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the moto S3 server did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A local S3 server for the session; this process (and its children) point at it."""
+    pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    with local_s3_server() as endpoint, pytest.MonkeyPatch.context() as patch:
         for name, value in s3_environment(endpoint).items():
             patch.setenv(name, value)
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
             patch.delenv(name, raising=False)
-        try:
-            yield endpoint
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+        yield endpoint
 
 
 def make_bucket() -> str:
