@@ -12,7 +12,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from extract.errors import SactError
+from sact.extract.errors import SactError
 
 app = typer.Typer(
     name="sact",
@@ -79,8 +79,8 @@ def extract(
     ] = False,
 ) -> None:
     """Extract frozen-backbone patch features of every video into a resumable feature store."""
-    from extract.distributed import rank_from_env
-    from extract.pipeline import (
+    from sact.extract.distributed import rank_from_env
+    from sact.extract.pipeline import (
         ExtractConfig,
         default_workers,
         failures_table,
@@ -136,7 +136,7 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Show a store's feature sets: provenance, done / failed / pending, size on disk."""
-    from extract.inventory import inventory, inventory_tables
+    from sact.extract.inventory import inventory, inventory_tables
 
     with user_errors():
         found = inventory(store)
@@ -164,7 +164,7 @@ def export(
     """Copy a store's feature sets into one HDF5 file (same arrays and attributes)."""
     from rich.table import Table
 
-    from extract.hdf5 import export_hdf5
+    from sact.extract.hdf5 import export_hdf5
 
     if to is None:
         fail("missing --to FILE.h5 (the HDF5 file to write)")
@@ -229,8 +229,8 @@ def train(
     """Train a few-shot head on cached features (episodic, resumable, deterministic)."""
     from dataclasses import asdict
 
-    from fewshot.training import TrainConfig
-    from fewshot.training import train as run_training
+    from sact.fewshot.training import TrainConfig
+    from sact.fewshot.training import train as run_training
 
     if feats is None and not resume:
         fail("missing --feats STORE (the feature store written by `sact extract`)")
@@ -310,8 +310,8 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Few-shot accuracy ± 95% CI on the test split; paired differences with --compare."""
-    from fewshot.evaluation import EvalConfig, results_table
-    from fewshot.evaluation import evaluate as run_evaluation
+    from sact.fewshot.evaluation import EvalConfig, results_table
+    from sact.fewshot.evaluation import evaluate as run_evaluation
 
     config = EvalConfig(
         run=None if run is None else str(run),
@@ -352,7 +352,7 @@ def demo(
     json_out: Annotated[bool, typer.Option("--json", help="Print demo.json on stdout.")] = False,
 ) -> None:
     """The whole chain on a generated dataset: extract, train SA-CT/ProtoNet/TRX, evaluate."""
-    from demo import DemoConfig, run_demo
+    from sact.demo import DemoConfig, run_demo
 
     with user_errors():
         result = run_demo(DemoConfig(out=out, seed=seed), console=stderr)
@@ -375,8 +375,8 @@ def explain(
     feats: Annotated[str | None, typer.Option(help="Feature store; default: the run's.")] = None,
 ) -> None:
     """Draw SA-CT's cross-attention, frame by frame, from a query video onto a support video."""
-    from explain import ExplainConfig
-    from explain import explain as draw
+    from sact.explain import ExplainConfig
+    from sact.explain import explain as draw
 
     if run is None or query is None or support is None:
         fail("sact explain needs --run DIR, --query VIDEO_ID and --support VIDEO_ID")

@@ -27,12 +27,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from explain import ExplainConfig, explain
-from extract.errors import SactError
-from extract.pipeline import ExtractConfig, run_extraction
-from extract.synthetic import ACTION_CLASSES, SyntheticDatasetConfig, make_synthetic_dataset
-from fewshot.evaluation import EvalConfig, evaluate
-from fewshot.training import CONFIG_FILE, TrainConfig, train
+from sact.explain import ExplainConfig, explain
+from sact.extract.errors import SactError
+from sact.extract.pipeline import ExtractConfig, run_extraction
+from sact.extract.synthetic import ACTION_CLASSES, SyntheticDatasetConfig, make_synthetic_dataset
+from sact.fewshot.evaluation import EvalConfig, evaluate
+from sact.fewshot.training import CONFIG_FILE, TrainConfig, train
 
 MODELS = ("sact", "protonet", "trx")
 MODEL_NAMES = {"sact": "SA-CT", "protonet": "ProtoNet", "trx": "TRX"}

@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from extract.backbone import Preprocessing
-from extract.decode import DecodeError, read_frames
-from extract.errors import SactError
-from extract.store import FeatureSet, open_feature_set
-from extract.videos import VideoDiscoveryError, resolve_video_path
-from fewshot.attention import attention_weights, draw_attention, focused_patches
-from fewshot.evaluation import check_compatible, checkpoint_of_run
-from fewshot.features import segment_frames
-from fewshot.model import SACT
+from sact.extract.backbone import Preprocessing
+from sact.extract.decode import DecodeError, read_frames
+from sact.extract.errors import SactError
+from sact.extract.store import FeatureSet, open_feature_set
+from sact.extract.videos import VideoDiscoveryError, resolve_video_path
+from sact.fewshot.attention import attention_weights, draw_attention, focused_patches
+from sact.fewshot.evaluation import check_compatible, checkpoint_of_run
+from sact.fewshot.features import segment_frames
+from sact.fewshot.model import SACT
 
 RESIZE_CROP = re.compile(r"^resize shorter side to (\d+), center crop (\d+)x(\d+)$")
 

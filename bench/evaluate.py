@@ -21,12 +21,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from extract.store import open_feature_set
-from fewshot import SACT
-from fewshot.episodes import EpisodeSampler, build_pool, resolve_split
-from fewshot.evaluation import embed_videos, episode_logits
-from fewshot.features import SplitFeatures, segment_frames
-from fewshot.synthetic import write_split_lists, write_synthetic_store
+from sact.extract.store import open_feature_set
+from sact.fewshot import SACT
+from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
+from sact.fewshot.evaluation import embed_videos, episode_logits
+from sact.fewshot.features import SplitFeatures, segment_frames
+from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
 
 FRAMES, GRID, DIM, D_K = 8, (7, 7), 2048, 1152
 

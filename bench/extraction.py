@@ -15,7 +15,6 @@ Without ``--videos DIR`` it encodes synthetic h264 clips (like Kinetics/SSv2 cli
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,16 +26,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-# Run as a script, this file's folder comes first on sys.path and its name would hide the
-# `extract` package: look packages up from the repository root instead.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from extract.backbone import FrozenBackbone, load_backbone
-from extract.decode import Strategy, sample_clip
-from extract.devices import resolve_device
-from extract.pipeline import ClipDataset, ExtractConfig, decoded_videos, run_extraction
-from extract.synthetic import encode_video
-from extract.videos import list_videos
+from sact.extract.backbone import FrozenBackbone, load_backbone
+from sact.extract.decode import Strategy, sample_clip
+from sact.extract.devices import resolve_device
+from sact.extract.pipeline import ClipDataset, ExtractConfig, decoded_videos, run_extraction
+from sact.extract.synthetic import encode_video
+from sact.extract.videos import list_videos
 
 console = Console()
 

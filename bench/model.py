@@ -33,7 +33,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fewshot import MODELS
+from sact.fewshot import MODELS
 
 
 def sact_flops(*, n: int, k: int, q: int, t: int, p: int, d: int, d_k: int, tmixer: bool) -> dict:

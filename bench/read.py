@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 
 from s3_server import local_s3_server, s3_environment
 
-from extract.hdf5 import export_hdf5
-from extract.store import (
+from sact.extract.hdf5 import export_hdf5
+from sact.extract.store import (
     FeatureSet,
     FeatureSetWriter,
     ShardResult,

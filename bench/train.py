@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from extract.store import open_feature_set
-from fewshot import SACT
-from fewshot.episodes import EpisodeSampler, build_pool, resolve_split
-from fewshot.features import Prefetcher, SplitFeatures, segment_frames
-from fewshot.synthetic import write_split_lists, write_synthetic_store
-from fewshot.training import TrainConfig, read_metrics, train
+from sact.extract.store import open_feature_set
+from sact.fewshot import SACT
+from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
+from sact.fewshot.features import Prefetcher, SplitFeatures, segment_frames
+from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
+from sact.fewshot.training import TrainConfig, read_metrics, train
 
 FRAMES, GRID, DIM, D_K = 8, (7, 7), 2048, 1152
 console = Console()
@@ -148,9 +148,9 @@ def loader(args: argparse.Namespace) -> dict:
 
 
 def onthefly(args: argparse.Namespace) -> dict:
-    from extract.backbone import FrozenBackbone, load_backbone
-    from extract.decode import sample_clip
-    from extract.synthetic import encode_video
+    from sact.extract.backbone import FrozenBackbone, load_backbone
+    from sact.extract.decode import sample_clip
+    from sact.extract.synthetic import encode_video
 
     way, shot, queries = 5, args.shot, args.query
     rng = np.random.default_rng(0)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from extract.errors import SactError
+from sact.extract.errors import SactError
 
 INTERPOLATIONS = {
     "bicubic": TF.InterpolationMode.BICUBIC,

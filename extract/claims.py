@@ -44,8 +44,8 @@ import zarr.storage
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from extract.errors import SactError
-from extract.store import require_group
+from sact.extract.errors import SactError
+from sact.extract.store import require_group
 
 CLAIMS_PREFIX = ".sact-claims"
 SETUP = "setup"

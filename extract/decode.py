@@ -27,7 +27,7 @@ import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from extract.videos import is_frame_file
+from sact.extract.videos import is_frame_file
 
 FRAME_SAMPLING = "segment centers: index_i = floor((i + 0.5) * n / T), repeating frames when n < T"
 # Seek only when decoding everything would decode more than this many frames per kept frame: below

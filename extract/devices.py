@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from extract.errors import SactError
+from sact.extract.errors import SactError
 
 
 def resolve_device(name: str) -> torch.device:

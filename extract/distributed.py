@@ -20,7 +20,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from extract.errors import SactError
+from sact.extract.errors import SactError
 
 # Rank 0 may spend a while listing videos and creating a large feature set on object storage.
 BARRIER_TIMEOUT = timedelta(minutes=30)

@@ -24,7 +24,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from extract.store import (
+from sact.extract.store import (
     FEATURES,
     FORMAT_VERSION,
     PER_VIDEO_ARRAYS,

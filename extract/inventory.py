@@ -9,7 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
-from extract.store import (
+from sact.extract.store import (
     FeatureSet,
     feature_set_names,
     is_hdf5,
@@ -85,7 +85,7 @@ def describe(feature_set: FeatureSet, *, size_bytes: int | None) -> FeatureSetIn
 def inventory(location: str) -> StoreInventory:
     """Open the store read-only and describe every feature set in it."""
     if is_hdf5(location):  # an HDF5 copy made by `sact export`
-        from extract.hdf5 import hdf5_feature_set_size
+        from sact.extract.hdf5 import hdf5_feature_set_size
 
         infos = [
             describe(

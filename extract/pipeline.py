@@ -51,16 +51,16 @@ from rich.table import Table
 from rich.text import Text
 from torch.utils.data import DataLoader, Dataset
 
-from extract.backbone import (
+from sact.extract.backbone import (
     FrozenBackbone,
     LoadedBackbone,
     Preprocessing,
     load_backbone,
 )
-from extract.claims import SETUP, ClaimBook, RunInfo, shard_topic
-from extract.decode import FRAME_SAMPLING, DecodeError, sample_clip
-from extract.devices import resolve_device
-from extract.distributed import (
+from sact.extract.claims import SETUP, ClaimBook, RunInfo, shard_topic
+from sact.extract.decode import FRAME_SAMPLING, DecodeError, sample_clip
+from sact.extract.devices import resolve_device
+from sact.extract.distributed import (
     Rank,
     all_ranks_agree,
     barrier,
@@ -69,15 +69,15 @@ from extract.distributed import (
     process_group,
     rank_from_env,
 )
-from extract.errors import SactError
-from extract.store import (
+from sact.extract.errors import SactError
+from sact.extract.store import (
     FeatureSetWriter,
     ShardResult,
     VideoRecord,
     check_feature_set_name,
     open_root,
 )
-from extract.videos import VideoDiscoveryError, VideoList, list_videos, resolve_video_path
+from sact.extract.videos import VideoDiscoveryError, VideoList, list_videos, resolve_video_path
 
 FEATURE_DTYPE = "float16"
 # How long a run waits for another run that is creating or growing the same feature set.

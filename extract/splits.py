@@ -11,7 +11,7 @@ import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
-from extract.errors import SactError
+from sact.extract.errors import SactError
 
 SPLIT_PARTS = ("train", "val", "test")
 
@@ -27,7 +27,7 @@ class SplitEntry:
 
 
 def builtin_splits_dir() -> Path:
-    return Path(str(importlib.resources.files("data") / "splits"))
+    return Path(str(importlib.resources.files("sact.data") / "splits"))
 
 
 def known_splits() -> list[str]:

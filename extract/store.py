@@ -26,7 +26,7 @@ import numpy as np
 import zarr
 import zarr.storage
 
-from extract.errors import SactError
+from sact.extract.errors import SactError
 
 FORMAT_VERSION = 1
 FEATURE_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -164,7 +164,7 @@ def feature_set_names(root: zarr.Group) -> list[str]:
 def list_feature_sets(location: str) -> list[str]:
     """Names of the feature sets in a store: a zarr store (path or URL) or an HDF5 copy."""
     if is_hdf5(location):
-        from extract.hdf5 import hdf5_feature_set_names
+        from sact.extract.hdf5 import hdf5_feature_set_names
 
         return hdf5_feature_set_names(location)
     return feature_set_names(open_root(location, mode="r"))
@@ -273,7 +273,7 @@ def open_feature_set(location: str, name: str | None = None) -> FeatureSet:
     an HDF5 copy made by ``sact export`` (``.h5``).
     """
     if is_hdf5(location):
-        from extract.hdf5 import open_hdf5_feature_set
+        from sact.extract.hdf5 import open_hdf5_feature_set
 
         return open_hdf5_feature_set(location, name)
     root = open_root(location, mode="r")

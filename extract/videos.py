@@ -21,9 +21,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from extract.errors import SactError
-from extract.splits import SplitEntry, load_split
-from extract.store import VideoRecord
+from sact.extract.errors import SactError
+from sact.extract.splits import SplitEntry, load_split
+from sact.extract.store import VideoRecord
 
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp"}

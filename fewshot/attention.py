@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 
-from fewshot.model import SACT
+from sact.fewshot.model import SACT
 
 PATCH_COLOURS = ("red", "lime", "cyan", "yellow")
 PANEL_INCHES = 2.0

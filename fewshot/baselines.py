@@ -13,7 +13,7 @@ from itertools import combinations
 import torch
 from torch import Tensor, nn
 
-from fewshot.model import VideoEmbedding, as_grid, check_videos, group_by_class
+from sact.fewshot.model import VideoEmbedding, as_grid, check_videos, group_by_class
 
 
 @dataclass(frozen=True)

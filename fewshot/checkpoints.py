@@ -25,8 +25,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from extract.errors import SactError
-from fewshot import MODELS
+from sact.extract.errors import SactError
+from sact.fewshot import MODELS
 
 CHECKPOINT_FORMAT = 1
 WEIGHTS = "model.safetensors"

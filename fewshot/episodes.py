@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from extract.errors import SactError
-from extract.splits import SPLIT_PARTS, SplitEntry, load_split
-from extract.store import FeatureSet
+from sact.extract.errors import SactError
+from sact.extract.splits import SPLIT_PARTS, SplitEntry, load_split
+from sact.extract.store import FeatureSet
 
 EPISODE_FILE_FORMAT = 1
 # Without a split list the store's classes are divided like the SSv2 OTAM split (64/12/24 of 100).

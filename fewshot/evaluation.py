@@ -27,11 +27,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from extract.devices import resolve_device
-from extract.errors import SactError
-from extract.store import FeatureSet, open_feature_set
-from fewshot.checkpoints import Checkpoint, read_checkpoint
-from fewshot.episodes import (
+from sact.extract.devices import resolve_device
+from sact.extract.errors import SactError
+from sact.extract.store import FeatureSet, open_feature_set
+from sact.fewshot.checkpoints import Checkpoint, read_checkpoint
+from sact.fewshot.episodes import (
     Episode,
     EpisodeSampler,
     EpisodeSet,
@@ -41,14 +41,14 @@ from fewshot.episodes import (
     resolve_split,
     save_episodes,
 )
-from fewshot.features import (
+from sact.fewshot.features import (
     Prefetcher,
     SplitFeatures,
     autocast_for,
     progress_bar,
     segment_frames,
 )
-from fewshot.model import VideoEmbedding
+from sact.fewshot.model import VideoEmbedding
 
 RESULTS_FILE = "evaluation.json"
 Z_95 = 1.96

@@ -25,9 +25,9 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from extract.errors import SactError
-from extract.store import FeatureSet
-from fewshot.episodes import VideoPool
+from sact.extract.errors import SactError
+from sact.extract.store import FeatureSet
+from sact.fewshot.episodes import VideoPool
 
 BYTES_PER_GB = 1024**3
 # Share of the free memory the split cache may take by default: leaves room for the model, the

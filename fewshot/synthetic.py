@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from extract.splits import SPLIT_PARTS
-from extract.store import FeatureSetWriter, ShardResult, VideoRecord, open_root
+from sact.extract.splits import SPLIT_PARTS
+from sact.extract.store import FeatureSetWriter, ShardResult, VideoRecord, open_root
 
 
 def video_id(label: str, number: int) -> str:

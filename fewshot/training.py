@@ -43,10 +43,10 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from extract.devices import resolve_device
-from extract.errors import SactError
-from extract.store import FeatureSet, is_url, open_feature_set
-from fewshot.checkpoints import (
+from sact.extract.devices import resolve_device
+from sact.extract.errors import SactError
+from sact.extract.store import FeatureSet, is_url, open_feature_set
+from sact.fewshot.checkpoints import (
     Checkpoint,
     build_model,
     checkpoint_folder,
@@ -54,7 +54,7 @@ from fewshot.checkpoints import (
     read_resume_state,
     save_checkpoint,
 )
-from fewshot.episodes import (
+from sact.fewshot.episodes import (
     Episode,
     EpisodeSampler,
     SplitSource,
@@ -62,14 +62,14 @@ from fewshot.episodes import (
     build_pool,
     resolve_split,
 )
-from fewshot.evaluation import embed_videos, episode_accuracies
-from fewshot.features import (
+from sact.fewshot.evaluation import embed_videos, episode_accuracies
+from sact.fewshot.features import (
     Prefetcher,
     SplitFeatures,
     autocast_for,
     segment_frames,
 )
-from fewshot.figures import training_curve
+from sact.fewshot.figures import training_curve
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SGD_MOMENTUM = 0.9

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from s3_server import s3_bucket, s3_server  # noqa: F401  (one S3 server for the whole session)
 
-from extract.synthetic import encode_video
+from sact.extract.synthetic import encode_video
 
 HEIGHT, WIDTH = 48, 64
 

@@ -14,7 +14,7 @@ from conftest import synthetic_frames
 from PIL import Image
 from safetensors.torch import save_file
 
-from extract.backbone import (
+from sact.extract.backbone import (
     BackboneError,
     FrozenBackbone,
     flush_denormals,

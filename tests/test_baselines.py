@@ -8,7 +8,7 @@ from itertools import combinations
 import pytest
 import torch
 
-from fewshot import MODELS, TRX, ProtoNet, ProtoNetEmbedding, TRXEmbedding
+from sact.fewshot import MODELS, TRX, ProtoNet, ProtoNetEmbedding, TRXEmbedding
 
 DIM, FRAMES, GRID, D_K = 16, 4, (2, 2), 8
 PATCHES = GRID[0] * GRID[1]

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
-from fewshot.synthetic import write_split_lists, write_synthetic_store
+from sact.cli import app
+from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
 
 CLASSES, VIDEOS = 30, 6
 PARTS = {"train": range(0, 20), "val": range(20, 25), "test": range(25, 30)}

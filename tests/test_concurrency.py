@@ -17,8 +17,8 @@ import pytest
 from s3_server import make_bucket
 from tiny_extraction import extract_in_this_process, tiny_cli_options
 
-from extract.claims import ClaimBook, ClaimError, RunInfo, shard_topic
-from extract.store import open_feature_set, open_root
+from sact.extract.claims import ClaimBook, ClaimError, RunInfo, shard_topic
+from sact.extract.store import open_feature_set, open_root
 
 TOPICS = [shard_topic(shard) for shard in range(12)]
 REPO = Path(__file__).resolve().parents[1]
@@ -131,7 +131,16 @@ def test_keep_alive_beats_and_releases(tmp_path: Path) -> None:
 
 def start_extract(videos: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "cli", "extract", "--videos", str(videos), "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "sact.cli",
+        "extract",
+        "--videos",
+        str(videos),
+        "--out",
+        str(out),
+    ]
     return subprocess.Popen(
         [*command, *tiny_cli_options(shard_size=1), "--json"],
         cwd=REPO,

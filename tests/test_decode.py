@@ -9,7 +9,7 @@ import pytest
 from conftest import VIDEO_FRAMES, synthetic_frames
 from PIL import Image
 
-from extract.decode import (
+from sact.extract.decode import (
     SEEK_MIN_FRAMES_PER_SAMPLE,
     DecodeError,
     num_frames,
@@ -17,7 +17,7 @@ from extract.decode import (
     sample_clip,
     segment_centers,
 )
-from extract.synthetic import encode_video
+from sact.extract.synthetic import encode_video
 
 # Lossy codecs (vp9 at its fastest setting most) change pixels by a few levels on average.
 CODEC_TOLERANCE = 12.0
@@ -116,7 +116,7 @@ def test_seeking_gives_the_frames_decoding_everything_gives(long_video: Path) ->
 
 
 def test_auto_seeks_only_long_videos(long_video: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import extract.decode as decode
+    import sact.extract.decode as decode
 
     seeks: list[Path] = []
     original = decode._seek_frames

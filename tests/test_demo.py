@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from demo import MODELS, DemoConfig, run_demo
-from extract.claims import CLAIMS_PREFIX
+from sact.demo import MODELS, DemoConfig, run_demo
+from sact.extract.claims import CLAIMS_PREFIX
 
 TINY = {
     "videos_per_class": 2,

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from tiny_extraction import TINY, extract_in_this_process, tiny_cli_options
 
-from extract.claims import CLAIMS_PREFIX, Claim
-from extract.distributed import Rank, owned_shards, rank_from_env
-from extract.errors import SactError
-from extract.store import PER_VIDEO_ARRAYS, open_feature_set
+from sact.extract.claims import CLAIMS_PREFIX, Claim
+from sact.extract.distributed import Rank, owned_shards, rank_from_env
+from sact.extract.errors import SactError
+from sact.extract.store import PER_VIDEO_ARRAYS, open_feature_set
 
 REPO = Path(__file__).resolve().parents[1]
 SHARDS = {"shard_size": 2, "batch_size": 2}
@@ -66,7 +66,7 @@ def test_torchrun_two_gloo_ranks_equal_one_process(video_folder: Path, tmp_path:
     single, distributed = tmp_path / "single.zarr", tmp_path / "torchrun.zarr"
     extract_here(video_folder, single)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    run([*torchrun, "-m", "cli", *extract_command(video_folder, distributed)])
+    run([*torchrun, "-m", "sact.cli", *extract_command(video_folder, distributed)])
     assert open_feature_set(str(distributed), NAME).done.all()
     assert_same_feature_set(single, distributed)
     holders = shard_holders(distributed)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from extract.store import open_feature_set
-from fewshot.episodes import (
+from sact.extract.store import open_feature_set
+from sact.fewshot.episodes import (
     EpisodeError,
     EpisodeSampler,
     EpisodeSet,
@@ -18,7 +18,7 @@ from fewshot.episodes import (
     save_episodes,
     split_by_labels,
 )
-from fewshot.synthetic import class_names, video_id, write_split_lists, write_synthetic_store
+from sact.fewshot.synthetic import class_names, video_id, write_split_lists, write_synthetic_store
 
 CLASSES, VIDEOS = 12, 6
 PARTS = {"train": range(0, 6), "val": range(6, 9), "test": range(9, 12)}

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from extract.errors import SactError
-from extract.store import open_feature_set
-from fewshot.checkpoints import read_checkpoint
-from fewshot.episodes import EpisodeSampler, build_pool, resolve_split
-from fewshot.evaluation import (
+from sact.extract.errors import SactError
+from sact.extract.store import open_feature_set
+from sact.fewshot.checkpoints import read_checkpoint
+from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
+from sact.fewshot.evaluation import (
     EvalConfig,
     embed_videos,
     episode_logits,
@@ -23,9 +23,9 @@ from fewshot.evaluation import (
     mean_and_interval,
     results_table,
 )
-from fewshot.features import SplitFeatures, segment_frames
-from fewshot.synthetic import write_split_lists, write_synthetic_store
-from fewshot.training import TrainConfig, train
+from sact.fewshot.features import SplitFeatures, segment_frames
+from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
+from sact.fewshot.training import TrainConfig, train
 
 CLASSES, VIDEOS = 30, 6
 PARTS = {"train": range(0, 20), "val": range(20, 25), "test": range(25, 30)}

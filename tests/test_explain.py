@@ -11,13 +11,19 @@ import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli import app
-from explain import ExplainConfig, ExplainError, explain
-from extract.pipeline import ExtractConfig, run_extraction
-from extract.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
-from fewshot.attention import DPI, PANEL_INCHES, attention_weights, draw_attention, focused_patches
-from fewshot.model import SACT
-from fewshot.training import TrainConfig, train
+from sact.cli import app
+from sact.explain import ExplainConfig, ExplainError, explain
+from sact.extract.pipeline import ExtractConfig, run_extraction
+from sact.extract.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
+from sact.fewshot.attention import (
+    DPI,
+    PANEL_INCHES,
+    attention_weights,
+    draw_attention,
+    focused_patches,
+)
+from sact.fewshot.model import SACT
+from sact.fewshot.training import TrainConfig, train
 
 DIM, FRAMES, GRID = 8, 4, (3, 3)
 PANEL = int(PANEL_INCHES * DPI)  # pixels

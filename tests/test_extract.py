@@ -19,11 +19,11 @@ import zarr
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
-from cli import app
-from extract.backbone import flush_denormals, load_backbone
-from extract.decode import sample_clip
-from extract.pipeline import ExtractConfig, ExtractSummary, run_extraction
-from extract.store import FeatureStoreError, open_feature_set
+from sact.cli import app
+from sact.extract.backbone import flush_denormals, load_backbone
+from sact.extract.decode import sample_clip
+from sact.extract.pipeline import ExtractConfig, ExtractSummary, run_extraction
+from sact.extract.store import FeatureStoreError, open_feature_set
 
 # Tiny on purpose: 64 px crops, 4 frames, a 2×2 ResNet grid.
 TINY = {"backbone": "resnet10t", "random_init": True, "size": 64, "frames": 4}
@@ -239,7 +239,7 @@ KILL_RUN = {"shard_size": 2, "batch_size": 2, "name": "kill"}
 
 def sact_extract(videos: Path, out: Path) -> subprocess.Popen[bytes]:
     """The same extraction as ``extract(videos, out, **KILL_RUN)``, as a separate process."""
-    command = [sys.executable, "-m", "cli", "extract", *tiny_cli_options(videos, out)]
+    command = [sys.executable, "-m", "sact.cli", "extract", *tiny_cli_options(videos, out)]
     command += ["--shard-size", "2", "--batch-size", "2", "--name", "kill"]
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     return subprocess.Popen(

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from extract.store import open_feature_set
-from fewshot.episodes import build_pool, resolve_split
-from fewshot.features import (
+from sact.extract.store import open_feature_set
+from sact.fewshot.episodes import build_pool, resolve_split
+from sact.fewshot.features import (
     FeatureError,
     Prefetcher,
     SplitFeatures,
     default_cache_gb,
     segment_frames,
 )
-from fewshot.synthetic import write_split_lists, write_synthetic_store
+from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
 
 CLASSES, VIDEOS, STORED_FRAMES = 9, 4, 8
 PARTS = {"train": range(0, 5), "val": range(5, 7), "test": range(7, 9)}

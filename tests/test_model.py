@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from fewshot import MODELS, SACT, SACTEmbedding
+from sact.fewshot import MODELS, SACT, SACTEmbedding
 
 DIM, FRAMES, GRID, D_K = 16, 4, (2, 2), 8
 PATCHES = GRID[0] * GRID[1]

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cli import app
-from extract.pipeline import ExtractConfig, run_extraction
-from extract.store import list_feature_sets, open_feature_set
-from extract.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
-from fewshot.evaluation import EvalConfig, evaluate
-from fewshot.training import TrainConfig, train
+from sact.cli import app
+from sact.extract.pipeline import ExtractConfig, run_extraction
+from sact.extract.store import list_feature_sets, open_feature_set
+from sact.extract.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
+from sact.fewshot.evaluation import EvalConfig, evaluate
+from sact.fewshot.training import TrainConfig, train
 
 # Two classes in each split part: enough for 2-way episodes, small enough to extract in seconds.
 CLASSES = (

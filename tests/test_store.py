@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from s3_server import make_bucket
 
-from extract.hdf5 import export_hdf5
-from extract.store import (
+from sact.extract.hdf5 import export_hdf5
+from sact.extract.store import (
     FeatureSetWriter,
     FeatureStoreError,
     ShardResult,

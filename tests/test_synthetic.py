@@ -8,8 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from extract.splits import load_split
-from extract.synthetic import (
+from sact.extract.splits import load_split
+from sact.extract.synthetic import (
     ACTION_CLASSES,
     SyntheticDatasetConfig,
     make_synthetic_dataset,

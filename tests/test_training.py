@@ -11,10 +11,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from extract.errors import SactError
-from fewshot.checkpoints import read_checkpoint
-from fewshot.synthetic import write_split_lists, write_synthetic_store
-from fewshot.training import TrainConfig, Trainer, TrainingError, learning_rate, read_metrics, train
+from sact.extract.errors import SactError
+from sact.fewshot.checkpoints import read_checkpoint
+from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
+from sact.fewshot.training import (
+    TrainConfig,
+    Trainer,
+    TrainingError,
+    learning_rate,
+    read_metrics,
+    train,
+)
 
 CLASSES, VIDEOS = 30, 6
 PARTS = {"train": range(0, 20), "val": range(20, 25), "test": range(25, 30)}
@@ -190,7 +197,7 @@ def test_an_existing_run_is_never_overwritten(store, tmp_path):
 def test_stage_two_never_imports_the_decoder_or_the_backbone():
     code = (
         "import sys, fewshot.training, fewshot.evaluation, fewshot.synthetic\n"
-        "print(sorted(m for m in ('av', 'timm', 'extract.decode', 'extract.backbone') "
+        "print(sorted(m for m in ('av', 'timm', 'sact.extract.decode', 'sact.extract.backbone') "
         "if m in sys.modules))"
     )
     imported = subprocess.run(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from extract.splits import SplitError
-from extract.videos import (
+from sact.extract.splits import SplitError
+from sact.extract.videos import (
     VideoDiscoveryError,
     find_videos,
     list_videos,

@@ -1,0 +1,76 @@
+"""sact: SA-CT few-shot action recognition on a cached feature store.
+
+The public Python API, importable without paying for torch until it is used::
+
+    import sact
+
+    features = sact.open_feature_set("feats.zarr")           # read-only, zarr or HDF5
+    result = sact.train(sact.TrainConfig(feats="feats.zarr", iterations=1000, out="runs/x"))
+    scores = sact.evaluate(sact.EvalConfig(run="runs/x", episodes=1000))
+    model = sact.SACT(dim=2048, frames=8, grid=7)             # or sact.TRX, sact.ProtoNet
+
+The repository's folders are this package's subpackages: ``sact.extract`` (stage 1),
+``sact.fewshot`` (stage 2), ``sact.data`` (split lists), ``sact.cli`` (the command line).
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = version("sact")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
+# name -> module that defines it; imported on first use, so `import sact` (and the command line's
+# start-up) does not import torch, timm or zarr.
+_PUBLIC = {
+    "open_feature_set": "sact.extract.store",
+    "FeatureSet": "sact.extract.store",
+    "SACT": "sact.fewshot.model",
+    "ProtoNet": "sact.fewshot.baselines",
+    "TRX": "sact.fewshot.baselines",
+    "TrainConfig": "sact.fewshot.training",
+    "train": "sact.fewshot.training",
+    "EvalConfig": "sact.fewshot.evaluation",
+    "evaluate": "sact.fewshot.evaluation",
+    "ExtractConfig": "sact.extract.pipeline",
+    "run_extraction": "sact.extract.pipeline",
+}
+
+__all__ = [  # noqa: RUF022  (grouped by stage, like _PUBLIC)
+    "__version__",
+    "open_feature_set",
+    "FeatureSet",
+    "SACT",
+    "ProtoNet",
+    "TRX",
+    "TrainConfig",
+    "train",
+    "EvalConfig",
+    "evaluate",
+    "ExtractConfig",
+    "run_extraction",
+]
+
+if TYPE_CHECKING:
+    from sact.extract.pipeline import ExtractConfig, run_extraction
+    from sact.extract.store import FeatureSet, open_feature_set
+    from sact.fewshot.baselines import TRX, ProtoNet
+    from sact.fewshot.evaluation import EvalConfig, evaluate
+    from sact.fewshot.model import SACT
+    from sact.fewshot.training import TrainConfig, train
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'sact' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
