@@ -36,7 +36,7 @@ _PUBLIC = {
     "train": "sact.fewshot.training",
     "EvalConfig": "sact.fewshot.evaluation",
     "evaluate": "sact.fewshot.evaluation",
-    "ExtractConfig": "sact.extract.pipeline",
+    "ExtractConfig": "sact.extract.config",
     "run_extraction": "sact.extract.pipeline",
 }
 
@@ -56,7 +56,8 @@ __all__ = [  # noqa: RUF022  (grouped by stage, like _PUBLIC)
 ]
 
 if TYPE_CHECKING:
-    from sact.extract.pipeline import ExtractConfig, run_extraction
+    from sact.extract.config import ExtractConfig
+    from sact.extract.pipeline import run_extraction
     from sact.extract.store import FeatureSet, open_feature_set
     from sact.fewshot.baselines import TRX, ProtoNet
     from sact.fewshot.evaluation import EvalConfig, evaluate

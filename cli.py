@@ -79,14 +79,10 @@ def extract(
     ] = False,
 ) -> None:
     """Extract frozen-backbone patch features of every video into a resumable feature store."""
+    from sact.extract.config import ExtractConfig, default_workers
     from sact.extract.distributed import rank_from_env
-    from sact.extract.pipeline import (
-        ExtractConfig,
-        default_workers,
-        failures_table,
-        run_extraction,
-        summary_table,
-    )
+    from sact.extract.pipeline import run_extraction
+    from sact.extract.tables import failures_table, summary_table
 
     if videos is None:
         fail("missing --videos DIR (the folder of videos to extract)")
@@ -136,7 +132,8 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Show a store's feature sets: provenance, done / failed / pending, size on disk."""
-    from sact.extract.inventory import inventory, inventory_tables
+    from sact.extract.inventory import inventory
+    from sact.extract.tables import inventory_tables
 
     with user_errors():
         found = inventory(store)
@@ -162,9 +159,8 @@ def export(
     json_out: Annotated[bool, typer.Option("--json", help="Also print JSON on stdout.")] = False,
 ) -> None:
     """Copy a store's feature sets into one HDF5 file (same arrays and attributes)."""
-    from rich.table import Table
-
     from sact.extract.hdf5 import export_hdf5
+    from sact.extract.tables import export_table
 
     if to is None:
         fail("missing --to FILE.h5 (the HDF5 file to write)")
@@ -172,12 +168,7 @@ def export(
         summary = export_hdf5(
             store, to, feature_sets=feature_set or None, overwrite=overwrite, console=stderr
         )
-    table = Table(title=f"exported {store} → {to}")
-    for column in ("feature set", "videos", "done", "failed", "pending"):
-        table.add_column(column, justify="left" if column == "feature set" else "right")
-    for name, counts in summary["sets"].items():
-        table.add_row(name, *(str(counts[key]) for key in ("videos", "done", "failed", "pending")))
-    stderr.print(table)
+    stderr.print(export_table(summary))
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
 

@@ -27,9 +27,11 @@ from rich.console import Console
 from rich.table import Table
 
 from sact.extract.backbone import FrozenBackbone, load_backbone
+from sact.extract.clips import ClipDataset, decoded_videos
+from sact.extract.config import ExtractConfig
 from sact.extract.decode import Strategy, sample_clip
 from sact.extract.devices import resolve_device
-from sact.extract.pipeline import ClipDataset, ExtractConfig, decoded_videos, run_extraction
+from sact.extract.pipeline import run_extraction
 from sact.extract.synthetic import encode_video
 from sact.extract.videos import list_videos
 

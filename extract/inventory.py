@@ -7,8 +7,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from sact.extract.store import (
     FeatureSet,
     feature_set_names,
@@ -103,44 +101,3 @@ def inventory(location: str) -> StoreInventory:
         feature_set = FeatureSet(group, location=location)  # type: ignore[arg-type]
         infos.append(describe(feature_set, size_bytes=feature_set_size(location, name)))
     return StoreInventory(location=location, feature_sets=infos)
-
-
-def human_size(size_bytes: int | None) -> str:
-    if size_bytes is None:
-        return "?"
-    size = float(size_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def inventory_tables(found: StoreInventory) -> list[Table]:
-    """An overview table of the feature sets, then one provenance table per feature set."""
-    overview = Table(title=f"feature sets in {found.location}")
-    overview.add_column("feature set", style="bold", no_wrap=True)
-    for column in ("videos", "done", "failed", "pending", "size"):
-        overview.add_column(column, justify="right")
-    tables = [overview]
-    if not found.feature_sets:
-        overview.caption = "no feature set yet"
-    for info in found.feature_sets:
-        counts = info.counts
-        overview.add_row(
-            info.name,
-            str(counts["videos"]),
-            f"[green]{counts['done']}",
-            f"[red]{counts['failed']}" if counts["failed"] else "0",
-            str(counts["pending"]),
-            human_size(info.size_bytes),
-        )
-        shape = "×".join(str(n) for n in info.shape)
-        details = Table(title=f"{info.name}: features (N, T, P, D) = {shape}", show_header=False)
-        details.add_column("key", style="dim")
-        details.add_column("value")
-        for key, value in sorted(info.attrs.items()):
-            if key not in ("identity", "config"):
-                details.add_row(key, str(value))
-        tables.append(details)
-    return tables

@@ -17,21 +17,18 @@ Many processes (docs/LAB.md): under ``torchrun`` rank 0 creates or opens the fea
 others wait at a barrier, and each rank takes every ``WORLD_SIZE``-th shard still to do. Whatever
 launched it, a process claims each shard (``extract.claims``) just before its videos are decoded
 and skips a shard another live run holds, so independent runs on one feature set share the work.
+
+This module is the loop; around it: ``extract.config`` (the options, the feature set's identity and
+provenance), ``extract.clips`` (the decoding loader and its claimed shard order) and
+``extract.tables`` (the summary the command prints).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from importlib import metadata
+from dataclasses import dataclass
 from itertools import chain, islice
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,18 +44,17 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 from rich.text import Text
-from torch.utils.data import DataLoader, Dataset
 
-from sact.extract.backbone import (
-    FrozenBackbone,
-    LoadedBackbone,
-    Preprocessing,
-    load_backbone,
-)
+from sact.extract.backbone import FrozenBackbone, load_backbone
 from sact.extract.claims import SETUP, ClaimBook, RunInfo, shard_topic
-from sact.extract.decode import FRAME_SAMPLING, DecodeError, sample_clip
+from sact.extract.clips import ClaimedOrder, ClipDataset, decoded_videos
+from sact.extract.config import (
+    ExtractConfig,
+    default_name,
+    feature_set_identity,
+    provenance,
+)
 from sact.extract.devices import resolve_device
 from sact.extract.distributed import (
     Rank,
@@ -73,61 +69,13 @@ from sact.extract.errors import SactError
 from sact.extract.store import (
     FeatureSetWriter,
     ShardResult,
-    VideoRecord,
     check_feature_set_name,
     open_root,
 )
-from sact.extract.videos import VideoDiscoveryError, VideoList, list_videos, resolve_video_path
+from sact.extract.videos import VideoList, list_videos
 
-FEATURE_DTYPE = "float16"
 # How long a run waits for another run that is creating or growing the same feature set.
 SETUP_WAIT_S = 600.0
-PROVENANCE_PACKAGES = ("sact", "torch", "timm", "zarr", "av", "numpy")
-
-
-class ExtractConfigError(SactError):
-    """Options that cannot work together; the message is one line for the user."""
-
-
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-@dataclass
-class ExtractConfig:
-    """Everything `sact extract` needs; saved, resolved, in the feature set's attrs."""
-
-    videos: Path
-    out: str
-    split: str | None = None
-    backbone: str = "resnet50.tv_in1k"
-    weights: Path | None = None
-    random_init: bool = False
-    frames: int = 8
-    size: int | None = None  # crop size; None: the backbone's own
-    grid: int | None = None  # pool the patch grid to grid×grid; None: keep the backbone's grid
-    device: str = "auto"
-    batch_size: int = 16  # videos per forward pass (batch_size·T frames)
-    workers: int = field(default_factory=default_workers)  # decoding processes; 0: in-process
-    name: str | None = None  # feature set name; None: derived from the config
-    shard_size: int = 64  # videos per shard: the unit of work, writing and resume
-    seed: int = 0  # the random init's seed
-
-    def check(self) -> None:
-        for option, value, least in (
-            ("--frames", self.frames, 1),
-            ("--batch-size", self.batch_size, 1),
-            ("--shard-size", self.shard_size, 1),
-            ("--workers", self.workers, 0),
-        ):
-            if value < least:
-                raise ExtractConfigError(f"{option} must be at least {least}, got {value}")
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            key: str(value) if isinstance(value, Path) else value
-            for key, value in dataclasses.asdict(self).items()
-        }
 
 
 @dataclass(frozen=True)
@@ -159,64 +107,6 @@ class ExtractSummary:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# ---- the feature set's identity ----
-
-
-def feature_set_identity(loaded: LoadedBackbone, *, frames: int) -> dict[str, Any]:
-    """Everything that decides the stored values: two runs with equal identity may share a set."""
-    prep = loaded.preprocessing
-    return {
-        "backbone": loaded.name,
-        "weights_source": loaded.weights.source,
-        "weights_sha256": loaded.weights.sha256,
-        "input_size": prep.size,
-        "resize_crop": prep.rule,
-        "interpolation": prep.interpolation,
-        "mean": list(prep.mean),
-        "std": list(prep.std),
-        "frames": frames,
-        "frame_sampling": FRAME_SAMPLING,
-        "grid": list(loaded.grid),
-        "dim": loaded.dim,
-        "dtype": FEATURE_DTYPE,
-    }
-
-
-def default_name(config: ExtractConfig, loaded: LoadedBackbone) -> str:
-    """E.g. ``resnet50.tv_in1k-224px-8f``, ``-g4`` when pooled, a suffix for non-hub weights."""
-    backbone = "".join(c if c.isalnum() or c in "._-" else "_" for c in config.backbone)
-    name = f"{backbone}-{loaded.preprocessing.size}px-{config.frames}f"
-    if config.grid is not None:
-        name += f"-g{config.grid}"
-    if loaded.weights.source == "random-init":
-        name += "-randinit"
-    elif loaded.weights.source == "file":
-        name += f"-w{loaded.weights.sha256[:8]}"
-    return name
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def provenance(config: ExtractConfig, frozen: FrozenBackbone) -> dict[str, Any]:
-    """Where the features came from; informative, never compared between runs."""
-    return {
-        "versions": {package: _version(package) for package in PROVENANCE_PACKAGES},
-        "python": platform.python_version(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "videos_dir": str(config.videos.resolve()),
-        "split": config.split,
-        "device": str(frozen.device),
-        "compute_dtype": frozen.compute_dtype,
-        "weights_file": frozen.loaded.weights.file,
-        "config": config.to_json(),
-    }
 
 
 def open_feature_set_for_writing(
@@ -268,131 +158,6 @@ def shards_for_this_process(writer: FeatureSetWriter, rank: Rank) -> list[int]:
     """The shards this process extracts: its share of the shards still to do, in order (all of
     them for a single process). Each is claimed only when its turn comes (``ClaimedOrder``)."""
     return owned_shards(writer.shards_to_do(), rank)
-
-
-class ClaimedOrder:
-    """The order the decoding loader reads the work list in, claiming shard by shard.
-
-    ``shards`` are laid end to end in the work list. Iterating yields the work-list positions of
-    each shard this run manages to claim, and records the shard in ``claimed`` first; a shard that
-    another live run holds, or that another run finished meanwhile, is skipped. The loader draws
-    positions only a few videos ahead of the model, so a run claims just ahead of its work and an
-    independent run started later gets the shards this one has not reached.
-    """
-
-    def __init__(
-        self,
-        writer: FeatureSetWriter,
-        shards: list[int],
-        claims: ClaimBook,
-        *,
-        on_skip: Callable[[int], None],
-    ) -> None:
-        self.writer = writer
-        self.shards = shards
-        self.claims = claims
-        self.on_skip = on_skip  # called with the number of videos of each skipped shard
-        self.claimed: deque[int] = deque()
-        self.held_elsewhere: dict[int, RunInfo] = {}
-
-    def _take(self, shard: int) -> bool:
-        topic = shard_topic(shard)
-        if not self.writer.shard_needs_work(shard):  # finished by another run meanwhile
-            return False
-        if not self.claims.try_claim(topic):
-            holder = self.claims.holder_of(topic)
-            if holder is not None:
-                self.held_elsewhere[shard] = holder
-            return False
-        if not self.writer.shard_needs_work(shard):
-            self.claims.release(topic)
-            return False
-        return True
-
-    def __iter__(self) -> Iterator[int]:
-        position = 0
-        for shard in self.shards:
-            start, end = self.writer.shard_bounds(shard)
-            if self._take(shard):
-                self.claimed.append(shard)
-                yield from range(position, position + end - start)
-            else:
-                self.on_skip(end - start)
-            position += end - start
-
-
-# ---- decoding workers ----
-
-
-@dataclass
-class DecodedVideo:
-    crops: torch.Tensor  # (T, 3, S, S) uint8; empty when the video failed
-    frame_index: np.ndarray  # (T,) int64; -1 when the video failed
-    num_frames: int
-    error: str  # "" when the video decoded
-
-
-class ClipDataset(Dataset[DecodedVideo]):
-    """Video i of the work list, decoded, sampled and cropped; failures come back as reasons."""
-
-    def __init__(
-        self,
-        *,
-        videos_dir: Path,
-        records: list[VideoRecord],
-        frames: int,
-        preprocessing: Preprocessing,
-    ) -> None:
-        self.videos_dir = videos_dir
-        self.records = records
-        self.frames = frames
-        self.preprocessing = preprocessing
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> DecodedVideo:
-        record = self.records[index]
-        try:
-            path = resolve_video_path(self.videos_dir, record.path)
-            clip = sample_clip(path, self.frames)
-            crops = self.preprocessing.resize_and_crop(clip.frames)  # (T, 3, S, S)
-        except (DecodeError, VideoDiscoveryError) as error:
-            return DecodedVideo(
-                crops=torch.empty(0, dtype=torch.uint8),
-                frame_index=np.full(self.frames, -1, dtype=np.int64),
-                num_frames=0,
-                error=str(error) or type(error).__name__,
-            )
-        return DecodedVideo(crops, clip.indices, clip.num_frames, "")
-
-
-def _as_is(item: DecodedVideo) -> DecodedVideo:
-    return item
-
-
-def _single_thread_worker(_: int) -> None:
-    # Each worker decodes one video at a time; torch threads would only fight each other.
-    torch.set_num_threads(1)
-
-
-def decoded_videos(
-    dataset: ClipDataset, *, workers: int, pin_memory: bool, order: Iterable[int] | None = None
-) -> Iterator[DecodedVideo]:
-    """The dataset's videos in ``order`` (default: all, in order), decoded by ``workers``
-    processes a few videos ahead."""
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        sampler=order,
-        num_workers=workers,
-        collate_fn=_as_is,
-        pin_memory=pin_memory,
-        worker_init_fn=_single_thread_worker if workers > 0 else None,
-        prefetch_factor=4 if workers > 0 else None,
-    )
-    yield from loader
 
 
 # ---- the work loop ----
@@ -582,37 +347,3 @@ def _extract_as_rank(
         seconds=finished - started,
         work_seconds=finished - work_started,
     )
-
-
-def summary_table(summary: ExtractSummary) -> Table:
-    """The end-of-run table: counts, then the failed videos with their reasons."""
-    table = Table(title=f"{summary.feature_set} in {summary.store}", show_header=True)
-    table.add_column("videos", justify="right")
-    table.add_column("done", justify="right", style="green")
-    table.add_column("failed", justify="right", style="red")
-    table.add_column("pending", justify="right")
-    table.add_column("this run", justify="right")
-    table.add_column("videos/s", justify="right")
-    table.add_column("seconds", justify="right")
-    table.add_row(
-        str(summary.videos),
-        str(summary.done),
-        str(summary.failed),
-        str(summary.pending),
-        str(summary.extracted_now),
-        f"{summary.videos_per_second:.1f}",
-        f"{summary.seconds:.1f}",
-    )
-    return table
-
-
-def failures_table(summary: ExtractSummary, *, limit: int = 20) -> Table:
-    table = Table(title=f"{summary.failed} failed videos (run again to retry them)")
-    table.add_column("video")
-    table.add_column("path")
-    table.add_column("reason", style="red")
-    for failure in summary.failures[:limit]:
-        table.add_row(failure.video_id, failure.path, failure.reason)
-    if summary.failed > limit:
-        table.add_row("…", f"{summary.failed - limit} more", "see sact info --json")
-    return table

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from sact.cli import app
 from sact.explain import ExplainConfig, ExplainError, explain
-from sact.extract.pipeline import ExtractConfig, run_extraction
+from sact.extract.config import ExtractConfig
+from sact.extract.pipeline import run_extraction
 from sact.extract.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
 from sact.fewshot.attention import (
     DPI,

@@ -21,8 +21,9 @@ from typer.testing import CliRunner, Result
 
 from sact.cli import app
 from sact.extract.backbone import flush_denormals, load_backbone
+from sact.extract.config import ExtractConfig
 from sact.extract.decode import sample_clip
-from sact.extract.pipeline import ExtractConfig, ExtractSummary, run_extraction
+from sact.extract.pipeline import ExtractSummary, run_extraction
 from sact.extract.store import FeatureStoreError, open_feature_set
 
 # Tiny on purpose: 64 px crops, 4 frames, a 2×2 ResNet grid.

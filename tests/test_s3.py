@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sact.cli import app
-from sact.extract.pipeline import ExtractConfig, run_extraction
+from sact.extract.config import ExtractConfig
+from sact.extract.pipeline import run_extraction
 from sact.extract.store import list_feature_sets, open_feature_set
 from sact.extract.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
 from sact.fewshot.evaluation import EvalConfig, evaluate

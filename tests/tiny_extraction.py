@@ -41,7 +41,8 @@ def extract_in_this_process(videos: Path, out: Path, **options: object) -> str:
     import torch
     from rich.console import Console
 
-    from sact.extract.pipeline import ExtractConfig, run_extraction
+    from sact.extract.config import ExtractConfig
+    from sact.extract.pipeline import run_extraction
 
     torch.set_num_threads(1)
     said = io.StringIO()

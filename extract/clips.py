@@ -1,0 +1,147 @@
+"""Decoded clips for the backbone: the work list's videos, decoded, sampled and cropped by
+DataLoader worker processes a few videos ahead of the model, in the order shards are claimed.
+
+    shards still to do ─▶ ClaimedOrder (claims each shard just before its first video is drawn)
+                                │ work-list positions
+                                ▼
+    ClipDataset[i]: decode + sample T frames + resize/crop ─▶ DecodedVideo (or its failure reason)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from sact.extract.backbone import Preprocessing
+from sact.extract.claims import ClaimBook, RunInfo, shard_topic
+from sact.extract.decode import DecodeError, sample_clip
+from sact.extract.store import FeatureSetWriter, VideoRecord
+from sact.extract.videos import VideoDiscoveryError, resolve_video_path
+
+
+class ClaimedOrder:
+    """The order the decoding loader reads the work list in, claiming shard by shard.
+
+    ``shards`` are laid end to end in the work list. Iterating yields the work-list positions of
+    each shard this run manages to claim, and records the shard in ``claimed`` first; a shard that
+    another live run holds, or that another run finished meanwhile, is skipped. The loader draws
+    positions only a few videos ahead of the model, so a run claims just ahead of its work and an
+    independent run started later gets the shards this one has not reached.
+    """
+
+    def __init__(
+        self,
+        writer: FeatureSetWriter,
+        shards: list[int],
+        claims: ClaimBook,
+        *,
+        on_skip: Callable[[int], None],
+    ) -> None:
+        self.writer = writer
+        self.shards = shards
+        self.claims = claims
+        self.on_skip = on_skip  # called with the number of videos of each skipped shard
+        self.claimed: deque[int] = deque()
+        self.held_elsewhere: dict[int, RunInfo] = {}
+
+    def _take(self, shard: int) -> bool:
+        topic = shard_topic(shard)
+        if not self.writer.shard_needs_work(shard):  # finished by another run meanwhile
+            return False
+        if not self.claims.try_claim(topic):
+            holder = self.claims.holder_of(topic)
+            if holder is not None:
+                self.held_elsewhere[shard] = holder
+            return False
+        if not self.writer.shard_needs_work(shard):
+            self.claims.release(topic)
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[int]:
+        position = 0
+        for shard in self.shards:
+            start, end = self.writer.shard_bounds(shard)
+            if self._take(shard):
+                self.claimed.append(shard)
+                yield from range(position, position + end - start)
+            else:
+                self.on_skip(end - start)
+            position += end - start
+
+
+@dataclass
+class DecodedVideo:
+    crops: torch.Tensor  # (T, 3, S, S) uint8; empty when the video failed
+    frame_index: np.ndarray  # (T,) int64; -1 when the video failed
+    num_frames: int
+    error: str  # "" when the video decoded
+
+
+class ClipDataset(Dataset[DecodedVideo]):
+    """Video i of the work list, decoded, sampled and cropped; failures come back as reasons."""
+
+    def __init__(
+        self,
+        *,
+        videos_dir: Path,
+        records: list[VideoRecord],
+        frames: int,
+        preprocessing: Preprocessing,
+    ) -> None:
+        self.videos_dir = videos_dir
+        self.records = records
+        self.frames = frames
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> DecodedVideo:
+        record = self.records[index]
+        try:
+            path = resolve_video_path(self.videos_dir, record.path)
+            clip = sample_clip(path, self.frames)
+            crops = self.preprocessing.resize_and_crop(clip.frames)  # (T, 3, S, S)
+        except (DecodeError, VideoDiscoveryError) as error:
+            return DecodedVideo(
+                crops=torch.empty(0, dtype=torch.uint8),
+                frame_index=np.full(self.frames, -1, dtype=np.int64),
+                num_frames=0,
+                error=str(error) or type(error).__name__,
+            )
+        return DecodedVideo(crops, clip.indices, clip.num_frames, "")
+
+
+def _as_is(item: DecodedVideo) -> DecodedVideo:
+    return item
+
+
+def _single_thread_worker(_: int) -> None:
+    # Each worker decodes one video at a time; torch threads would only fight each other.
+    torch.set_num_threads(1)
+
+
+def decoded_videos(
+    dataset: ClipDataset, *, workers: int, pin_memory: bool, order: Iterable[int] | None = None
+) -> Iterator[DecodedVideo]:
+    """The dataset's videos in ``order`` (default: all, in order), decoded by ``workers``
+    processes a few videos ahead."""
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        sampler=order,
+        num_workers=workers,
+        collate_fn=_as_is,
+        pin_memory=pin_memory,
+        worker_init_fn=_single_thread_worker if workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    yield from loader

@@ -1,0 +1,126 @@
+"""What `sact extract` is asked to do, and what decides and describes the features it writes.
+
+``ExtractConfig`` is the command's options, resolved; ``feature_set_identity`` is everything that
+decides the stored values (two runs with equal identity may share a feature set, docs/STORE.md);
+``provenance`` is where the features came from. Both are saved in the feature set's attrs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sact.extract.decode import FRAME_SAMPLING
+from sact.extract.errors import SactError
+
+if TYPE_CHECKING:
+    from sact.extract.backbone import FrozenBackbone, LoadedBackbone
+
+FEATURE_DTYPE = "float16"
+PROVENANCE_PACKAGES = ("sact", "torch", "timm", "zarr", "av", "numpy")
+
+
+class ExtractConfigError(SactError):
+    """Options that cannot work together; the message is one line for the user."""
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+@dataclass
+class ExtractConfig:
+    """Everything `sact extract` needs; saved, resolved, in the feature set's attrs."""
+
+    videos: Path
+    out: str
+    split: str | None = None
+    backbone: str = "resnet50.tv_in1k"
+    weights: Path | None = None
+    random_init: bool = False
+    frames: int = 8
+    size: int | None = None  # crop size; None: the backbone's own
+    grid: int | None = None  # pool the patch grid to grid×grid; None: keep the backbone's grid
+    device: str = "auto"
+    batch_size: int = 16  # videos per forward pass (batch_size·T frames)
+    workers: int = field(default_factory=default_workers)  # decoding processes; 0: in-process
+    name: str | None = None  # feature set name; None: derived from the config
+    shard_size: int = 64  # videos per shard: the unit of work, writing and resume
+    seed: int = 0  # the random init's seed
+
+    def check(self) -> None:
+        for option, value, least in (
+            ("--frames", self.frames, 1),
+            ("--batch-size", self.batch_size, 1),
+            ("--shard-size", self.shard_size, 1),
+            ("--workers", self.workers, 0),
+        ):
+            if value < least:
+                raise ExtractConfigError(f"{option} must be at least {least}, got {value}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            key: str(value) if isinstance(value, Path) else value
+            for key, value in dataclasses.asdict(self).items()
+        }
+
+
+def feature_set_identity(loaded: LoadedBackbone, *, frames: int) -> dict[str, Any]:
+    """Everything that decides the stored values: two runs with equal identity may share a set."""
+    prep = loaded.preprocessing
+    return {
+        "backbone": loaded.name,
+        "weights_source": loaded.weights.source,
+        "weights_sha256": loaded.weights.sha256,
+        "input_size": prep.size,
+        "resize_crop": prep.rule,
+        "interpolation": prep.interpolation,
+        "mean": list(prep.mean),
+        "std": list(prep.std),
+        "frames": frames,
+        "frame_sampling": FRAME_SAMPLING,
+        "grid": list(loaded.grid),
+        "dim": loaded.dim,
+        "dtype": FEATURE_DTYPE,
+    }
+
+
+def default_name(config: ExtractConfig, loaded: LoadedBackbone) -> str:
+    """E.g. ``resnet50.tv_in1k-224px-8f``, ``-g4`` when pooled, a suffix for non-hub weights."""
+    backbone = "".join(c if c.isalnum() or c in "._-" else "_" for c in config.backbone)
+    name = f"{backbone}-{loaded.preprocessing.size}px-{config.frames}f"
+    if config.grid is not None:
+        name += f"-g{config.grid}"
+    if loaded.weights.source == "random-init":
+        name += "-randinit"
+    elif loaded.weights.source == "file":
+        name += f"-w{loaded.weights.sha256[:8]}"
+    return name
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def provenance(config: ExtractConfig, frozen: FrozenBackbone) -> dict[str, Any]:
+    """Where the features came from; informative, never compared between runs."""
+    return {
+        "versions": {package: _version(package) for package in PROVENANCE_PACKAGES},
+        "python": platform.python_version(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "videos_dir": str(config.videos.resolve()),
+        "split": config.split,
+        "device": str(frozen.device),
+        "compute_dtype": frozen.compute_dtype,
+        "weights_file": frozen.loaded.weights.file,
+        "config": config.to_json(),
+    }

@@ -1,0 +1,108 @@
+"""The rich tables the extract side prints: a run's summary and failures (`sact extract`), a
+store's feature sets (`sact info`) and an export's counts (`sact export`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from sact.extract.inventory import StoreInventory
+    from sact.extract.pipeline import ExtractSummary
+
+
+def summary_table(summary: ExtractSummary) -> Table:
+    """The end-of-run table: counts, then the failed videos with their reasons."""
+    table = Table(title=f"{summary.feature_set} in {summary.store}", show_header=True)
+    table.add_column("videos", justify="right")
+    table.add_column("done", justify="right", style="green")
+    table.add_column("failed", justify="right", style="red")
+    table.add_column("pending", justify="right")
+    table.add_column("this run", justify="right")
+    table.add_column("videos/s", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_row(
+        str(summary.videos),
+        str(summary.done),
+        str(summary.failed),
+        str(summary.pending),
+        str(summary.extracted_now),
+        f"{summary.videos_per_second:.1f}",
+        f"{summary.seconds:.1f}",
+    )
+    return table
+
+
+def failures_table(summary: ExtractSummary, *, limit: int = 20) -> Table:
+    table = Table(title=f"{summary.failed} failed videos (run again to retry them)")
+    table.add_column("video")
+    table.add_column("path")
+    table.add_column("reason", style="red")
+    for failure in summary.failures[:limit]:
+        table.add_row(failure.video_id, failure.path, failure.reason)
+    if summary.failed > limit:
+        table.add_row("…", f"{summary.failed - limit} more", "see sact info --json")
+    return table
+
+
+def human_size(size_bytes: int | None) -> str:
+    if size_bytes is None:
+        return "?"
+    size = float(size_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def counts_table(
+    title: str, counts: dict[str, dict[str, int]], *, sizes: dict[str, int | None] | None = None
+) -> Table:
+    """One row per feature set: videos, done, failed, pending (and its size when given)."""
+    table = Table(title=title)
+    table.add_column("feature set", style="bold", no_wrap=True)
+    for column in ("videos", "done", "failed", "pending"):
+        table.add_column(column, justify="right")
+    if sizes is not None:
+        table.add_column("size", justify="right")
+    for name, count in counts.items():
+        row = [
+            name,
+            str(count["videos"]),
+            f"[green]{count['done']}",
+            f"[red]{count['failed']}" if count["failed"] else "0",
+            str(count["pending"]),
+        ]
+        if sizes is not None:
+            row.append(human_size(sizes[name]))
+        table.add_row(*row)
+    return table
+
+
+def export_table(summary: dict[str, Any]) -> Table:
+    """What `sact export` copied: the counts of each feature set it wrote."""
+    return counts_table(f"exported {summary['source']} → {summary['destination']}", summary["sets"])
+
+
+def inventory_tables(found: StoreInventory) -> list[Table]:
+    """An overview table of the feature sets, then one provenance table per feature set."""
+    overview = counts_table(
+        f"feature sets in {found.location}",
+        {info.name: info.counts for info in found.feature_sets},
+        sizes={info.name: info.size_bytes for info in found.feature_sets},
+    )
+    tables = [overview]
+    if not found.feature_sets:
+        overview.caption = "no feature set yet"
+    for info in found.feature_sets:
+        shape = "×".join(str(n) for n in info.shape)
+        details = Table(title=f"{info.name}: features (N, T, P, D) = {shape}", show_header=False)
+        details.add_column("key", style="dim")
+        details.add_column("value")
+        for key, value in sorted(info.attrs.items()):
+            if key not in ("identity", "config"):
+                details.add_row(key, str(value))
+        tables.append(details)
+    return tables
