@@ -32,9 +32,9 @@ _PUBLIC = {
     "SACT": "sact.fewshot.model",
     "ProtoNet": "sact.fewshot.baselines",
     "TRX": "sact.fewshot.baselines",
-    "TrainConfig": "sact.fewshot.training",
+    "TrainConfig": "sact.fewshot.config",
     "train": "sact.fewshot.training",
-    "EvalConfig": "sact.fewshot.evaluation",
+    "EvalConfig": "sact.fewshot.config",
     "evaluate": "sact.fewshot.evaluation",
     "ExtractConfig": "sact.extract.config",
     "run_extraction": "sact.extract.pipeline",
@@ -60,9 +60,10 @@ if TYPE_CHECKING:
     from sact.extract.pipeline import run_extraction
     from sact.extract.store import FeatureSet, open_feature_set
     from sact.fewshot.baselines import TRX, ProtoNet
-    from sact.fewshot.evaluation import EvalConfig, evaluate
+    from sact.fewshot.config import EvalConfig, TrainConfig
+    from sact.fewshot.evaluation import evaluate
     from sact.fewshot.model import SACT
-    from sact.fewshot.training import TrainConfig, train
+    from sact.fewshot.training import train
 
 
 def __getattr__(name: str) -> Any:

@@ -1,26 +1,29 @@
-"""The `sact` command line: parses options and calls the library, nothing more."""
+"""The `sact` command line: parses options and calls the library, nothing more.
+
+Every option's default is read from its command's config dataclass (`sact.fewshot.config`,
+`sact.config`), so each default is written once. Those modules import nothing heavy, and a
+command imports torch and timm only once its options are checked, so a mistake is reported in a
+fraction of a second.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from types import SimpleNamespace
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
+from sact.config import DemoConfig, ExplainConfig
 from sact.extract.errors import SactError
+from sact.fewshot.config import EvalConfig, TrainConfig
 
-app = typer.Typer(
-    name="sact",
-    help="SA-CT few-shot action recognition on a cached feature store.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 stderr = Console(stderr=True)
 
 
@@ -39,6 +42,33 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         stderr.print("interrupted; run the same command again to resume")
         sys.exit(130)
+
+
+app = typer.Typer(
+    name="sact",
+    help="SA-CT few-shot action recognition on a cached feature store.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def defaults(config: type) -> Any:
+    """A config dataclass's defaults as attributes: the options below take theirs from here."""
+    values = {}
+    for field in dataclasses.fields(config):
+        if field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            continue
+        values[field.name] = list(value) if isinstance(value, tuple) else value  # repeatable
+    return SimpleNamespace(**values)
+
+
+TRAIN, EVAL = defaults(TrainConfig), defaults(EvalConfig)
+DEMO, EXPLAIN = defaults(DemoConfig), defaults(ExplainConfig)
 
 
 # ---- commands (each section owned by the module it calls) ----
@@ -181,46 +211,53 @@ def train(
     feats: Annotated[str | None, typer.Option(help="Feature store (.zarr path or URL).")] = None,
     feature_set: Annotated[
         str | None, typer.Option(help="Feature set in the store; needed if it holds several.")
-    ] = None,
+    ] = TRAIN.feature_set,
     split: Annotated[
         str | None,
         typer.Option(help="Split list: a built-in name or a folder; default: the store's split."),
-    ] = None,
-    model: Annotated[str, typer.Option(help="sact, protonet or trx.")] = "sact",
-    way: Annotated[int, typer.Option(help="Classes per episode, N.")] = 5,
-    shot: Annotated[int, typer.Option(help="Support videos per class, K.")] = 5,
-    query: Annotated[int, typer.Option(help="Query videos per class, Q.")] = 5,
+    ] = TRAIN.split,
+    model: Annotated[str, typer.Option(help="sact, protonet or trx.")] = TRAIN.model,
+    way: Annotated[int, typer.Option(help="Classes per episode, N.")] = TRAIN.way,
+    shot: Annotated[int, typer.Option(help="Support videos per class, K.")] = TRAIN.shot,
+    query: Annotated[int, typer.Option(help="Query videos per class, Q.")] = TRAIN.query,
     frames: Annotated[
         int | None, typer.Option(help="Frames the model sees; default: all stored frames.")
-    ] = None,
-    d_k: Annotated[int | None, typer.Option(help="Projection width d_k (sact, trx).")] = None,
-    tmixer: Annotated[bool, typer.Option(help="SA-CT's TMixer (ablation: --no-tmixer).")] = True,
-    cpe: Annotated[bool, typer.Option(help="SA-CT's CPE (ablation: --no-cpe).")] = True,
-    iterations: Annotated[int, typer.Option(help="Optimiser steps.")] = 10_000,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
-    optimizer: Annotated[str, typer.Option(help="adamw, adam or sgd.")] = "adamw",
-    tasks_per_batch: Annotated[int, typer.Option(help="Episodes per optimiser step.")] = 4,
-    val_every: Annotated[int, typer.Option(help="Validate and checkpoint every N steps.")] = 500,
-    val_episodes: Annotated[int, typer.Option(help="Fixed val episodes per validation.")] = 300,
-    out: Annotated[str | None, typer.Option(help="Run directory; default runs/NAME.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    ] = TRAIN.frames,
+    d_k: Annotated[int | None, typer.Option(help="Projection width d_k (sact, trx).")] = TRAIN.d_k,
+    tmixer: Annotated[
+        bool, typer.Option(help="SA-CT's TMixer (ablation: --no-tmixer).")
+    ] = TRAIN.tmixer,
+    cpe: Annotated[bool, typer.Option(help="SA-CT's CPE (ablation: --no-cpe).")] = TRAIN.cpe,
+    iterations: Annotated[int, typer.Option(help="Optimiser steps.")] = TRAIN.iterations,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = TRAIN.lr,
+    optimizer: Annotated[str, typer.Option(help="adamw, adam or sgd.")] = TRAIN.optimizer,
+    tasks_per_batch: Annotated[int, typer.Option(help="Episodes per optimiser step.")] = (
+        TRAIN.tasks_per_batch
+    ),
+    val_every: Annotated[int, typer.Option(help="Validate and checkpoint every N steps.")] = (
+        TRAIN.val_every
+    ),
+    val_episodes: Annotated[int, typer.Option(help="Fixed val episodes per validation.")] = (
+        TRAIN.val_episodes
+    ),
+    out: Annotated[str | None, typer.Option(help="Run directory; default runs/NAME.")] = TRAIN.out,
+    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = TRAIN.seed,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = TRAIN.device,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
-    ] = False,
+    ] = TRAIN.resume,
     cache_gb: Annotated[
         float | None,
         typer.Option(
             help="Keep the split's features in memory up to this size; default: half "
             "the available memory."
         ),
-    ] = None,
+    ] = TRAIN.cache_gb,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a few-shot head on cached features (episodic, resumable, deterministic)."""
     from dataclasses import asdict
 
-    from sact.fewshot.training import TrainConfig
     from sact.fewshot.training import train as run_training
 
     if feats is None and not resume:
@@ -264,45 +301,49 @@ def train(
 def evaluate(
     run: Annotated[
         Path | None, typer.Option(help="Run directory; default: the latest run under runs/.")
-    ] = None,
-    ckpt: Annotated[Path | None, typer.Option(help="A checkpoint folder instead of a run.")] = None,
+    ] = EVAL.run,
+    ckpt: Annotated[
+        Path | None, typer.Option(help="A checkpoint folder instead of a run.")
+    ] = EVAL.ckpt,
     checkpoint: Annotated[str, typer.Option(help="Which checkpoint of a run: best or last.")] = (
-        "best"
+        EVAL.checkpoint
     ),
     feats: Annotated[
         str | None, typer.Option(help="Feature store; default: the run's own.")
-    ] = None,
+    ] = EVAL.feats,
     feature_set: Annotated[
         str | None, typer.Option(help="Feature set; default: the run's own.")
-    ] = None,
-    split: Annotated[str, typer.Option(help="Split part to score: train, val or test.")] = "test",
+    ] = EVAL.feature_set,
+    split: Annotated[str, typer.Option(help="Split part to score: train, val or test.")] = (
+        EVAL.split
+    ),
     split_list: Annotated[
         str | None, typer.Option(help="Split list name or folder; default: the run's split.")
-    ] = None,
-    way: Annotated[int, typer.Option(help="Classes per episode, N.")] = 5,
-    shot: Annotated[
-        list[int] | None, typer.Option(help="Shots K (repeatable); default: 1 and 5.")
-    ] = None,
-    query: Annotated[int, typer.Option(help="Queries per class, Q.")] = 1,
-    episodes: Annotated[int, typer.Option(help="Episodes per shot setting.")] = 10_000,
-    seed: Annotated[int, typer.Option(help="Seed of the episodes.")] = 0,
+    ] = EVAL.split_list,
+    way: Annotated[int, typer.Option(help="Classes per episode, N.")] = EVAL.way,
+    shot: Annotated[list[int], typer.Option(help="Shots K (repeatable).")] = EVAL.shots,
+    query: Annotated[int, typer.Option(help="Queries per class, Q.")] = EVAL.query,
+    episodes: Annotated[int, typer.Option(help="Episodes per shot setting.")] = EVAL.episodes,
+    seed: Annotated[int, typer.Option(help="Seed of the episodes.")] = EVAL.seed,
     episodes_file: Annotated[
         Path | None, typer.Option(help="Episode file: read if it exists, else written.")
-    ] = None,
+    ] = EVAL.episodes_file,
     compare: Annotated[
-        list[Path] | None,
+        list[Path],
         typer.Option(help="Another run scored on the same episodes (repeatable): paired Δ."),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Videos per embedding forward.")] = 32,
+    ] = EVAL.compare,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = EVAL.device,
+    batch_size: Annotated[int, typer.Option(help="Videos per embedding forward.")] = (
+        EVAL.batch_size
+    ),
     out: Annotated[
         Path | None, typer.Option(help="Results JSON; default: evaluation.json in the run.")
-    ] = None,
+    ] = EVAL.out,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Few-shot accuracy ± 95% CI on the test split; paired differences with --compare."""
-    from sact.fewshot.evaluation import EvalConfig, results_table
     from sact.fewshot.evaluation import evaluate as run_evaluation
+    from sact.fewshot.evaluation import results_table
 
     config = EvalConfig(
         run=None if run is None else str(run),
@@ -313,12 +354,12 @@ def evaluate(
         split=split,
         split_list=split_list,
         way=way,
-        shots=tuple(shot) if shot else (1, 5),
+        shots=tuple(shot),
         query=query,
         episodes=episodes,
         seed=seed,
         episodes_file=None if episodes_file is None else str(episodes_file),
-        compare=tuple(str(path) for path in compare or ()),
+        compare=tuple(str(path) for path in compare),
         device=device,
         batch_size=batch_size,
         out=None if out is None else str(out),
@@ -333,17 +374,17 @@ def evaluate(
 
 # -- demo, explain (demo.py, explain.py) --
 
-DEMO_DIR = Path("sact-demo")
-
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for dataset, store, runs, plots.")] = DEMO_DIR,
-    seed: Annotated[int, typer.Option(help="Seed of the dataset, weights and episodes.")] = 0,
+    out: Annotated[Path, typer.Option(help="Folder for dataset, store, runs, plots.")] = DEMO.out,
+    seed: Annotated[int, typer.Option(help="Seed of the dataset, weights and episodes.")] = (
+        DEMO.seed
+    ),
     json_out: Annotated[bool, typer.Option("--json", help="Print demo.json on stdout.")] = False,
 ) -> None:
     """The whole chain on a generated dataset: extract, train SA-CT/ProtoNet/TRX, evaluate."""
-    from sact.demo import DemoConfig, run_demo
+    from sact.demo import run_demo
 
     with user_errors():
         result = run_demo(DemoConfig(out=out, seed=seed), console=stderr)
@@ -360,13 +401,20 @@ def explain(
     run: Annotated[Path | None, typer.Option(help="A SA-CT run directory.")] = None,
     query: Annotated[str | None, typer.Option(help="Query video id (in the run's store).")] = None,
     support: Annotated[str | None, typer.Option(help="Support video id.")] = None,
-    out: Annotated[Path | None, typer.Option(help="PNG to write; default: in the run.")] = None,
-    checkpoint: Annotated[str, typer.Option(help="Which checkpoint: best or last.")] = "best",
-    patches: Annotated[int, typer.Option(help="Query patches drawn per frame (1-4).")] = 2,
-    feats: Annotated[str | None, typer.Option(help="Feature store; default: the run's.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="PNG to write; default: in the run.")
+    ] = EXPLAIN.out,
+    checkpoint: Annotated[str, typer.Option(help="Which checkpoint: best or last.")] = (
+        EXPLAIN.checkpoint
+    ),
+    patches: Annotated[int, typer.Option(help="Query patches drawn per frame (1-4).")] = (
+        EXPLAIN.patches
+    ),
+    feats: Annotated[
+        str | None, typer.Option(help="Feature store; default: the run's.")
+    ] = EXPLAIN.feats,
 ) -> None:
     """Draw SA-CT's cross-attention, frame by frame, from a query video onto a support video."""
-    from sact.explain import ExplainConfig
     from sact.explain import explain as draw
 
     if run is None or query is None or support is None:

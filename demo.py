@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sact.explain import ExplainConfig, explain
+from sact.config import DemoConfig, ExplainConfig
+from sact.explain import explain
 from sact.extract.errors import SactError
 from sact.extract.pipeline import ExtractConfig, run_extraction
 from sact.extract.synthetic import ACTION_CLASSES, SyntheticDatasetConfig, make_synthetic_dataset
@@ -41,49 +42,6 @@ RESULTS_FILE = "demo.json"
 
 class DemoError(SactError):
     """A demo stage that failed; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Everything the demo depends on; saved in demo.json."""
-
-    out: Path = Path("sact-demo")
-    seed: int = 0
-    # the dataset
-    videos_per_class: int = 20
-    video_frames: int = 16
-    video_size: int = 64
-    # MPEG-4 Part 2 in AVI (the HMDB/UCF container): its encoder wrote the same bytes in every run
-    # measured, while libx264 (mp4) wrote slightly different frames when the CPU was busy, and
-    # the demo's numbers should not depend on the machine's load.
-    video_suffix: str = ".avi"
-    # stage 1
-    backbone: str = "vit_tiny_patch16_224"
-    size: int = 64
-    frames: int = 8
-    workers: int = 1
-    # stage 2
-    d_k: int = 128
-    iterations: int = 300
-    lr: float = 3e-3
-    warmup: int = 20
-    tasks_per_batch: int = 1
-    val_every: int = 100
-    val_episodes: int = 100
-    episodes: int = 1000
-    way: int = 5
-    train_shot: int = 5
-    train_query: int = 3
-    shots: tuple[int, ...] = (1, 5)
-    device: str = "cpu"
-
-    def to_json(self) -> dict[str, Any]:
-        def plain(value: Any) -> Any:
-            if isinstance(value, Path):
-                return str(value)
-            return list(value) if isinstance(value, tuple) else value
-
-        return {key: plain(value) for key, value in asdict(self).items()}
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ records, and refused if it leaves it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sact.config import ExplainConfig
 from sact.extract.backbone import Preprocessing
 from sact.extract.decode import DecodeError, read_frames
 from sact.extract.errors import SactError
@@ -31,17 +31,6 @@ RESIZE_CROP = re.compile(r"^resize shorter side to (\d+), center crop (\d+)x(\d+
 
 class ExplainError(SactError):
     """A figure that cannot be drawn as asked; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class ExplainConfig:
-    run: Path  # a SA-CT run directory
-    query: str  # video ids in the run's feature set
-    support: str
-    out: Path | None = None  # None: <run>/attention-<query>-<support>.png
-    checkpoint: str = "best"
-    patches: int = 2  # query patches drawn per frame
-    feats: str | None = None  # None: the store the run was trained on
 
 
 def preprocessing_of(feature_set: FeatureSet) -> Preprocessing:

@@ -28,9 +28,9 @@ from rich.console import Console
 from rich.table import Table
 
 from sact.extract.devices import resolve_device
-from sact.extract.errors import SactError
 from sact.extract.store import FeatureSet, open_feature_set
 from sact.fewshot.checkpoints import Checkpoint, read_checkpoint
+from sact.fewshot.config import EvalConfig, EvaluationError
 from sact.fewshot.episodes import (
     Episode,
     EpisodeSampler,
@@ -52,35 +52,6 @@ from sact.fewshot.model import VideoEmbedding
 
 RESULTS_FILE = "evaluation.json"
 Z_95 = 1.96
-
-
-class EvaluationError(SactError):
-    """An evaluation that cannot run as asked; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """What an evaluation depends on; saved in the results JSON."""
-
-    run: str | None = None  # a run directory; with neither run nor ckpt: the latest run
-    ckpt: str | None = None  # a checkpoint folder (or its checkpoint.json / model.safetensors)
-    checkpoint: str = "best"  # which checkpoint of a run: best or last
-    feats: str | None = None  # None: the store the checkpoint was trained on
-    feature_set: str | None = None  # None: the checkpoint's feature set
-    split: str = "test"  # the split part scored
-    split_list: str | None = None  # split list name or folder; None: the checkpoint's split
-    way: int = 5
-    shots: tuple[int, ...] = (1, 5)
-    query: int = 1
-    episodes: int = 10_000
-    seed: int = 0
-    episodes_file: str | None = None  # read if it exists, else written
-    compare: tuple[str, ...] = ()  # other run directories, scored on the same episodes
-    device: str = "auto"
-    batch_size: int = 32  # videos per embedding forward
-    workers: int = 4  # reader threads
-    runs_dir: str = "runs"  # where "the latest run" is looked for
-    out: str | None = None  # results JSON; None: evaluation.json in the run directory
 
 
 # ---- the two halves: embed each video once, match per episode --------------------------------

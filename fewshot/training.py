@@ -44,7 +44,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sact.extract.devices import resolve_device
-from sact.extract.errors import SactError
 from sact.extract.store import FeatureSet, is_url, open_feature_set
 from sact.fewshot.checkpoints import (
     Checkpoint,
@@ -54,6 +53,7 @@ from sact.fewshot.checkpoints import (
     read_resume_state,
     save_checkpoint,
 )
+from sact.fewshot.config import TrainConfig, TrainingError
 from sact.fewshot.episodes import (
     Episode,
     EpisodeSampler,
@@ -71,84 +71,12 @@ from sact.fewshot.features import (
 )
 from sact.fewshot.figures import training_curve
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
 SGD_MOMENTUM = 0.9
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "training_curve.png"
-# options of the model constructors that the command line exposes, and the kinds that take them
-MODEL_OPTIONS = {"d_k": ("sact", "trx"), "tmixer": ("sact",), "cpe": ("sact",)}
 # what can change when a run is resumed: where and how it runs, never what it computes
 RUNTIME_FIELDS = ("device", "cache_gb", "workers", "prefetch", "resume")
-
-
-class TrainingError(SactError):
-    """A training run that cannot start or continue as asked; one line for the user."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run depends on; saved as config.json in the run directory."""
-
-    feats: str
-    feature_set: str | None = None
-    split: str | None = None  # split list name or folder; None: the store's, else its labels
-    model: str = "sact"
-    way: int = 5
-    shot: int = 5
-    query: int = 5
-    frames: int | None = None  # frames the model sees; None: all stored frames
-    d_k: int | None = None  # projection width (sact, trx); None: the model's default
-    tmixer: bool = True
-    cpe: bool = True
-    iterations: int = 10_000
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    weight_decay: float = 0.01
-    warmup: int = 100
-    tasks_per_batch: int = 4
-    val_every: int = 500
-    val_episodes: int = 300
-    batch_size: int = 32  # videos per forward when embedding val videos
-    out: str | None = None  # run directory; None: runs/<model>-<feature set>-<time>
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    cache_gb: float | None = None  # None: half of the available memory
-    workers: int = 4  # reader threads when streaming
-    prefetch: int = 4  # batches read ahead when streaming
-
-    def model_options(self) -> dict[str, Any]:
-        defaults = {f.name: f.default for f in fields(self)}
-        options = {}
-        for name, kinds in MODEL_OPTIONS.items():
-            value = getattr(self, name)
-            if value == defaults[name]:
-                continue
-            if self.model not in kinds:
-                raise TrainingError(
-                    f"--{name.replace('_', '-')} applies to {', '.join(kinds)} only"
-                )
-            options[name] = value
-        return options
-
-    def check(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise TrainingError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
-        positive = {
-            "iterations": self.iterations,
-            "tasks-per-batch": self.tasks_per_batch,
-            "val-every": self.val_every,
-            "val-episodes": self.val_episodes,
-            "batch-size": self.batch_size,
-            "workers": self.workers,
-            "prefetch": self.prefetch,
-        }
-        for name, value in positive.items():
-            if value < 1:
-                raise TrainingError(f"--{name} must be at least 1, got {value}")
-        if not self.lr > 0 or self.weight_decay < 0 or self.warmup < 0:
-            raise TrainingError("--lr must be positive, weight decay and warm-up non-negative")
 
 
 @dataclass(frozen=True)
@@ -301,8 +229,6 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
 
 
 def new_model(config: TrainConfig, feature_set: FeatureSet, frames: int) -> torch.nn.Module:
-    if config.model not in ("sact", "protonet", "trx"):
-        raise TrainingError(f"--model must be sact, protonet or trx, got {config.model!r}")
     segment_frames(feature_set.frames, frames, 0)  # frames <= stored frames
     torch.manual_seed(config.seed)
     model_config = {

@@ -1,0 +1,122 @@
+"""What `sact train` and `sact evaluate` are asked to do: their configs, each default written once.
+
+The command line takes its option defaults from these dataclasses, and checks them before it
+imports torch, so this module imports nothing heavy (nor does the `sact.fewshot` package itself).
+
+Why the training defaults are what they are: fewshot/training.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sact.extract.errors import SactError
+
+MODEL_KINDS = ("sact", "protonet", "trx")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+# options of the model constructors that the command line exposes, and the kinds that take them
+MODEL_OPTIONS = {"d_k": ("sact", "trx"), "tmixer": ("sact",), "cpe": ("sact",)}
+
+
+class TrainingError(SactError):
+    """A training run that cannot start or continue as asked; one line for the user."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; saved as config.json in the run directory."""
+
+    feats: str
+    feature_set: str | None = None
+    split: str | None = None  # split list name or folder; None: the store's, else its labels
+    model: str = "sact"
+    way: int = 5
+    shot: int = 5
+    query: int = 5
+    frames: int | None = None  # frames the model sees; None: all stored frames
+    d_k: int | None = None  # projection width (sact, trx); None: the model's default
+    tmixer: bool = True
+    cpe: bool = True
+    iterations: int = 10_000
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    warmup: int = 100
+    tasks_per_batch: int = 4
+    val_every: int = 500
+    val_episodes: int = 300
+    batch_size: int = 32  # videos per forward when embedding val videos
+    out: str | None = None  # run directory; None: runs/<model>-<feature set>-<time>
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    cache_gb: float | None = None  # None: half of the available memory
+    workers: int = 4  # reader threads when streaming
+    prefetch: int = 4  # batches read ahead when streaming
+
+    def model_options(self) -> dict[str, Any]:
+        defaults = {f.name: f.default for f in fields(self)}
+        options = {}
+        for name, kinds in MODEL_OPTIONS.items():
+            value = getattr(self, name)
+            if value == defaults[name]:
+                continue
+            if self.model not in kinds:
+                raise TrainingError(
+                    f"--{name.replace('_', '-')} applies to {', '.join(kinds)} only"
+                )
+            options[name] = value
+        return options
+
+    def check(self) -> None:
+        if self.model not in MODEL_KINDS:
+            raise TrainingError(
+                f"--model must be {', '.join(MODEL_KINDS[:-1])} or {MODEL_KINDS[-1]}, "
+                f"got {self.model!r}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise TrainingError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        positive = {
+            "iterations": self.iterations,
+            "tasks-per-batch": self.tasks_per_batch,
+            "val-every": self.val_every,
+            "val-episodes": self.val_episodes,
+            "batch-size": self.batch_size,
+            "workers": self.workers,
+            "prefetch": self.prefetch,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise TrainingError(f"--{name} must be at least 1, got {value}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.warmup < 0:
+            raise TrainingError("--lr must be positive, weight decay and warm-up non-negative")
+
+
+class EvaluationError(SactError):
+    """An evaluation that cannot run as asked; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What an evaluation depends on; saved in the results JSON."""
+
+    run: str | None = None  # a run directory; with neither run nor ckpt: the latest run
+    ckpt: str | None = None  # a checkpoint folder (or its checkpoint.json / model.safetensors)
+    checkpoint: str = "best"  # which checkpoint of a run: best or last
+    feats: str | None = None  # None: the store the checkpoint was trained on
+    feature_set: str | None = None  # None: the checkpoint's feature set
+    split: str = "test"  # the split part scored
+    split_list: str | None = None  # split list name or folder; None: the checkpoint's split
+    way: int = 5
+    shots: tuple[int, ...] = (1, 5)
+    query: int = 1
+    episodes: int = 10_000
+    seed: int = 0
+    episodes_file: str | None = None  # read if it exists, else written
+    compare: tuple[str, ...] = ()  # other run directories, scored on the same episodes
+    device: str = "auto"
+    batch_size: int = 32  # videos per embedding forward
+    workers: int = 4  # reader threads
+    runs_dir: str = "runs"  # where "the latest run" is looked for
+    out: str | None = None  # results JSON; None: evaluation.json in the run directory
