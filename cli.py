@@ -19,7 +19,10 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
+from sact import __version__
 from sact.config import DemoConfig, ExplainConfig
 from sact.extract.errors import SactError
 from sact.fewshot.config import EvalConfig, TrainConfig
@@ -28,7 +31,7 @@ stderr = Console(stderr=True)
 
 
 def fail(message: str, *, code: int = 2) -> NoReturn:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -44,8 +47,39 @@ def user_errors() -> Iterator[None]:
         sys.exit(130)
 
 
+# click's UsageError, as typer raises it (recent typers raise it from their own copy of click)
+UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """A bad option value or an unknown option or command, as one line like every other error."""
+    try:
+        yield
+    except UsageError as error:
+        if type(error).__name__ == "NoArgsIsHelpError":
+            raise  # `sact` alone: typer prints the help
+        message = error.format_message()  # type: ignore[attr-defined]
+        context = error.ctx  # type: ignore[attr-defined]
+        hint = f" (see {context.command_path} --help)" if context else ""
+        fail(message[:1].lower() + message[1:].rstrip(".") + hint)
+
+
+class OneLineUsageErrors(TyperGroup):
+    """typer's group, reporting usage errors with `fail` instead of a usage box."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with usage_errors():  # the group's own options: `sact --bogus`
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with usage_errors():  # the command's name and options: `sact trian`, `sact train --lr x`
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
     name="sact",
+    cls=OneLineUsageErrors,
     help="SA-CT few-shot action recognition on a cached feature store.",
     no_args_is_help=True,
     add_completion=False,
@@ -71,13 +105,42 @@ TRAIN, EVAL = defaults(TrainConfig), defaults(EvalConfig)
 DEMO, EXPLAIN = defaults(DemoConfig), defaults(ExplainConfig)
 
 
+def examples(*commands: str) -> str:
+    """The end of a command's --help: real command lines."""
+    return "Examples:\n\n" + "\n".join(commands)
+
+
+def show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"sact {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=show_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """SA-CT few-shot action recognition on a cached feature store."""
+
+
 # ---- commands (each section owned by the module it calls) ----
 
 
 # -- extract (extract/pipeline.py) --
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "sact extract --videos /data/ssv2/videos --split ssv2_OTAM --out feats.zarr",
+        "sact extract --videos hmdb51/ --out feats.zarr --backbone resnet18.a1_in1k",
+        "torchrun --nproc-per-node 8 $(which sact) extract --videos v/ --out f.zarr",
+    )
+)
 def extract(
     videos: Annotated[
         Path | None,
@@ -156,7 +219,7 @@ def extract(
 # -- info (extract/inventory.py) --
 
 
-@app.command()
+@app.command(epilog=examples("sact info feats.zarr", "sact info s3://lab-feats/ssv2.zarr --json"))
 def info(
     store: Annotated[str, typer.Argument(help="Feature store (.zarr path or URL).")],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
@@ -178,7 +241,12 @@ def info(
 # -- export (extract/hdf5.py) --
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "sact export feats.zarr --to feats.h5",
+        "sact export feats.zarr --to r50.h5 --feature-set resnet50.tv_in1k-224px-8f",
+    )
+)
 def export(
     store: Annotated[str, typer.Argument(help="Feature store (.zarr path or URL).")],
     to: Annotated[Path | None, typer.Option("--to", help="HDF5 file to write (.h5).")] = None,
@@ -206,7 +274,13 @@ def export(
 # -- train, evaluate (fewshot/training.py, fewshot/evaluation.py) --
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "sact train --feats feats.zarr --model sact --out runs/sact-r50",
+        "sact train --feats feats.zarr --model trx --shot 1 --out runs/trx-1shot",
+        "sact train --out runs/sact-r50 --resume",
+    )
+)
 def train(
     feats: Annotated[str | None, typer.Option(help="Feature store (.zarr path or URL).")] = None,
     feature_set: Annotated[
@@ -297,7 +371,13 @@ def train(
         typer.echo(json.dumps({**asdict(result), "run_dir": str(result.run_dir)}, indent=2))
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "sact evaluate --run runs/sact",
+        "sact evaluate --run runs/sact --compare runs/trx --episodes-file test.json",
+        "sact evaluate --run runs/sact --shot 1 --episodes 1000 --json",
+    )
+)
 def evaluate(
     run: Annotated[
         Path | None, typer.Option(help="Run directory; default: the latest run under runs/.")
@@ -375,7 +455,7 @@ def evaluate(
 # -- demo, explain (demo.py, explain.py) --
 
 
-@app.command()
+@app.command(epilog=examples("sact demo", "sact demo --out /tmp/sact-demo --seed 1"))
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for dataset, store, runs, plots.")] = DEMO.out,
     seed: Annotated[int, typer.Option(help="Seed of the dataset, weights and episodes.")] = (
@@ -396,7 +476,12 @@ def demo(
         typer.echo(json.dumps(result.results, indent=2))
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "sact explain --run runs/sact --query 195025 --support 19977",
+        "sact explain --run runs/sact --query 195025 --support 19977 --patches 4",
+    )
+)
 def explain(
     run: Annotated[Path | None, typer.Option(help="A SA-CT run directory.")] = None,
     query: Annotated[str | None, typer.Option(help="Query video id (in the run's store).")] = None,

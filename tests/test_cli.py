@@ -1,4 +1,4 @@
-"""The command line's own behaviour: defaults from the configs, start-up."""
+"""The command line's own behaviour: defaults from the configs, help, version, usage errors."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
+import sact
 from sact.cli import app
 from sact.config import DemoConfig, ExplainConfig
 from sact.fewshot.config import EvalConfig, TrainConfig
@@ -47,6 +48,40 @@ def test_every_option_default_is_its_configs_default(command):
         assert (tuple(default) if isinstance(default, list) else default) == expected, field
         checked += 1
     assert checked >= 2
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"sact {sact.__version__}"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_ends_with_examples_of_that_command(command):
+    result = runner.invoke(app, [command, "--help"], terminal_width=100)
+    assert result.exit_code == 0
+    lines = [line.strip() for line in result.stdout.rstrip().splitlines()]
+    examples = lines[lines.index("Examples:") + 1 :]
+    commands = [line for line in examples if line]
+    assert 2 <= len(commands) <= 3
+    assert all(f" {command} " in line or line.endswith(f" {command}") for line in commands)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["train", "--lr", "abc"], "invalid value for '--lr'"),
+        (["train", "--bogus"], "no such option: --bogus"),
+        (["trian"], "no such command 'trian'"),
+        (["info"], "missing argument 'store'"),
+    ],
+)
+def test_usage_errors_are_one_line(arguments, message):
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1, result.output
+    assert result.output.startswith("error: ") and message in result.output
+    assert "--help" in result.output and "╭" not in result.output
 
 
 def test_the_command_line_starts_without_torch():
