@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from sact.extract.devices import bf16_is_native
 from sact.extract.errors import SactError
 
 INTERPOLATIONS = {
@@ -324,9 +325,7 @@ class FrozenBackbone:
         self.device = device
         self.on_cuda = device.type == "cuda"
         self.autocast_dtype = (
-            (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-            if self.on_cuda
-            else None
+            (torch.bfloat16 if bf16_is_native(device) else torch.float16) if self.on_cuda else None
         )
         memory_format = torch.channels_last if self.on_cuda else torch.contiguous_format
         self.features = loaded.features.to(device=device, memory_format=memory_format)

@@ -1,10 +1,14 @@
-"""The `--device` option of every command: "auto", "cpu", "cuda", "cuda:1", ..."""
+"""The `--device` option of every command: "auto", "cpu", "cuda", "cuda:1", ...; and which
+reduced precision a CUDA device computes natively."""
 
 from __future__ import annotations
 
 import torch
 
 from sact.extract.errors import SactError
+
+# bfloat16 tensor cores arrived with Ampere (compute capability 8.0).
+NATIVE_BF16_CAPABILITY = (8, 0)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -18,3 +22,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SactError(f"device {name!r} asked for, but torch sees no CUDA device here")
     return device
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    """Whether the CUDA `device` computes bfloat16 in hardware.
+
+    A bare ``torch.cuda.is_bf16_supported()`` also says yes where bfloat16 is only emulated (V100,
+    T4), several times slower there than float16; that case must pick float16.
+    """
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the including_emulation argument
+        return torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY

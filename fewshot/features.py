@@ -25,6 +25,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from sact.extract.devices import bf16_is_native
 from sact.extract.errors import SactError
 from sact.extract.store import FeatureSet
 from sact.fewshot.episodes import VideoPool
@@ -60,10 +61,11 @@ def default_cache_gb() -> float:
 
 
 def autocast_for(device: torch.device) -> tuple[AbstractContextManager, torch.dtype | None]:
-    """Mixed precision on CUDA (bfloat16 where supported, else float16); float32 elsewhere."""
+    """Mixed precision on CUDA (bfloat16 where the GPU has it natively, else float16); float32
+    elsewhere."""
     if device.type != "cuda":
         return nullcontext(), None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtype = torch.bfloat16 if bf16_is_native(device) else torch.float16
     return torch.autocast("cuda", dtype=dtype), dtype
 
 

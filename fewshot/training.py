@@ -265,7 +265,9 @@ class Trainer:
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(config, self.parameters) if self.parameters else None
         # float16 autocast needs loss scaling; bfloat16 and float32 do not
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
         self.rng = np.random.default_rng(config.seed)
         self.step = 0
         self.best_accuracy = -1.0
@@ -348,7 +350,10 @@ class Trainer:
         tensors, state = read_resume_state(checkpoint.folder)
         if self.optimizer is not None:
             self.optimizer.load_state_dict(tensors["optimizer"])
-            self.scaler.load_state_dict(tensors["scaler"])
+            # A run saved under bfloat16 or float32 holds a disabled scaler's empty state; resumed
+            # under float16 (another GPU), its scaler starts from the default scale instead.
+            if tensors["scaler"]:
+                self.scaler.load_state_dict(tensors["scaler"])
         torch.set_rng_state(tensors["torch_rng"])
         if self.device.type == "cuda" and "cuda_rng" in tensors:
             torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -204,3 +205,42 @@ def test_stage_two_never_imports_the_decoder_or_the_backbone():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert imported.strip() == "[]"
+
+
+def cpu_autocast(dtype: torch.dtype):
+    """autocast_for as a GPU with native `dtype` would choose it, on the CPU."""
+    return lambda device: (torch.autocast("cpu", dtype=dtype), dtype)
+
+
+def saved_scaler_state(run) -> dict:
+    return torch.load(run / "checkpoints/last/resume.pt", weights_only=True)["scaler"]
+
+
+@pytest.mark.parametrize(
+    ("saved_under", "resumed_under"),
+    [(torch.bfloat16, torch.float16), (torch.float16, torch.bfloat16)],
+)
+def test_a_checkpoint_resumes_under_the_other_half_precision(
+    store, tmp_path, monkeypatch, saved_under, resumed_under
+):
+    original_step = Trainer.train_step
+
+    def killed_at_step_3(self, tasks):
+        if self.step == 2:
+            raise KeyboardInterrupt
+        return original_step(self, tasks)
+
+    monkeypatch.setattr(Trainer, "train_step", killed_at_step_3)
+    monkeypatch.setattr("sact.fewshot.training.autocast_for", cpu_autocast(saved_under))
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(store, tmp_path / "run", iterations=4, val_every=2))
+    # bfloat16 needs no loss scaling: its disabled scaler saves an empty state
+    assert bool(saved_scaler_state(tmp_path / "run")) == (saved_under == torch.float16)
+
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    monkeypatch.setattr("sact.fewshot.training.autocast_for", cpu_autocast(resumed_under))
+    resumed = train(TrainConfig(feats="", out=str(tmp_path / "run"), resume=True, device="cpu"))
+    assert resumed.steps == 4
+    assert bool(saved_scaler_state(tmp_path / "run")) == (resumed_under == torch.float16)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run/metrics.jsonl") if "loss" in r]
+    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
