@@ -1,18 +1,24 @@
-"""Extraction under ``torchrun``: which rank this process is, and which shards it owns.
+"""Extraction under ``torchrun``: which rank this process is, its GPU, and which shards it owns.
 
 ``torchrun --nproc-per-node G $(which sact) extract ...`` (or ``python -m torch.distributed.run``)
 starts G processes per machine and tells each its place through the environment: ``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``. Without those variables, sact runs
-as a single process (rank 0 of 1) and never touches ``torch.distributed``.
+``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``. Without
+those variables, sact runs as a single process (rank 0 of 1) and never touches
+``torch.distributed``.
 
-Rank 0 creates or opens the feature set while the others wait at a barrier; then every rank opens
-it and works on its own whole shards, so no two ranks ever write the same shard file.
+Rank 0 creates or opens the feature set while the others wait; then every rank opens it and works
+on its own whole shards, so no two ranks ever write the same shard file. The ranks move no tensors
+between them, so they join no process group (no NCCL, no collective timeouts): they talk through
+the key-value store of torchrun's rendezvous (a TCPStore), polling it. A rank may finish days
+before the others (another run took its shards) and waits without a timeout; a rank that dies
+ends the job, as torchrun stops the others.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,8 +28,12 @@ import torch.distributed as dist
 
 from sact.extract.errors import SactError
 
-# Rank 0 may spend a while listing videos and creating a large feature set on object storage.
-BARRIER_TIMEOUT = timedelta(minutes=30)
+# How long the ranks may take to meet at the start (the TCPStore's own timeout).
+RENDEZVOUS_TIMEOUT = timedelta(minutes=30)
+POLL_S = 1.0
+SETUP_KEY = "sact/setup"  # rank 0's verdict on creating or opening the feature set
+FINISHED_KEY = "sact/finished"  # how many ranks are done with their shards
+LEFT_KEY = "sact/left"  # how many ranks saw everyone finished and may exit
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,7 @@ class Rank:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # ranks on this machine
 
     @property
     def is_main(self) -> bool:
@@ -59,6 +70,7 @@ def rank_from_env() -> Rank:
         rank=_env_int("RANK", 0),
         world_size=_env_int("WORLD_SIZE", 1),
         local_rank=_env_int("LOCAL_RANK", 0),
+        local_world_size=_env_int("LOCAL_WORLD_SIZE", 1),
     )
     if rank.world_size < 1 or not 0 <= rank.rank < rank.world_size:
         raise SactError(f"RANK={rank.rank} WORLD_SIZE={rank.world_size}: rank out of range")
@@ -66,56 +78,88 @@ def rank_from_env() -> Rank:
 
 
 def device_for(rank: Rank, device: torch.device) -> torch.device:
-    """The device a rank runs its backbone on: a bare ``cuda`` means the GPU of its local rank."""
-    if rank.distributed and device.type == "cuda" and device.index is None:
-        return torch.device("cuda", rank.local_rank)
-    return device
+    """The device a rank runs its backbone on: a bare ``cuda`` means GPU ``LOCAL_RANK % count``.
+
+    The modulo covers launchers that show each rank only its own GPU (``CUDA_VISIBLE_DEVICES``
+    per rank: every rank sees one device, index 0). An explicit ``cuda:N`` would put every rank on
+    the same GPU, so it is refused when there are several ranks.
+    """
+    if not (rank.distributed and device.type == "cuda"):
+        return device
+    if device.index is not None:
+        raise SactError(
+            f"--device {device} names one GPU for all {rank.world_size} ranks; use --device cuda "
+            "(each rank takes the GPU of its LOCAL_RANK) or set CUDA_VISIBLE_DEVICES per rank"
+        )
+    return torch.device("cuda", rank.local_rank % torch.cuda.device_count())
 
 
 def owned_shards(shards: Sequence[int], rank: Rank) -> list[int]:
     """The shards this rank works on: every ``world_size``-th one, starting at its rank.
 
-    Every rank must pass the same ``shards`` (they all read them after the barrier); the ranks'
-    lists are then disjoint and together cover ``shards``.
+    Every rank must pass the same ``shards`` (they all read them once rank 0 has set up the
+    feature set); the ranks' lists are then disjoint and together cover ``shards``.
     """
     return list(shards[rank.rank :: rank.world_size])
 
 
-@contextmanager
-def process_group(rank: Rank, *, device: torch.device) -> Iterator[None]:
-    """Join the torchrun process group for the block: nccl for GPUs, gloo for CPUs.
+class Job:
+    """The torchrun job this process is one rank of, seen through the rendezvous store.
 
-    Does nothing for a single process, or when the caller already set up the group.
+    ``store`` is None for a single process: then there is nobody to tell or wait for.
     """
-    if not rank.distributed or dist.is_initialized():
-        yield
-        return
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if backend == "nccl":
+
+    def __init__(self, rank: Rank, store: dist.Store | None, *, poll_s: float = POLL_S) -> None:
+        self.rank = rank
+        self.store = store
+        self.poll_s = poll_s
+
+    def _poll(self, done: Callable[[], bool]) -> None:
+        while not done():
+            time.sleep(self.poll_s)
+
+    def _count(self, key: str) -> int:
+        assert self.store is not None
+        return self.store.add(key, 0)
+
+    def setup_failed(self, failed: bool) -> bool:
+        """Rank 0 tells whether its setup ``failed``; every rank returns rank 0's verdict."""
+        if self.store is None:
+            return failed
+        if self.rank.is_main:
+            self.store.set(SETUP_KEY, "failed" if failed else "ok")
+            return failed
+        self._poll(lambda: self.store.check([SETUP_KEY]))  # type: ignore[union-attr]
+        return self.store.get(SETUP_KEY) == b"failed"
+
+    def wait_for_all(self) -> None:
+        """Return once every rank has called this, however long the others take."""
+        if self.store is None:
+            return
+        world = self.rank.world_size
+        self.store.add(FINISHED_KEY, 1)
+        self._poll(lambda: self._count(FINISHED_KEY) >= world)
+        self.store.add(LEFT_KEY, 1)
+        if self.rank.is_main:
+            # Rank 0's process may host the store: it leaves last, once every rank has read it.
+            self._poll(lambda: self._count(LEFT_KEY) >= world)
+
+
+@contextmanager
+def joined(rank: Rank, *, device: torch.device) -> Iterator[Job]:
+    """Meet the job's other ranks at torchrun's rendezvous (``MASTER_ADDR:MASTER_PORT``) and make
+    the rank's GPU the current one; a single process meets nobody."""
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(
-        backend=backend, rank=rank.rank, world_size=rank.world_size, timeout=BARRIER_TIMEOUT
-    )
+    if not rank.distributed:
+        yield Job(rank, None)
+        return
     try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
-def barrier(rank: Rank) -> None:
-    """Wait until every rank arrives; a no-op for a single process."""
-    if rank.distributed and dist.is_initialized():
-        if dist.get_backend() == "nccl":
-            dist.barrier(device_ids=[torch.cuda.current_device()])
-        else:
-            dist.barrier()
-
-
-def all_ranks_agree(rank: Rank, value: int) -> int:
-    """The maximum of ``value`` over the ranks (e.g. 1 if any rank failed), for a shared verdict."""
-    if not (rank.distributed and dist.is_initialized()):
-        return value
-    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-    tensor = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return int(tensor.item())
+        store, _, _ = next(
+            dist.rendezvous(
+                "env://", rank=rank.rank, world_size=rank.world_size, timeout=RENDEZVOUS_TIMEOUT
+            )
+        )
+    except (ValueError, RuntimeError) as error:  # missing MASTER_* variables, unreachable host
+        raise SactError(f"rank {rank.rank} cannot join the torchrun job: {error}") from error
+    yield Job(rank, store)

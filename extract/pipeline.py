@@ -14,7 +14,7 @@ redone. Batches are formed in a fixed order (a shard's videos, failures left out
 ``batch_size``), so a redone shard is bitwise equal to the first attempt on the same machine.
 
 Many processes (docs/LAB.md): under ``torchrun`` rank 0 creates or opens the feature set while the
-others wait at a barrier, and each rank takes every ``WORLD_SIZE``-th shard still to do. Whatever
+others wait, and each rank takes every ``WORLD_SIZE``-th shard still to do. Whatever
 launched it, a process claims each shard (``extract.claims``) just before its videos are decoded
 and skips a shard another live run holds, so independent runs on one feature set share the work.
 
@@ -56,15 +56,7 @@ from sact.extract.config import (
     provenance,
 )
 from sact.extract.devices import resolve_device
-from sact.extract.distributed import (
-    Rank,
-    all_ranks_agree,
-    barrier,
-    device_for,
-    owned_shards,
-    process_group,
-    rank_from_env,
-)
+from sact.extract.distributed import Job, Rank, device_for, joined, owned_shards, rank_from_env
 from sact.extract.errors import SactError
 from sact.extract.store import (
     FeatureSetWriter,
@@ -135,19 +127,20 @@ def open_feature_set_for_writing(
 
 
 def open_for_this_rank(
-    config: ExtractConfig, frozen: FrozenBackbone, video_list: VideoList, rank: Rank
+    config: ExtractConfig, frozen: FrozenBackbone, video_list: VideoList, job: Job
 ) -> tuple[FeatureSetWriter, ClaimBook]:
     """Rank 0 creates or opens the feature set while the other ranks wait; then all open it."""
     name = check_feature_set_name(config.name or default_name(config, frozen.loaded))
     claims = ClaimBook(open_root(config.out, mode="a"), name, run=RunInfo.this_process())
     failure: SactError | None = None
+    rank = job.rank
     if rank.is_main:
         try:
             writer = open_feature_set_for_writing(config, frozen, video_list, claims=claims)
         except SactError as error:
             failure = error
-    # Also the barrier: no rank goes on before rank 0 is done, and all learn whether it failed.
-    if all_ranks_agree(rank, int(failure is not None)):
+    # No rank goes on before rank 0 is done, and all learn whether it failed.
+    if job.setup_failed(failure is not None):
         raise failure or SactError(f"rank 0 could not open the feature set in {config.out}")
     if not rank.is_main:
         writer = FeatureSetWriter(open_root(config.out, mode="a")[name])  # type: ignore[arg-type]
@@ -307,20 +300,21 @@ def run_extraction(config: ExtractConfig, *, console: Console | None = None) -> 
     Under torchrun this process extracts its rank's share, then waits for the other ranks.
     """
     rank = rank_from_env()
-    with process_group(rank, device=device_for(rank, resolve_device(config.device))):
-        return _extract_as_rank(config, rank, console=console)
+    device = device_for(rank, resolve_device(config.device))
+    with joined(rank, device=device) as job:
+        return _extract_as_rank(config, job, device=device, console=console)
 
 
 def _extract_as_rank(
-    config: ExtractConfig, rank: Rank, *, console: Console | None = None
+    config: ExtractConfig, job: Job, *, device: torch.device, console: Console | None = None
 ) -> ExtractSummary:
+    rank = job.rank
     console = console or Console(stderr=True)
     if not rank.is_main:
         console = Console(stderr=True, quiet=True)  # one progress bar per job, not per rank
     started = time.perf_counter()
     config.check()
     video_list = list_videos(config.videos, config.split)
-    device = device_for(rank, resolve_device(config.device))
     loaded = load_backbone(
         config.backbone,
         weights_file=config.weights,
@@ -330,14 +324,14 @@ def _extract_as_rank(
         seed=config.seed,
     )
     frozen = FrozenBackbone(loaded, device=device)
-    writer, claims = open_for_this_rank(config, frozen, video_list, rank)
+    writer, claims = open_for_this_rank(config, frozen, video_list, job)
     shards = shards_for_this_process(writer, rank)
     work_started = time.perf_counter()
     with claims.keep_alive(), _progress(console) as progress:
         processed = extract_shards(
             writer, shards, frozen=frozen, config=config, progress=progress, claims=claims
         )
-    barrier(rank)  # the summary then counts every rank's shards
+    job.wait_for_all()  # the summary then counts every rank's shards
     finished = time.perf_counter()
     return summarize(
         writer,

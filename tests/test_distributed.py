@@ -4,16 +4,18 @@ is bitwise the store a single process writes."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tiny_extraction import TINY, extract_in_this_process, tiny_cli_options
 
 from sact.extract.claims import CLAIMS_PREFIX, Claim
-from sact.extract.distributed import Rank, owned_shards, rank_from_env
+from sact.extract.distributed import Rank, device_for, owned_shards, rank_from_env
 from sact.extract.errors import SactError
 from sact.extract.store import PER_VIDEO_ARRAYS, open_feature_set
 
@@ -34,7 +36,14 @@ def extract_here(videos: Path, out: Path) -> None:
 def run(command: list[str]) -> subprocess.CompletedProcess:
     # One thread per rank, as in extract_here: the float sums then happen in the same order.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for name in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+    ):
         env.pop(name, None)
     finished = subprocess.run(
         command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
@@ -85,16 +94,78 @@ def test_ranks_own_disjoint_whole_shards() -> None:
 
 
 def test_rank_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    assert rank_from_env() == Rank(0, 1, 0)
+    assert rank_from_env() == Rank(0, 1, 0, 1)
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert rank_from_env() == Rank(3, 4, 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert rank_from_env() == Rank(3, 4, 1, 2)
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(SactError, match="out of range"):
         rank_from_env()
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(SactError, match="not an integer"):
         rank_from_env()
+
+
+@pytest.mark.parametrize(
+    ("rank", "visible", "device"),
+    [
+        (Rank(3, 8, 3, 8), 8, "cuda:3"),  # one machine, 8 GPUs
+        (Rank(11, 16, 3, 8), 8, "cuda:3"),  # second machine: LOCAL_RANK, not RANK
+        (Rank(3, 8, 3, 8), 1, "cuda:0"),  # CUDA_VISIBLE_DEVICES per rank: each sees one GPU
+        (Rank(5, 8, 5, 8), 4, "cuda:1"),  # two ranks per GPU
+        (Rank(0, 1, 0, 1), 8, "cuda"),  # a single process keeps the current device
+    ],
+)
+def test_each_rank_takes_the_gpu_of_its_local_rank(
+    monkeypatch: pytest.MonkeyPatch, rank: Rank, visible: int, device: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    assert device_for(rank, torch.device("cuda")) == torch.device(device)
+    assert device_for(rank, torch.device("cpu")) == torch.device("cpu")
+
+
+def test_an_explicit_gpu_index_is_refused_with_several_ranks() -> None:
+    assert device_for(Rank(0, 1, 0, 1), torch.device("cuda:1")) == torch.device("cuda:1")
+    with pytest.raises(SactError, match="names one GPU for all 2 ranks"):
+        device_for(Rank(1, 2, 1, 2), torch.device("cuda:0"))
+
+
+RANK_FINISHING_LATE = """
+import sys, time
+from datetime import timedelta
+import torch
+from sact.extract.distributed import Rank, joined
+rank = Rank(int(sys.argv[1]), 2, int(sys.argv[1]), 2)
+with joined(rank, device=torch.device("cpu")) as job:
+    job.store.set_timeout(timedelta(seconds=0.5))  # any blocking wait would now fail
+    job.poll_s = 0.1
+    assert not job.setup_failed(False)
+    if rank.rank == 1:
+        time.sleep(2)  # four times the timeout: rank 0 has long finished its shards
+    job.wait_for_all()
+print("rank", rank.rank, "done")
+"""
+
+
+def test_a_rank_finishing_early_waits_past_any_timeout(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-c", RANK_FINISHING_LATE, str(rank)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [process.communicate(timeout=120)[0] for process in ranks]
+    assert [process.returncode for process in ranks] == [0, 0], outputs
+    assert [output.strip().splitlines()[-1] for output in outputs] == ["rank 0 done", "rank 1 done"]
