@@ -28,7 +28,7 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 # start-up) does not import torch, timm or zarr.
 _PUBLIC = {
     "open_feature_set": "sact.extract.store",
-    "FeatureSet": "sact.extract.store",
+    "FeatureSet": "sact.extract.feature_set",
     "SACT": "sact.fewshot.model",
     "ProtoNet": "sact.fewshot.baselines",
     "TRX": "sact.fewshot.baselines",
@@ -57,8 +57,9 @@ __all__ = [  # noqa: RUF022  (grouped by stage, like _PUBLIC)
 
 if TYPE_CHECKING:
     from sact.extract.config import ExtractConfig
+    from sact.extract.feature_set import FeatureSet
     from sact.extract.pipeline import run_extraction
-    from sact.extract.store import FeatureSet, open_feature_set
+    from sact.extract.store import open_feature_set
     from sact.fewshot.baselines import TRX, ProtoNet
     from sact.fewshot.config import EvalConfig, TrainConfig
     from sact.fewshot.evaluation import evaluate

@@ -34,15 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the te
 
 from s3_server import local_s3_server, s3_environment
 
+from sact.extract.feature_set import FeatureSet, VideoRecord
 from sact.extract.hdf5 import export_hdf5
-from sact.extract.store import (
-    FeatureSet,
-    FeatureSetWriter,
-    ShardResult,
-    VideoRecord,
-    open_feature_set,
-    open_root,
-)
+from sact.extract.store import open_feature_set
+from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
 
 WAYS, SHOTS, QUERIES = 5, 5, 5
 EPISODE_VIDEOS = WAYS * (SHOTS + QUERIES)  # 50

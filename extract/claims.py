@@ -45,7 +45,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from sact.extract.errors import SactError
-from sact.extract.store import require_group
+from sact.extract.zarr_store import require_group
 
 CLAIMS_PREFIX = ".sact-claims"
 SETUP = "setup"

@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader, Dataset
 from sact.extract.backbone import Preprocessing
 from sact.extract.claims import ClaimBook, RunInfo, shard_topic
 from sact.extract.decode import DecodeError, sample_clip
-from sact.extract.store import FeatureSetWriter, VideoRecord
+from sact.extract.feature_set import VideoRecord
 from sact.extract.videos import VideoDiscoveryError, resolve_video_path
+from sact.extract.zarr_store import FeatureSetWriter
 
 
 class ClaimedOrder:

@@ -2,9 +2,10 @@
 
 ``sact export feats.zarr --to feats.h5`` writes the same arrays under the same names, with the same
 attributes (JSON text, since HDF5 attributes hold no nested mappings), ``features`` chunked one
-video per chunk like the zarr store. ``open_feature_set("feats.h5")`` reads it back as a
-``FeatureSet``, so ``sact train``, ``evaluate`` and ``info`` take an HDF5 file wherever they take a
-store. An HDF5 copy is read-only for sact: extraction always writes zarr.
+video per chunk like the zarr store. ``open_feature_set("feats.h5")`` reads it back as an
+``HDF5FeatureSet`` (the ``FeatureSet`` interface, extract/feature_set.py), so ``sact train``,
+``evaluate`` and ``info`` take an HDF5 file wherever they take a store. An HDF5 copy is read-only
+for sact: extraction always writes zarr.
 
     feats.h5                 attrs sact = '{"format": 1}'
       <feature-set>/         attrs sact = the feature set's attrs as JSON
@@ -24,16 +25,16 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sact.extract.store import (
+from sact.extract.feature_set import (
     FEATURES,
     FORMAT_VERSION,
     PER_VIDEO_ARRAYS,
     FeatureSet,
     FeatureStoreError,
     choose_feature_set,
-    feature_set_names,
-    open_root,
+    gather_rows,
 )
+from sact.extract.zarr_store import ZarrFeatureSet, feature_set_names, open_root
 
 STRING_ARRAYS = ("video_id", "path", "label", "error")
 DIMENSION_NAMES = {
@@ -79,7 +80,7 @@ def hdf5_feature_set_names(path: str) -> list[str]:
 
 
 class HDF5FeatureSet(FeatureSet):
-    """A feature set read from an HDF5 copy; the same reading API as the zarr one.
+    """A feature set read from an HDF5 copy.
 
     The file is opened read-only, and reopened in a child process (an HDF5 handle must not cross
     a fork, e.g. into a data-loader worker).
@@ -93,7 +94,9 @@ class HDF5FeatureSet(FeatureSet):
         attrs = _file_attrs(group)
         if not isinstance(group, h5py.Group) or attrs is None or FEATURES not in group:
             raise FeatureStoreError(f"{name} in {path} is not a sact feature set")
-        self._load(group, attrs, name=name, location=path)
+        self.group = group
+        self.features: h5py.Dataset = group[FEATURES]
+        super().__init__(group, attrs, name=name, location=path, shape=self.features.shape)
 
     def read(self, indices: Any) -> np.ndarray:
         if os.getpid() != self._pid:
@@ -101,17 +104,14 @@ class HDF5FeatureSet(FeatureSet):
             self._pid = os.getpid()
             self.group = self._handle[self.name]
             self.features = self.group[FEATURES]
-        return super().read(indices)
+        return gather_rows(self.features, indices, dtype=np.float16)
+
+    def size_bytes(self) -> int:
+        """Bytes the feature set's datasets take in the file."""
+        return sum(int(self.group[key].id.get_storage_size()) for key in self.group)
 
     def close(self) -> None:
         self._handle.close()
-
-
-def hdf5_feature_set_size(path: str, name: str) -> int:
-    """Bytes the feature set's datasets take in the file."""
-    with _open_file(path) as handle:
-        group = handle[name]
-        return sum(int(group[key].id.get_storage_size()) for key in group)
 
 
 def open_hdf5_feature_set(path: str, name: str | None = None) -> HDF5FeatureSet:
@@ -175,9 +175,9 @@ def export_hdf5(
             handle.attrs["sact"] = json.dumps(dict(root.attrs["sact"]))
             for name in names:
                 summary["sets"][name] = _export_feature_set(
-                    FeatureSet(root[name], location=source),
+                    ZarrFeatureSet(root[name], location=source),  # type: ignore[arg-type]
                     handle,
-                    progress,  # type: ignore[arg-type]
+                    progress,
                 )
         partial.replace(destination)
     finally:
@@ -185,7 +185,7 @@ def export_hdf5(
     return summary
 
 
-def _export_feature_set(feature_set: FeatureSet, handle: h5py.File, progress: Progress) -> dict:
+def _export_feature_set(feature_set: ZarrFeatureSet, handle: h5py.File, progress: Progress) -> dict:
     group = handle.create_group(feature_set.name)
     group.attrs["sact"] = json.dumps(feature_set.attrs)
     count = len(feature_set)

@@ -58,13 +58,9 @@ from sact.extract.config import (
 from sact.extract.devices import resolve_device
 from sact.extract.distributed import Job, Rank, device_for, joined, owned_shards, rank_from_env
 from sact.extract.errors import SactError
-from sact.extract.store import (
-    FeatureSetWriter,
-    ShardResult,
-    check_feature_set_name,
-    open_root,
-)
+from sact.extract.feature_set import check_feature_set_name
 from sact.extract.videos import VideoList, list_videos
+from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
 
 # How long a run waits for another run that is creating or growing the same feature set.
 SETUP_WAIT_S = 600.0

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sact.extract.errors import SactError
+from sact.extract.feature_set import VideoRecord
 from sact.extract.splits import SplitEntry, load_split
-from sact.extract.store import VideoRecord
 
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp"}

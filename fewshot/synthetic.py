@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sact.extract.feature_set import VideoRecord
 from sact.extract.splits import SPLIT_PARTS
-from sact.extract.store import FeatureSetWriter, ShardResult, VideoRecord, open_root
+from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
 
 
 def video_id(label: str, number: int) -> str:

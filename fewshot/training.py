@@ -44,7 +44,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sact.extract.devices import resolve_device
-from sact.extract.store import FeatureSet, is_url, open_feature_set
+from sact.extract.feature_set import is_url
+from sact.extract.store import FeatureSet, open_feature_set
 from sact.fewshot.checkpoints import (
     Checkpoint,
     build_model,

@@ -18,7 +18,8 @@ from s3_server import make_bucket
 from tiny_extraction import extract_in_this_process, tiny_cli_options
 
 from sact.extract.claims import ClaimBook, ClaimError, RunInfo, shard_topic
-from sact.extract.store import open_feature_set, open_root
+from sact.extract.store import open_feature_set
+from sact.extract.zarr_store import open_root
 
 TOPICS = [shard_topic(shard) for shard in range(12)]
 REPO = Path(__file__).resolve().parents[1]

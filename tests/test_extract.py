@@ -23,8 +23,9 @@ from sact.cli import app
 from sact.extract.backbone import flush_denormals, load_backbone
 from sact.extract.config import ExtractConfig
 from sact.extract.decode import sample_clip
+from sact.extract.feature_set import FeatureStoreError
 from sact.extract.pipeline import ExtractSummary, run_extraction
-from sact.extract.store import FeatureStoreError, open_feature_set
+from sact.extract.store import open_feature_set
 
 # Tiny on purpose: 64 px crops, 4 frames, a 2×2 ResNet grid.
 TINY = {"backbone": "resnet10t", "random_init": True, "size": 64, "frames": 4}

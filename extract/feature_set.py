@@ -1,0 +1,182 @@
+"""What stage 2 reads, whatever holds it: the ``FeatureSet`` interface and what its backends share.
+
+A feature set (docs/STORE.md) is N videos' patch features ``(N, T, P, D)`` float16 plus small
+per-video arrays (video_id, path, label, error, done, num_frames, frame_index) and its attrs. The
+backends implement ``FeatureSet`` on their storage:
+
+    extract/zarr_store.py  the zarr v3 store that `sact extract` writes (local path or fsspec URL)
+    extract/hdf5.py        a read-only HDF5 copy made by `sact export`
+
+and ``extract.store.open_feature_set`` picks the backend from the location. Nothing here imports
+zarr or h5py.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sact.extract.errors import SactError
+
+FORMAT_VERSION = 1
+FEATURE_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+FEATURES = "features"
+PER_VIDEO_ARRAYS = ("video_id", "path", "label", "num_frames", "frame_index", "error", "done")
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+class FeatureStoreError(SactError):
+    """A store that cannot be used as asked; the message is one line meant for the user."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video of a feature set: its id, its path relative to the videos folder, its class."""
+
+    video_id: str
+    path: str
+    label: str
+
+
+def is_url(location: str) -> bool:
+    return "://" in location
+
+
+def is_hdf5(location: str) -> bool:
+    """HDF5 files are read-only interchange copies of a store (``sact export``)."""
+    return location.lower().endswith(HDF5_SUFFIXES)
+
+
+def check_feature_set_name(name: str) -> str:
+    if not FEATURE_SET_NAME.match(name):
+        raise FeatureStoreError(
+            f"feature set name {name!r} must be letters, digits, '.', '_' or '-' "
+            "(and not start with '.', '_' or '-')"
+        )
+    return name
+
+
+def choose_feature_set(location: str, names: Sequence[str], name: str | None) -> str:
+    """The feature set asked for, or the only one; a clear error naming the choices otherwise."""
+    if not names:
+        raise FeatureStoreError(f"store {location} holds no feature set yet")
+    if name is None:
+        if len(names) > 1:
+            raise FeatureStoreError(
+                f"store {location} holds several feature sets, pick one with --feature-set: "
+                + ", ".join(names)
+            )
+        return names[0]
+    if name not in names:
+        raise FeatureStoreError(
+            f"store {location} has no feature set {name!r}; it has: " + ", ".join(names)
+        )
+    return name
+
+
+def as_text(values: np.ndarray) -> list[str]:
+    """A stored string array as Python strings (h5py hands back bytes, zarr str)."""
+    return [str(value.decode() if isinstance(value, bytes) else value) for value in values]
+
+
+def gather_rows(array: Any, indices: Sequence[int] | np.ndarray, *, dtype: Any) -> np.ndarray:
+    """``array[indices]`` along the first axis, in the given order, for a zarr array or an h5py
+    dataset: contiguous runs of sorted indices become one slice read each, far fewer requests
+    (and far fewer chunk decodes) than a fancy index."""
+    indices = np.asarray(indices, dtype=np.int64)
+    out = np.empty((indices.size, *array.shape[1:]), dtype=dtype)
+    if indices.size == 0:
+        return out
+    order = np.argsort(indices, kind="stable")
+    sorted_indices = indices[order]
+    run_starts = np.flatnonzero(np.diff(sorted_indices, prepend=-2) != 1)
+    run_ends = np.append(run_starts[1:], sorted_indices.size)
+    for start, end in zip(run_starts, run_ends, strict=True):
+        block = array[int(sorted_indices[start]) : int(sorted_indices[end - 1]) + 1]
+        out[order[start:end]] = block
+    return out
+
+
+class FeatureSet(ABC):
+    """Read access to one feature set; stage 2 sees a store only through this interface.
+
+    A backend opens its storage and hands the per-video arrays and the attrs to this constructor,
+    which reads the small arrays once; ``read`` (the features) and ``size_bytes`` are the
+    backend's own.
+    """
+
+    def __init__(
+        self,
+        arrays: Mapping[str, Any],
+        attrs: dict[str, Any],
+        *,
+        name: str,
+        location: str,
+        shape: tuple[int, ...],
+    ) -> None:
+        """``arrays`` maps each name of ``PER_VIDEO_ARRAYS`` to an array that slices like numpy
+        (a zarr array, an h5py dataset); ``shape`` is the features' (N, T, P, D)."""
+        self.name = name
+        self.location = location
+        self.attrs: dict[str, Any] = attrs
+        count, self.frames, self.patches, self.dim = (int(n) for n in shape)
+        self.grid: tuple[int, int] = tuple(self.attrs["grid"])  # type: ignore[assignment]
+        self.shard_size: int = int(self.attrs["shard_size"])
+        self.video_ids = as_text(arrays["video_id"][:])
+        self.paths = as_text(arrays["path"][:])
+        self.labels = as_text(arrays["label"][:])
+        self.errors = as_text(arrays["error"][:])
+        self.done: np.ndarray = np.asarray(arrays["done"][:], dtype=bool)
+        self.num_frames: np.ndarray = np.asarray(arrays["num_frames"][:], dtype=np.int64)
+        self.frame_index: np.ndarray = np.asarray(arrays["frame_index"][:], dtype=np.int64)
+        if len(self.video_ids) != count:
+            raise FeatureStoreError(f"feature set {self.name} is inconsistent: arrays differ in N")
+
+    @abstractmethod
+    def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Features of the given videos, in the given order: (n, T, P, D) float16."""
+
+    @abstractmethod
+    def size_bytes(self) -> int | None:
+        """Bytes the feature set takes in its storage; None where the storage cannot say."""
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """The features' (N, T, P, D)."""
+        return len(self), self.frames, self.patches, self.dim
+
+    @property
+    def usable(self) -> np.ndarray:
+        """Videos whose features are written and valid: done and without an error."""
+        return self.done & (np.array([error == "" for error in self.errors], dtype=bool))
+
+    def index_of(self) -> dict[str, int]:
+        return {video_id: index for index, video_id in enumerate(self.video_ids)}
+
+    def read_frame_index(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self.frame_index[np.asarray(indices, dtype=np.int64)]
+
+    def shard_bounds(self, shard: int) -> tuple[int, int]:
+        start = shard * self.shard_size
+        return start, min(start + self.shard_size, len(self))
+
+    def num_shards(self) -> int:
+        return -(-len(self) // self.shard_size)
+
+    def counts(self) -> dict[str, int]:
+        failed = int(np.sum(self.done & ~self.usable))
+        return {
+            "videos": len(self),
+            "done": int(np.sum(self.usable)),
+            "failed": failed,
+            "pending": int(np.sum(~self.done)),
+        }
