@@ -1,9 +1,9 @@
 """The `sact` command line: parses options and calls the library, nothing more.
 
-Every option's default is read from its command's config dataclass (`sact.fewshot.config`,
-`sact.config`), so each default is written once. Those modules import nothing heavy, and a
-command imports torch and timm only once its options are checked, so a mistake is reported in a
-fraction of a second.
+Every option's default is read from its command's config dataclass (`sact.extract.config`,
+`sact.fewshot.config`, `sact.config`), so each default is written once. Those modules import
+nothing heavy, and a command imports torch and timm only once its options are checked, so a
+mistake is reported in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 
 from sact import __version__
 from sact.config import DemoConfig, ExplainConfig
+from sact.extract.config import ExtractConfig
 from sact.extract.errors import SactError
 from sact.fewshot.config import EvalConfig, TrainConfig
 
@@ -101,7 +102,7 @@ def defaults(config: type) -> Any:
     return SimpleNamespace(**values)
 
 
-TRAIN, EVAL = defaults(TrainConfig), defaults(EvalConfig)
+EXTRACT, TRAIN, EVAL = defaults(ExtractConfig), defaults(TrainConfig), defaults(EvalConfig)
 DEMO, EXPLAIN = defaults(DemoConfig), defaults(ExplainConfig)
 
 
@@ -151,28 +152,35 @@ def extract(
     out: Annotated[str | None, typer.Option(help="Feature store (.zarr path or URL).")] = None,
     split: Annotated[
         str | None, typer.Option(help="Only this split's videos: a built-in name or a folder.")
-    ] = None,
-    backbone: Annotated[str, typer.Option(help="Any timm model name.")] = "resnet50.tv_in1k",
+    ] = EXTRACT.split,
+    backbone: Annotated[str, typer.Option(help="Any timm model name.")] = EXTRACT.backbone,
     weights: Annotated[
         Path | None, typer.Option(help="Backbone weights file (.safetensors or .pth).")
-    ] = None,
+    ] = EXTRACT.weights,
     random_init: Annotated[
         bool, typer.Option("--random-init", help="Seeded random weights (tests, demos).")
-    ] = False,
-    frames: Annotated[int, typer.Option(help="Frames per video, T.")] = 8,
-    size: Annotated[int | None, typer.Option(help="Crop size; default: the backbone's.")] = None,
-    grid: Annotated[int | None, typer.Option(help="Pool the patch grid to H×H.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Videos per forward pass.")] = 16,
-    workers: Annotated[int | None, typer.Option(help="Decoding processes (0: none).")] = None,
-    name: Annotated[str | None, typer.Option(help="Feature set name; default from config.")] = None,
-    shard_size: Annotated[int, typer.Option(help="Videos per shard (unit of resume).")] = 64,
+    ] = EXTRACT.random_init,
+    frames: Annotated[int, typer.Option(help="Frames per video, T.")] = EXTRACT.frames,
+    size: Annotated[int | None, typer.Option(help="Crop size; default: the backbone's.")] = (
+        EXTRACT.size
+    ),
+    grid: Annotated[int | None, typer.Option(help="Pool the patch grid to H×H.")] = EXTRACT.grid,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = EXTRACT.device,
+    batch_size: Annotated[int, typer.Option(help="Videos per forward pass.")] = EXTRACT.batch_size,
+    workers: Annotated[
+        int, typer.Option(help="Decoding processes (0: none); default: CPU cores - 1, up to 8.")
+    ] = EXTRACT.workers,
+    name: Annotated[str | None, typer.Option(help="Feature set name; default from config.")] = (
+        EXTRACT.name
+    ),
+    shard_size: Annotated[int, typer.Option(help="Videos per shard (unit of resume).")] = (
+        EXTRACT.shard_size
+    ),
     json_out: Annotated[
         bool, typer.Option("--json", help="Also print the summary as JSON on stdout.")
     ] = False,
 ) -> None:
     """Extract frozen-backbone patch features of every video into a resumable feature store."""
-    from sact.extract.config import ExtractConfig, default_workers
     from sact.extract.distributed import rank_from_env
     from sact.extract.pipeline import run_extraction
     from sact.extract.tables import failures_table, summary_table
@@ -193,7 +201,7 @@ def extract(
         grid=grid,
         device=device,
         batch_size=batch_size,
-        workers=default_workers() if workers is None else workers,
+        workers=workers,
         name=name,
         shard_size=shard_size,
     )

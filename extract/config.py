@@ -16,7 +16,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sact.extract.decode import FRAME_SAMPLING
 from sact.extract.errors import SactError
 
 if TYPE_CHECKING:
@@ -73,6 +72,9 @@ class ExtractConfig:
 
 def feature_set_identity(loaded: LoadedBackbone, *, frames: int) -> dict[str, Any]:
     """Everything that decides the stored values: two runs with equal identity may share a set."""
+    # imported here: the decoder imports PyAV, and the command line reads this module's defaults
+    from sact.extract.decode import FRAME_SAMPLING
+
     prep = loaded.preprocessing
     return {
         "backbone": loaded.name,

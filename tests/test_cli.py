@@ -13,11 +13,13 @@ from typer.testing import CliRunner
 import sact
 from sact.cli import app
 from sact.config import DemoConfig, ExplainConfig
+from sact.extract.config import ExtractConfig
 from sact.fewshot.config import EvalConfig, TrainConfig
 
 runner = CliRunner()
 COMMANDS = typer.main.get_command(app).commands  # type: ignore[attr-defined]
 CONFIGS = {
+    "extract": ExtractConfig,
     "train": TrainConfig,
     "evaluate": EvalConfig,
     "demo": DemoConfig,
@@ -28,11 +30,13 @@ FIELD_OF_OPTION = {("evaluate", "shot"): "shots"}
 
 
 def config_defaults(config: type) -> dict[str, object]:
-    return {
-        field.name: field.default
-        for field in dataclasses.fields(config)
-        if field.default is not dataclasses.MISSING
-    }
+    values = {}
+    for field in dataclasses.fields(config):
+        if field.default is not dataclasses.MISSING:
+            values[field.name] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            values[field.name] = field.default_factory()
+    return values
 
 
 @pytest.mark.parametrize("command", sorted(CONFIGS))
@@ -85,7 +89,8 @@ def test_usage_errors_are_one_line(arguments, message):
 
 
 def test_the_command_line_starts_without_torch():
-    code = "import sys, sact.cli; print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    heavy = "('torch', 'timm', 'av')"
+    code = f"import sys, sact.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
     imported = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
