@@ -222,22 +222,34 @@ def open_scored(name: str, checkpoint: Checkpoint, config: EvalConfig, *, overri
     return Scored(name, checkpoint, feature_set, build_pool(feature_set, source, config.split))
 
 
-def translate(episodes: list[Episode], source: VideoPool, target: VideoPool) -> list[Episode]:
-    """The same episodes (same video ids) as positions of another pool of the same split."""
+def translate(
+    episodes: list[Episode], source: VideoPool, target: VideoPool, *, run: str
+) -> list[Episode]:
+    """The same episodes (same video ids) as positions of `run`'s pool of the same split."""
     class_of = {name: number for number, name in enumerate(target.classes)}
+    advice = "compare runs on stores holding the same videos"
 
     def moved(positions: np.ndarray) -> np.ndarray:
         try:
             return np.array([target.position_of[source.video_ids[p]] for p in positions])
         except KeyError as error:
             raise EvaluationError(
-                f"video {error.args[0]!r} of the episodes is not usable in {target.part} of the "
-                "compared run's store; compare runs on stores holding the same videos"
+                f"video {error.args[0]!r} of the episodes is not usable in {target.part} of "
+                f"{run}'s store; {advice}"
+            ) from error
+
+    def moved_classes(numbers: np.ndarray) -> np.ndarray:
+        try:
+            return np.array([class_of[source.classes[c]] for c in numbers])
+        except KeyError as error:
+            raise EvaluationError(
+                f"class {error.args[0]!r} of the episodes has no usable video in {target.part} of "
+                f"{run}'s store; {advice}"
             ) from error
 
     return [
         Episode(
-            classes=np.array([class_of[source.classes[c]] for c in episode.classes]),
+            classes=moved_classes(episode.classes),
             support=moved(episode.support),
             query=moved(episode.query),
         )
@@ -331,7 +343,12 @@ def evaluate(config: EvalConfig, console: Console | None = None) -> dict[str, An
     accuracies = {main.name: score(main, settings, config, console)}
     for other in others:
         moved = [
-            EpisodeSet(s.way, s.shot, s.queries, translate(s.episodes, main.pool, other.pool))
+            EpisodeSet(
+                s.way,
+                s.shot,
+                s.queries,
+                translate(s.episodes, main.pool, other.pool, run=other.name),
+            )
             for s in settings
         ]
         accuracies[other.name] = score(other, moved, config, console)

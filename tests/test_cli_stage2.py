@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sact.cli import app
-from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
+from sact.fewshot.synthetic import video_id, write_split_lists, write_synthetic_store
 
 CLASSES, VIDEOS = 30, 6
 PARTS = {"train": range(0, 20), "val": range(20, 25), "test": range(25, 30)}
@@ -94,3 +94,24 @@ def test_user_errors_are_one_line_and_exit_2(workdir, arguments, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_compare_with_a_store_lacking_a_test_class_names_the_class_and_the_run(workdir):
+    # run b's store holds the same videos, except that none of test class_029's could be read
+    lost = [video_id("class_029", n) for n in range(VIDEOS)]
+    write_synthetic_store(
+        workdir / "b.zarr", classes=CLASSES, videos_per_class=VIDEOS, split="split", failed=lost
+    )
+    protonet = ["--model", "protonet", "--device", "cpu"]
+    assert runner.invoke(app, [*TRAIN, *protonet, "--out", "runs/a"]).exit_code == 0
+    on_b = ["train", "--feats", "b.zarr", *TRAIN[3:], *protonet, "--out", "runs/b"]
+    assert runner.invoke(app, on_b).exit_code == 0
+    compared = runner.invoke(
+        app,
+        ["evaluate", "--run", "runs/a", "--compare", "runs/b", "--way", "5", "--shot", "1",
+         "--episodes", "5"],
+    )  # fmt: skip
+    assert compared.exit_code == 2, compared.output
+    assert "Traceback" not in compared.output
+    assert not isinstance(compared.exception, Exception)  # an exit, not a crash
+    assert "class_029" in compared.output and "runs/b" in compared.output
