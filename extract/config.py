@@ -63,6 +63,16 @@ class ExtractConfig:
             if value < least:
                 raise ExtractConfigError(f"{option} must be at least {least}, got {value}")
 
+    def warnings(self) -> list[str]:
+        """What this config allows but will likely regret; printed before the run starts."""
+        if self.frames % 2 == 0:
+            return []
+        fewer = f" or an even --frames below {self.frames}" if self.frames > 1 else ""
+        return [
+            f"--frames {self.frames} is odd: SA-CT's TMixer halves the frames and needs an even "
+            f"number, so SA-CT models trained on this feature set need --no-tmixer{fewer}"
+        ]
+
     def to_json(self) -> dict[str, Any]:
         return {
             key: str(value) if isinstance(value, Path) else value

@@ -310,6 +310,8 @@ def _extract_as_rank(
         console = Console(stderr=True, quiet=True)  # one progress bar per job, not per rank
     started = time.perf_counter()
     config.check()
+    for warning in config.warnings():
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     video_list = list_videos(config.videos, config.split)
     loaded = load_backbone(
         config.backbone,

@@ -231,6 +231,13 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
 
 def new_model(config: TrainConfig, feature_set: FeatureSet, frames: int) -> torch.nn.Module:
     segment_frames(feature_set.frames, frames, 0)  # frames <= stored frames
+    if config.model == "sact" and config.tmixer and frames % 2:
+        even = f"--frames {frames - 1}, " if frames > 1 else ""
+        raise TrainingError(
+            f"SA-CT's TMixer halves the frames, so it needs an even T; the model would read "
+            f"T={frames} (feature set {feature_set.name} stores {feature_set.frames}): "
+            f"pass {even}or --no-tmixer"
+        )
     torch.manual_seed(config.seed)
     model_config = {
         "dim": feature_set.dim,

@@ -115,3 +115,9 @@ def test_compare_with_a_store_lacking_a_test_class_names_the_class_and_the_run(w
     assert "Traceback" not in compared.output
     assert not isinstance(compared.exception, Exception)  # an exit, not a crash
     assert "class_029" in compared.output and "runs/b" in compared.output
+
+
+def test_training_at_an_odd_frame_count_names_the_command_line_flags(workdir):
+    result = runner.invoke(app, [*TRAIN, *SMALL, "--frames", "3", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "--no-tmixer" in result.output and "tmixer=False" not in result.output

@@ -233,6 +233,15 @@ def test_cli_error_paths_are_one_line_and_exit_2(video_folder: Path, tmp_path: P
     assert_one_line_error(cli("info", str(tmp_path / "nothing.zarr")), "no feature store")
 
 
+def test_cli_extract_warns_that_an_odd_frame_count_rules_out_the_tmixer(
+    video_folder: Path, tmp_path: Path
+) -> None:
+    result = cli("extract", *tiny_cli_options(video_folder, tmp_path / "f.zarr"), "--frames", "3")
+    assert result.exit_code == 0, result.output
+    warning = " ".join(result.stderr.split())  # rich may wrap the line
+    assert "--frames 3" in warning and "even" in warning and "--no-tmixer" in warning
+
+
 # ---- kill and resume ----
 
 
