@@ -215,6 +215,12 @@ def extract(
             + ", ".join(repr(line) for line in summary.unmatched[:3]),
             highlight=False,
         )
+    if summary.unlisted:
+        stderr.print(
+            f"[yellow]{summary.unlisted} videos in the folder are in no list of the split[/] "
+            "(not extracted)",
+            highlight=False,
+        )
     stderr.print(summary_table(summary))
     if summary.failures:
         stderr.print(failures_table(summary))

@@ -86,6 +86,7 @@ class ExtractSummary:
     extracted_now: int  # videos this run processed (successes and failures)
     failures: list[VideoFailure]
     unmatched: list[str]  # split lines that named no file
+    unlisted: int  # videos in the folder that the split does not list (not extracted)
     seconds: float  # the whole run: listing, backbone loading, extraction
     work_seconds: float  # decoding, inference and writing only
 
@@ -262,6 +263,7 @@ def summarize(
     store: str,
     processed: int,
     unmatched: list[str],
+    unlisted: int,
     seconds: float,
     work_seconds: float,
 ) -> ExtractSummary:
@@ -285,6 +287,7 @@ def summarize(
         extracted_now=processed,
         failures=failures,
         unmatched=unmatched,
+        unlisted=unlisted,
         seconds=round(seconds, 3),
         work_seconds=round(work_seconds, 3),
     )
@@ -336,6 +339,7 @@ def _extract_as_rank(
         store=config.out,
         processed=processed,
         unmatched=video_list.unmatched,
+        unlisted=video_list.unlisted,
         seconds=finished - started,
         work_seconds=finished - work_started,
     )

@@ -24,6 +24,7 @@ class SplitError(SactError):
 class SplitEntry:
     label: str
     video_id: str
+    where: str = ""  # the line it came from, e.g. "trainlist01.txt line 3", for messages
 
 
 def builtin_splits_dir() -> Path:
@@ -62,7 +63,7 @@ def parse_split_line(line: str, *, where: str) -> SplitEntry:
     )
     if unsafe:
         raise SplitError(f"{where}: {line!r} would escape the video folder; refused")
-    return SplitEntry(label=label, video_id=video_id)
+    return SplitEntry(label=label, video_id=video_id, where=where)
 
 
 def read_split_file(path: Path) -> list[SplitEntry]:

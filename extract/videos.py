@@ -47,10 +47,12 @@ class FoundVideo:
 
 @dataclass
 class VideoList:
-    """The videos one extraction covers, plus the split lines that named no file."""
+    """The videos one extraction covers, the split lines that named no file, and how many videos
+    in the folder no split line names (with a split, only the split's videos are extracted)."""
 
     records: list[VideoRecord]
     unmatched: list[str] = field(default_factory=list)  # "class/video_id" lines with no file
+    unlisted: int = 0  # videos found in the folder that the split does not list
 
 
 def is_frame_file(path: Path) -> bool:
@@ -165,12 +167,19 @@ def list_videos(videos_dir: Path, split: str | None = None) -> VideoList:
         records = [VideoRecord(video_id=v.stem, path=v.path, label=v.label) for v in found]
         return VideoList(records=_check_unique(records))
     matcher = _Matcher(found)
-    records, unmatched, seen = [], [], set()
+    records, unmatched = [], []
+    listed: dict[str, SplitEntry] = {}  # video id -> the split line that listed it first
     for entries in load_split(split).values():
         for entry in entries:
-            if (entry.label, entry.video_id) in seen:
+            first = listed.setdefault(entry.video_id, entry)
+            if first is not entry:
+                if first.label != entry.label:
+                    raise VideoDiscoveryError(
+                        f"video id {entry.video_id!r} is listed under two classes of split "
+                        f"{split!r}: {first.label!r} ({first.where}) and {entry.label!r} "
+                        f"({entry.where}); a video belongs to one class"
+                    )
                 continue
-            seen.add((entry.label, entry.video_id))
             video = matcher.match(entry)
             if video is None:
                 unmatched.append(f"{entry.label}/{entry.video_id}")
@@ -183,7 +192,8 @@ def list_videos(videos_dir: Path, split: str | None = None) -> VideoList:
             f"none of the {len(unmatched)} videos of split {split!r} was found in {videos_dir} "
             f"(e.g. {unmatched[0]!r})"
         )
-    return VideoList(records=_check_unique(records), unmatched=unmatched)
+    unlisted = len(found) - len({record.path for record in records})
+    return VideoList(records=records, unmatched=unmatched, unlisted=unlisted)
 
 
 def resolve_video_path(videos_dir: Path, relative: str) -> Path:

@@ -242,6 +242,19 @@ def test_cli_extract_warns_that_an_odd_frame_count_rules_out_the_tmixer(
     assert "--frames 3" in warning and "even" in warning and "--no-tmixer" in warning
 
 
+def test_cli_extract_says_how_many_videos_the_split_leaves_out(
+    video_folder: Path, tmp_path: Path
+) -> None:
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "trainlist01.txt").write_text("juggling/j2\nriding bike/r2\n")
+    options = tiny_cli_options(video_folder, tmp_path / "f.zarr")
+    result = cli("extract", *options, "--split", str(split), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["unlisted"] == 3
+    assert "3 videos in the folder are in no list of the split" in " ".join(result.stderr.split())
+
+
 # ---- kill and resume ----
 
 

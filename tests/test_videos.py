@@ -151,3 +151,22 @@ def test_stored_symlink_leaving_the_folder_is_refused(tmp_path: Path) -> None:
     with pytest.raises(VideoDiscoveryError):
         resolve_video_path(tmp_path / "videos", "link/x.mp4")
     assert resolve_video_path(tmp_path / "videos", "jump/a.mp4") == tmp_path / "videos/jump/a.mp4"
+
+
+def test_an_id_under_two_classes_of_a_split_names_both_split_lines(tmp_path: Path) -> None:
+    touch(tmp_path / "videos", "101.webm", "102.webm")  # flat, as SSv2 ships
+    split = write_split(tmp_path / "split", train=["jump/101", "run/102"], test=["walk/101"])
+    with pytest.raises(VideoDiscoveryError) as raised:
+        list_videos(tmp_path / "videos", str(split))
+    message = str(raised.value)
+    assert "'101'" in message and "trainlist01.txt line 1" in message
+    assert "testlist01.txt line 1" in message and "--split" not in message
+
+
+def test_videos_the_split_does_not_list_are_counted(tmp_path: Path) -> None:
+    touch(tmp_path / "videos", "101.webm", "102.webm", "103.webm", "jump/104.mp4")
+    split = write_split(tmp_path / "split", train=["jump/101"], test=["run/102"])
+    listed = list_videos(tmp_path / "videos", str(split))
+    assert [record.video_id for record in listed.records] == ["101", "102"]
+    assert listed.unlisted == 2
+    assert list_videos(tmp_path / "videos").unlisted == 0
