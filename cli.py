@@ -36,6 +36,19 @@ def fail(message: str, *, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    stderr.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def typed_options(ctx: typer.Context, *names: str) -> list[str]:
+    """Those of the options `names` given on the command line (not left at their default)."""
+    return [
+        "--" + name.replace("_", "-")
+        for name in names
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+    ]
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the library's user-facing errors into one line on stderr and exit status 2."""
@@ -393,6 +406,7 @@ def train(
     )
 )
 def evaluate(
+    ctx: typer.Context,
     run: Annotated[
         Path | None, typer.Option(help="Run directory; default: the latest run under runs/.")
     ] = EVAL.run,
@@ -458,6 +472,10 @@ def evaluate(
         batch_size=batch_size,
         out=None if out is None else str(out),
     )
+    ignored = typed_options(ctx, "way", "shot", "query", "episodes", "seed")
+    if episodes_file is not None and episodes_file.exists() and ignored:
+        warn(f"{', '.join(ignored)} ignored: the episodes, with their way, shot and query, come "
+             f"from {episodes_file}")  # fmt: skip
     with user_errors():
         results = run_evaluation(config, console=stderr)
     (stderr if json_out else Console()).print(results_table(results))

@@ -121,3 +121,15 @@ def test_training_at_an_odd_frame_count_names_the_command_line_flags(workdir):
     result = runner.invoke(app, [*TRAIN, *SMALL, "--frames", "3", "--device", "cpu"])
     assert result.exit_code == 2, result.output
     assert "--no-tmixer" in result.output and "tmixer=False" not in result.output
+
+
+def test_an_episodes_file_warns_about_each_option_it_overrides(workdir):
+    assert runner.invoke(app, [*TRAIN, "--model", "protonet", "--out", "runs/p"]).exit_code == 0
+    evaluate = ["evaluate", "--run", "runs/p", "--way", "3", "--episodes-file", "episodes.json"]
+    assert runner.invoke(app, [*evaluate, "--shot", "1", "--episodes", "20"]).exit_code == 0
+    again = runner.invoke(app, [*evaluate, "--shot", "2", "--episodes", "30", "--seed", "4"])
+    assert again.exit_code == 0, again.output
+    warning = next(line for line in again.stderr.splitlines() if "ignored" in line)
+    for option in ("--shot", "--episodes", "--seed", "--way"):
+        assert option in warning
+    assert "--run" not in warning
