@@ -389,11 +389,13 @@ def train(
     )
     with user_errors():
         result = run_training(config, console=stderr)
-    stderr.print(
+    trained = (
         f"{result.steps} steps; best val accuracy {100 * result.best_val_accuracy:.2f}% at step "
-        f"{result.best_step}; train features {result.data}; run in {result.run_dir}",
-        highlight=False,
+        f"{result.best_step}; train features {result.data}"
+        if result.parameters
+        else f"nothing to train; val accuracy {100 * result.best_val_accuracy:.2f}%"
     )
+    stderr.print(f"{trained}; run in {result.run_dir}", highlight=False)
     if json_out:
         typer.echo(json.dumps({**asdict(result), "run_dir": str(result.run_dir)}, indent=2))
 

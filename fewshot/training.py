@@ -88,6 +88,7 @@ class TrainResult:
     best_val_accuracy: float
     last_val_accuracy: float
     data: str  # where the train features were served from
+    parameters: int  # trainable parameters; 0: nothing to train (the parameter-free ProtoNet)
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -468,6 +469,8 @@ class Trainer:
             _ = self.val_features
 
     def run(self) -> TrainResult:
+        if self.optimizer is None:
+            return self.score_once()
         self.load_features()
         columns = (
             TextColumn("train"),
@@ -500,6 +503,21 @@ class Trainer:
                         f"sact train --out {self.run_dir} --resume"
                     )
                 raise
+        return self.result()
+
+    def score_once(self) -> TrainResult:
+        """A model without parameters: validated and saved once, so it can be evaluated."""
+        if self.console is not None:
+            self.console.print(
+                f"{self.config.model} has no trainable parameters: nothing to train; "
+                f"scoring it on the {len(self.data.val_episodes)} val episodes once"
+            )
+        if not self.restored:
+            self.load_features()
+            self.validate_and_save(self.rng.bit_generator.state)
+        return self.result()
+
+    def result(self) -> TrainResult:
         training_curve(self.metrics_path, self.run_dir / CURVE_FILE)
         return TrainResult(
             run_dir=self.run_dir,
@@ -512,4 +530,5 @@ class Trainer:
                 if "train_features" in self.__dict__
                 else "not read (nothing left to train)"
             ),
+            parameters=sum(parameter.numel() for parameter in self.parameters),
         )

@@ -133,3 +133,10 @@ def test_an_episodes_file_warns_about_each_option_it_overrides(workdir):
     for option in ("--shot", "--episodes", "--seed", "--way"):
         assert option in warning
     assert "--run" not in warning
+
+
+def test_a_model_with_nothing_to_train_says_so(workdir):
+    result = runner.invoke(app, [*TRAIN, "--model", "protonet", "--out", "runs/p"])
+    assert result.exit_code == 0, result.output
+    assert "nothing to train" in result.stderr
+    assert "0/0" not in result.stderr and "0 steps" not in result.stderr
