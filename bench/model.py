@@ -11,6 +11,11 @@ peak memory of the step.
 
     .venv/bin/python bench/model.py                       # 2 threads, CPU, ResNet-50 dims
     .venv/bin/python bench/model.py --device cuda --json out.json
+
+The step runs as `sact train` runs it: under the autocast `sact train` picks for the device (bf16
+on a GPU with native bf16, fp16 before Ampere, none on the CPU), and the matmul probe runs in the
+same precision (bf16 / fp16 operands; fp32 ones under the process's TF32 setting, which the model's
+fp32 matmuls share). ``--no-amp`` times both in fp32.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from math import comb
 from pathlib import Path
@@ -33,7 +39,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from sact.extract.devices import synchronize
 from sact.fewshot import MODELS
+from sact.fewshot.features import autocast_for
 
 
 def sact_flops(*, n: int, k: int, q: int, t: int, p: int, d: int, d_k: int, tmixer: bool) -> dict:
@@ -67,11 +75,6 @@ def protonet_flops(*, n: int, k: int, q: int, t: int, p: int, d: int) -> dict:
     return {"pooling": (n * k + q) * t * p * d, "distances": 3 * n * q * d}
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def seconds(fn: Callable[[], object], device: torch.device) -> float:
     synchronize(device)
     start = time.perf_counter()
@@ -81,16 +84,21 @@ def seconds(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def timed_against_matmul(
-    fn: Callable[[], object], device: torch.device, repeats: int, matmul_size: int
+    fn: Callable[[], object],
+    device: torch.device,
+    repeats: int,
+    matmul_size: int,
+    dtype: torch.dtype,
 ) -> tuple[list[float], list[float]]:
-    """Wall times of fn, each run followed by one large fp32 matmul, after one warm-up of both.
+    """Wall times of fn, each run followed by one large matmul in ``dtype`` (the precision the
+    step's matmuls run in), after one warm-up of both.
 
     The matmul's FLOP/s is the machine's practical ceiling at that moment. Timing the two back to
     back, repeat by repeat, keeps the ratio honest on a machine whose load changes during the run.
     Returns (fn seconds, matmul FLOP/s) per repeat.
     """
-    a = torch.randn(matmul_size, matmul_size, device=device)
-    b = torch.randn(matmul_size, matmul_size, device=device)
+    a = torch.randn(matmul_size, matmul_size, device=device, dtype=dtype)
+    b = torch.randn(matmul_size, matmul_size, device=device, dtype=dtype)
     fn()
     seconds(lambda: a @ b, device)
     step_seconds, rates = [], []
@@ -119,19 +127,33 @@ def make_episode(args: argparse.Namespace, device: torch.device):
     return support, labels, query, targets
 
 
-def training_step(model: torch.nn.Module, support, labels, query, targets) -> None:
-    """Forward, and backward where there is something to train (ProtoNet has no parameters)."""
-    logits = model(support, labels, query)
+def training_step(
+    model: torch.nn.Module,
+    support,
+    labels,
+    query,
+    targets,
+    *,
+    autocast: AbstractContextManager,
+    scaler: torch.amp.GradScaler,
+) -> None:
+    """Forward, and backward where there is something to train (ProtoNet has no parameters), as
+    `sact train` does it: the forward under autocast, the loss in float32, scaled for float16."""
+    with autocast:
+        logits = model(support, labels, query)
     if any(True for _ in model.parameters()):
-        torch.nn.functional.cross_entropy(logits, targets).backward()
+        scaler.scale(torch.nn.functional.cross_entropy(logits.float(), targets)).backward()
         model.zero_grad(set_to_none=True)
 
 
-def peak_memory(args: argparse.Namespace, kind: str, extra: dict) -> int:
+def peak_memory(
+    args: argparse.Namespace, kind: str, extra: dict, *, autocast: AbstractContextManager
+) -> int:
     """Bytes one training step needs above the model and the episode's inputs.
 
-    CUDA: the allocator's high-water mark. CPU has no allocator statistics, so the step runs once
-    in a fresh process and the growth of that process's peak resident set is the answer.
+    CUDA: the allocator's high-water mark, under ``autocast``. CPU has no allocator statistics
+    (nor autocast in `sact train`), so the step runs once in a fresh process and the growth of
+    that process's peak resident set is the answer.
     """
     device = torch.device(args.device)
     if device.type != "cuda":
@@ -143,7 +165,8 @@ def peak_memory(args: argparse.Namespace, kind: str, extra: dict) -> int:
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    training_step(model, support, labels, query, targets)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)  # scaling costs no memory
+    training_step(model, support, labels, query, targets, autocast=autocast, scaler=scaler)
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - base
 
@@ -167,13 +190,20 @@ def cpu_peak_memory(args: argparse.Namespace, kind: str, extra: dict) -> int:
     support, labels, query, targets = make_episode(args, torch.device("cpu"))
     model = MODELS[kind](dim=args.dim, frames=args.frames, grid=args.grid, **extra)
     before = resident_peak()
-    training_step(model, support, labels, query, targets)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    training_step(model, support, labels, query, targets, autocast=nullcontext(), scaler=scaler)
     return resident_peak() - before
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="autocast as sact train picks it for the device (none on the CPU)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--way", type=int, default=5)
@@ -195,6 +225,12 @@ def main() -> None:
         console.print(f"[red]error:[/] device {args.device!r} is not usable: {error}")
         raise SystemExit(2) from None
     torch.set_num_threads(args.threads)
+    autocast, amp_dtype = autocast_for(device) if args.amp else (nullcontext(), None)
+    matmul_dtype = amp_dtype or torch.float32
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    precision = str(matmul_dtype).removeprefix("torch.")
+    if matmul_dtype == torch.float32:
+        precision += f" (float32 matmul precision {torch.get_float32_matmul_precision()!r})"
 
     n, k, q = args.way, args.shot, args.way * args.queries
     t, p, d, d_k = args.frames, args.grid * args.grid, args.dim, args.d_k
@@ -221,14 +257,17 @@ def main() -> None:
         console.print(f"[bold]{name}[/]: {n}-way {k}-shot, {q} queries, T={t} P={p} D={d}")
         model = MODELS[kind](dim=d, frames=t, grid=args.grid, **extra).to(device)
         trainable = any(True for _ in model.parameters())
-        memory = peak_memory(args, kind, extra)
+        memory = peak_memory(args, kind, extra, autocast=autocast)
         step_seconds, rates = timed_against_matmul(
-            lambda model=model: training_step(model, support, labels, query, targets),
+            lambda model=model: training_step(
+                model, support, labels, query, targets, autocast=autocast, scaler=scaler
+            ),
             device,
             args.repeats,
             args.matmul_size,
+            matmul_dtype,
         )
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             pool = torch.cat([support, query])
             embed_time = timed(
                 lambda model=model, pool=pool: model.embed(pool), device, args.repeats
@@ -274,7 +313,8 @@ def main() -> None:
     title = (
         f"one {n}-way {k}-shot episode, {q} queries, T={t} P={p} D={d} d_k={d_k} · "
         f"{device.type} ({device_name or platform.machine()}), {args.threads} threads · "
-        f"fp32 matmul ({args.matmul_size}³) {rate / 1e9:.0f} GFLOP/s, load {os.getloadavg()[0]:.1f}"
+        f"{precision} matmul ({args.matmul_size}³) {rate / 1e9:.0f} GFLOP/s, "
+        f"load {os.getloadavg()[0]:.1f}"
     )
     table = Table(title=title)
     for column in ("model", "GFLOP (step)", "fwd+bwd s", "ideal s", "ratio", "embed s",
@@ -306,6 +346,8 @@ def main() -> None:
             "device_name": device_name,
             "threads": args.threads,
             "torch": torch.__version__,
+            "amp": None if amp_dtype is None else str(amp_dtype),
+            "matmul_precision": precision,
             "matmul_flops_per_second": rate,
             "rows": rows,
         }

@@ -12,6 +12,11 @@ also the time the step actually waits for the prefetching reader threads.
 head; the cached step reads the same episode's features from memory, then trains the head.
 `sweep`: final and best val accuracy of short runs on a synthetic store, at an equal budget of
 episodes, for the defaults in fewshot/training.py.
+
+``--device`` (default cpu) runs the model, the cache and the backbone there; ``--amp`` (default on)
+runs the head under the autocast `sact train` picks for that device (bf16 on a GPU with native
+bf16, fp16 before Ampere, none on the CPU), ``--no-amp`` in fp32. `sweep` runs `sact train`
+itself on ``--device``, with its own autocast.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import json
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,10 +35,11 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
+from sact.extract.devices import resolve_device, synchronize
 from sact.extract.store import open_feature_set
 from sact.fewshot import SACT
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
-from sact.fewshot.features import Prefetcher, SplitFeatures, segment_frames
+from sact.fewshot.features import Prefetcher, SplitFeatures, autocast_for, segment_frames
 from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
 from sact.fewshot.training import TrainConfig, read_metrics, train
 
@@ -55,17 +62,38 @@ def resnet50_store(folder: Path, *, classes: int, videos: int) -> tuple[str, Pat
     return location, split
 
 
-def head_step(model: SACT, optimizer, support, support_labels, query, query_labels) -> None:
+class Precision:
+    """Where the bench runs and under which autocast, as `sact train` would (``--device``,
+    ``--amp``); float16 also gets `sact train`'s loss scaling."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.device = resolve_device(args.device)
+        self.autocast, self.dtype = autocast_for(self.device) if args.amp else (nullcontext(), None)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+    def describe(self) -> str:
+        return f"{self.device}, {'fp32' if self.dtype is None else self.dtype}"
+
+
+def head_step(
+    model: SACT, optimizer, support, support_labels, query, query_labels, *, precision: Precision
+) -> None:
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(support, support_labels, query).float(), query_labels)
-    loss.backward()
-    optimizer.step()
+    with precision.autocast:
+        logits = model(support, support_labels, query)
+    loss = F.cross_entropy(logits.float(), query_labels)
+    precision.scaler.scale(loss).backward()
+    precision.scaler.step(optimizer)
+    precision.scaler.update()
 
 
-def timed(fn, *args) -> tuple[float, object]:
+def timed(fn, *args, device: torch.device, **kwargs) -> tuple[float, object]:
+    """Wall time of ``fn(*args, **kwargs)`` including the device work it queued."""
+    synchronize(device)
     started = time.perf_counter()
-    result = fn(*args)
+    result = fn(*args, **kwargs)
+    synchronize(device)
     return time.perf_counter() - started, result
 
 
@@ -73,15 +101,16 @@ def timed(fn, *args) -> tuple[float, object]:
 
 
 def loader(args: argparse.Namespace) -> dict:
+    precision = Precision(args)
+    device = precision.device
     with tempfile.TemporaryDirectory() as folder:
         location, split = resnet50_store(Path(folder), classes=args.classes, videos=args.videos)
         feature_set = open_feature_set(location)
         pool = build_pool(feature_set, resolve_split(feature_set, str(split)), "train")
         sampler = EpisodeSampler(pool, way=5, shot=5, queries=5)
-        cpu = torch.device("cpu")
         sources = {
-            "in memory": SplitFeatures(feature_set, pool, frames=FRAMES, device=cpu),
-            "streaming": SplitFeatures(feature_set, pool, frames=FRAMES, device=cpu, cache_gb=0),
+            "in memory": SplitFeatures(feature_set, pool, frames=FRAMES, device=device),
+            "streaming": SplitFeatures(feature_set, pool, frames=FRAMES, device=device, cache_gb=0),
         }
         rng = np.random.default_rng(0)
         plans = []
@@ -95,16 +124,17 @@ def loader(args: argparse.Namespace) -> dict:
             split_at = len(episode.support)
             support = source.videos(episode.support, frames[:split_at])
             query = source.videos(episode.query, frames[split_at:])
-            labels = torch.from_numpy(episode.support_labels())
-            return support, labels, query, torch.from_numpy(episode.query_labels())
+            labels = torch.from_numpy(episode.support_labels()).to(device)
+            return support, labels, query, torch.from_numpy(episode.query_labels()).to(device)
 
         load_seconds = {}
         for name, source in sources.items():
             load(source, plans[0])  # first read warms the store's metadata caches
-            load_seconds[name] = timed(lambda s=source: [load(s, p) for p in plans])[0] / len(plans)
+            took, _ = timed(lambda s=source: [load(s, p) for p in plans], device=device)
+            load_seconds[name] = took / len(plans)
 
         torch.manual_seed(0)
-        model = SACT(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K)
+        model = SACT(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         step_seconds, waits = [], []
         batches = Prefetcher(workers=4, depth=2).map(
@@ -112,9 +142,10 @@ def loader(args: argparse.Namespace) -> dict:
         )
         iterator = iter(batches)
         for _ in range(args.steps):
-            wait, batch = timed(next, iterator)
+            wait, batch = timed(next, iterator, device=device)
             waits.append(wait)
-            step_seconds.append(timed(head_step, model, optimizer, *batch)[0])
+            step = timed(head_step, model, optimizer, *batch, precision=precision, device=device)
+            step_seconds.append(step[0])
     step = float(np.mean(step_seconds))
     # the first wait includes the first read, which nothing could overlap: report the rest
     steady_wait = float(np.mean(waits[1:])) if len(waits) > 1 else waits[0]
@@ -128,8 +159,9 @@ def loader(args: argparse.Namespace) -> dict:
         "first_wait_seconds": waits[0],
         "steps": args.steps,
         "loads": args.loads,
+        "precision": precision.describe(),
     }
-    table = Table(title=f"training loader vs step, {numbers['episode']} (CPU)")
+    table = Table(title=f"training loader vs step, {numbers['episode']} ({precision.describe()})")
     for column in ("data", "seconds per episode", "÷ model step"):
         table.add_column(column, justify="left" if column == "data" else "right")
     table.add_row("model step (forward + backward + AdamW)", f"{step:.2f}", "1")
@@ -152,10 +184,12 @@ def onthefly(args: argparse.Namespace) -> dict:
     from sact.extract.decode import sample_clip
     from sact.extract.synthetic import encode_video
 
+    precision = Precision(args)
+    device = precision.device
     way, shot, queries = 5, args.shot, args.query
     rng = np.random.default_rng(0)
     loaded = load_backbone("resnet50.tv_in1k", random_init=True)
-    backbone = FrozenBackbone(loaded, device=torch.device("cpu"))
+    backbone = FrozenBackbone(loaded, device=device)
     with tempfile.TemporaryDirectory() as folder:
         paths = []
         for number in range(way * (shot + queries)):
@@ -168,24 +202,24 @@ def onthefly(args: argparse.Namespace) -> dict:
                 clip = sample_clip(path, FRAMES)
                 crops = loaded.preprocessing.resize_and_crop(clip.frames)  # (T, 3, S, S)
                 clips.append(backbone(crops))  # (T, P, D) float16
-            return torch.from_numpy(np.stack(clips))  # (N*(K+Q), T, P, D)
+            return torch.from_numpy(np.stack(clips)).to(device)  # (N*(K+Q), T, P, D)
 
-        support_labels = torch.arange(way).repeat_interleave(shot)
-        query_labels = torch.arange(way).repeat_interleave(queries)
+        support_labels = torch.arange(way, device=device).repeat_interleave(shot)
+        query_labels = torch.arange(way, device=device).repeat_interleave(queries)
         torch.manual_seed(0)
-        model = SACT(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K)
+        model = SACT(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        videos_seconds, videos = timed(decode_and_embed)
+        videos_seconds, videos = timed(decode_and_embed, device=device)
         split_at = way * shot
         cache = videos.clone()  # what the store holds for these videos, in memory
 
         def cached_load():
             return cache[torch.arange(len(cache))]
 
-        load_seconds, _ = timed(cached_load)
+        load_seconds, _ = timed(cached_load, device=device)
         head_seconds, _ = timed(
             head_step, model, optimizer, videos[:split_at], support_labels, videos[split_at:],
-            query_labels,
+            query_labels, precision=precision, device=device,
         )  # fmt: skip
     on_the_fly = videos_seconds + head_seconds
     cached = load_seconds + head_seconds
@@ -198,8 +232,11 @@ def onthefly(args: argparse.Namespace) -> dict:
         "on_the_fly_step_seconds": on_the_fly,
         "cached_step_seconds": cached,
         "speedup": on_the_fly / cached,
+        "precision": precision.describe(),
     }
-    table = Table(title=f"cached vs on-the-fly training step, {numbers['episode']} (CPU)")
+    table = Table(
+        title=f"cached vs on-the-fly training step, {numbers['episode']} ({precision.describe()})"
+    )
     for column in ("step", "seconds", "speedup"):
         table.add_column(column, justify="left" if column == "step" else "right")
     table.add_row(
@@ -249,7 +286,7 @@ def sweep(args: argparse.Namespace) -> dict:
                     val_every=max(1, steps // 5),
                     val_episodes=200,
                     out=str(Path(folder) / f"run-{tasks}-{lr}"),
-                    device="cpu",
+                    device=args.device,
                 )
                 started = time.perf_counter()
                 result = train(config)
@@ -296,6 +333,13 @@ def main() -> None:
     parser.add_argument("--query", type=int, default=1, help="onthefly: Q per class")
     parser.add_argument("--source-frames", type=int, default=48, help="onthefly: video length")
     parser.add_argument("--episodes", type=int, default=1200, help="sweep: episodes per run")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="loader, onthefly: autocast as sact train picks it for the device (none on the CPU)",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     numbers = {"loader": loader, "onthefly": onthefly, "sweep": sweep}[args.what](args)

@@ -34,3 +34,9 @@ def bf16_is_native(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported(including_emulation=False)
     except TypeError:  # a torch without the including_emulation argument
         return torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock time covers it (benchmarks)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
