@@ -356,7 +356,7 @@ def train(
     ] = TRAIN.cache_gb,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Train a few-shot head on cached features (episodic, resumable, deterministic)."""
+    """Train a few-shot head on cached features (episodic; resumable, bitwise on a CPU)."""
     from dataclasses import asdict
 
     from sact.fewshot.training import train as run_training

@@ -11,7 +11,8 @@
 
 Resume is the same command again: shards already done are skipped, shards with a failed video are
 redone. Batches are formed in a fixed order (a shard's videos, failures left out, cut every
-``batch_size``), so a redone shard is bitwise equal to the first attempt on the same machine.
+``batch_size``), so on the CPU a redone shard is bitwise equal to the first attempt on the same
+machine; on a GPU it is equal within floating-point tolerance (cuDNN may pick other kernels).
 
 Many processes (docs/LAB.md): under ``torchrun`` rank 0 creates or opens the feature set while the
 others wait, and each rank takes every ``WORLD_SIZE``-th shard still to do. Whatever

@@ -10,7 +10,11 @@ Determinism: the episodes and their frame offsets come from one `np.random.Gener
 drawn in order in the main thread (reads run ahead in threads, which does not change what is
 drawn); the generator's state after each step is saved with the checkpoint, as are the optimiser
 and torch RNG states. `--resume` therefore continues exactly where the last checkpoint was taken:
-the continued run has the same weights and metrics as one that was never interrupted.
+same episodes, frames, schedule and RNG states. On the CPU the continued run has bitwise the same
+weights and metrics as one that was never interrupted (tests/test_training.py checks it). On a GPU
+two runs, interrupted or not, agree only within floating-point tolerance: cuDNN's convolution
+backward (the CPE) and atomic adds are nondeterministic and no deterministic-algorithm flags are
+set, so the weights differ in the last bits and drift further apart over many steps.
 
 Defaults for a head on frozen features, from `bench/train.py sweep` (bench/RESULTS.md): on a
 synthetic store, at an equal budget of 1,200 episodes, AdamW at lr 1e-4 stayed near chance and
