@@ -32,7 +32,8 @@ from sact.extract.errors import SactError
 RENDEZVOUS_TIMEOUT = timedelta(minutes=30)
 POLL_S = 1.0
 SETUP_KEY = "sact/setup"  # rank 0's verdict on creating or opening the feature set
-FINISHED_KEY = "sact/finished"  # how many ranks are done with their shards
+BARRIER_PREFIX = "sact/barrier/"  # + name: how many ranks have reached that barrier
+FINISHED = "finished"  # the barrier at the end of the run
 LEFT_KEY = "sact/left"  # how many ranks saw everyone finished and may exit
 
 
@@ -132,17 +133,23 @@ class Job:
         self._poll(lambda: self.store.check([SETUP_KEY]))  # type: ignore[union-attr]
         return self.store.get(SETUP_KEY) == b"failed"
 
-    def wait_for_all(self) -> None:
-        """Return once every rank has called this, however long the others take."""
+    def barrier(self, name: str) -> None:
+        """Return once every rank has reached the barrier ``name`` (each name serves once),
+        however long the others take."""
         if self.store is None:
             return
-        world = self.rank.world_size
-        self.store.add(FINISHED_KEY, 1)
-        self._poll(lambda: self._count(FINISHED_KEY) >= world)
-        self.store.add(LEFT_KEY, 1)
-        if self.rank.is_main:
-            # Rank 0's process may host the store: it leaves last, once every rank has read it.
-            self._poll(lambda: self._count(LEFT_KEY) >= world)
+        key = f"{BARRIER_PREFIX}{name}"
+        self.store.add(key, 1)
+        self._poll(lambda: self._count(key) >= self.rank.world_size)
+
+    def wait_for_all(self) -> None:
+        """The end of the run: return once every rank has finished its shards."""
+        self.barrier(FINISHED)
+        if self.store is not None:
+            self.store.add(LEFT_KEY, 1)
+            if self.rank.is_main:
+                # Rank 0's process may host the store: it leaves last, once all have read it.
+                self._poll(lambda: self._count(LEFT_KEY) >= self.rank.world_size)
 
 
 @contextmanager

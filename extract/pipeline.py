@@ -328,6 +328,7 @@ def _extract_as_rank(
     frozen = FrozenBackbone(loaded, device=device)
     writer, claims = open_for_this_rank(config, frozen, video_list, job)
     shards = shards_for_this_process(writer, rank)
+    job.barrier("planned")  # every rank reads what is still to do before any shard is written
     work_started = time.perf_counter()
     with claims.keep_alive(), _progress(console) as progress:
         processed = extract_shards(

@@ -36,7 +36,7 @@ def extract_here(videos: Path, out: Path) -> None:
 
 def run(command: list[str]) -> subprocess.CompletedProcess:
     # One thread per rank, as in extract_here: the float sums then happen in the same order.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # PYTHONPATH kept: this checkout's sact
     for name in (
         "RANK",
         "WORLD_SIZE",
