@@ -225,20 +225,24 @@ class SACT(nn.Module):
         order, way, shot = group_by_class(support_labels.to(support.values.device), way)
         support = support[order]
         n_frames, n_patches, d_k = support.values.shape[1:]
-        # (N*K, T', P, d_k) -> (N, K, T', P, d_k), class-major after the stable sort
-        s_keys = support.support_keys.reshape(way, shot, n_frames, n_patches, d_k)
-        s_values = support.values.reshape(way, shot, n_frames, n_patches, d_k)
-        attention = self.cross_attention(s_keys, query.query_keys)  # (N, Q, P, T', K, P)
+        # The distance subtracts two sums of T' values that nearly cancel: in bfloat16 their
+        # rounding decides close predictions. So match runs in (at least) float32 whatever
+        # autocast chose; keys may arrive in bfloat16 (they only shape the attention weights).
+        exact = torch.promote_types(support.values.dtype, torch.float32)
+        with torch.autocast(support.values.device.type, enabled=False):
+            # (N*K, T', P, d_k) -> (N, K, T', P, d_k), class-major after the stable sort
+            s_keys = support.support_keys.to(exact).reshape(way, shot, n_frames, n_patches, d_k)
+            s_values = support.values.to(exact).reshape(way, shot, n_frames, n_patches, d_k)
+            attention = self.cross_attention(s_keys, query.query_keys.to(exact))
+            # (N, Q, P, T', K, P)
 
-        # Σ_i t^c_ip in one contraction over (i, k, m): t^c_ip itself is never materialised
-        summed_prototype = torch.einsum(
-            "nqpikm,nkimd->nqpd", attention.to(s_values.dtype), s_values
-        )  # (N, Q, P, d_k)
-        summed_query = query.values.sum(dim=1)  # (Q, P, d_k)
-        # the distance accumulates in at least float32: differences of large sums lose digits
-        exact = torch.promote_types(summed_prototype.dtype, torch.float32)
-        diff = (summed_prototype.to(exact) - summed_query.to(exact)) / n_frames**2  # (N, Q, P, d_k)
-        distance = diff.pow(2).sum(dim=-1).mean(dim=-1)  # (N, Q)
+            # Σ_i t^c_ip in one contraction over (i, k, m): t^c_ip itself is never materialised
+            summed_prototype = torch.einsum(
+                "nqpikm,nkimd->nqpd", attention, s_values
+            )  # (N, Q, P, d_k)
+            summed_query = query.values.to(exact).sum(dim=1)  # (Q, P, d_k)
+            diff = (summed_prototype - summed_query) / n_frames**2  # (N, Q, P, d_k)
+            distance = diff.pow(2).sum(dim=-1).mean(dim=-1)  # (N, Q)
         return -distance.transpose(0, 1)  # (Q, N)
 
     def forward(self, support: Tensor, support_labels: Tensor, query: Tensor) -> Tensor:

@@ -8,12 +8,18 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from sact.extract.errors import SactError
+from sact.extract.store import open_feature_set
 from sact.fewshot.checkpoints import read_checkpoint
+from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
+from sact.fewshot.evaluation import embed_videos
+from sact.fewshot.features import SplitFeatures
+from sact.fewshot.model import SACTEmbedding
 from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
 from sact.fewshot.training import (
     TrainConfig,
@@ -244,3 +250,38 @@ def test_a_checkpoint_resumes_under_the_other_half_precision(
     assert bool(saved_scaler_state(tmp_path / "run")) == (resumed_under == torch.float16)
     losses = [r["loss"] for r in read_metrics(tmp_path / "run/metrics.jsonl") if "loss" in r]
     assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
+
+
+def test_bfloat16_autocast_flips_few_sact_predictions(store, tmp_path):
+    """Issue 9: `match` runs in float32 whatever autocast chose, so a briefly trained SA-CT
+    predicts the same classes under CPU bfloat16 autocast as in float32, up to 0.5% of queries."""
+    location, split = store
+    train(tiny(store, tmp_path / "run", iterations=60, val_every=60))
+    model = read_checkpoint(tmp_path / "run/checkpoints/last").build().eval()
+    feature_set = open_feature_set(location)
+    pool = build_pool(feature_set, resolve_split(feature_set, split), "test")
+    episodes = EpisodeSampler(pool, way=5, shot=2, queries=4).episodes(300, seed=0)
+    features = SplitFeatures(feature_set, pool, frames=4, device=torch.device("cpu"))
+    positions = np.arange(len(pool))
+    exact, rows = embed_videos(model, features, positions, batch_size=32)
+    bfloat16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    mixed, _ = embed_videos(model, features, positions, batch_size=32, autocast=bfloat16)
+    # the same bfloat16 embeddings in float32: what `match` must compute under autocast too
+    widened = SACTEmbedding(
+        *(field.float() for field in (mixed.support_keys, mixed.query_keys, mixed.values))
+    )
+    flips = queries = 0
+    with torch.no_grad():
+        for episode in episodes:
+            support = torch.from_numpy(rows[episode.support])
+            query = torch.from_numpy(rows[episode.query])
+            labels = torch.from_numpy(episode.support_labels())
+            reference = model.match(exact[support], labels, exact[query])
+            with bfloat16:
+                predicted = model.match(mixed[support], labels, mixed[query])
+            torch.testing.assert_close(
+                predicted, model.match(widened[support], labels, widened[query]), rtol=0, atol=0
+            )
+            flips += int((predicted.argmax(dim=1) != reference.argmax(dim=1)).sum())
+            queries += len(reference)
+    assert queries == 6000 and flips / queries <= 0.005
