@@ -30,6 +30,7 @@ from rich.table import Table
 from sact.config import DemoConfig, ExplainConfig
 from sact.explain import explain
 from sact.extract.errors import SactError
+from sact.extract.files import write_text_atomic
 from sact.extract.pipeline import ExtractConfig, run_extraction
 from sact.extract.synthetic import ACTION_CLASSES, SyntheticDatasetConfig, make_synthetic_dataset
 from sact.fewshot.evaluation import EvalConfig, evaluate
@@ -246,7 +247,5 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
         "seconds": {stage: round(value, 1) for stage, value in seconds.items()},
     }
     path = config.out / RESULTS_FILE
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    partial.replace(path)
+    write_text_atomic(path, json.dumps(results, indent=2) + "\n")
     return DemoResult(results=results, table=table, path=path)

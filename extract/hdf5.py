@@ -34,6 +34,7 @@ from sact.extract.feature_set import (
     choose_feature_set,
     gather_rows,
 )
+from sact.extract.files import atomic_path
 from sact.extract.zarr_store import ZarrFeatureSet, feature_set_names, open_root
 
 STRING_ARRAYS = ("video_id", "path", "label", "error")
@@ -160,7 +161,6 @@ def export_hdf5(
         choose_feature_set(source, available, name)
     if not names:
         raise FeatureStoreError(f"store {source} holds no feature set to export")
-    partial = destination.with_name(f".{destination.name}.partial")
     summary: dict[str, Any] = {"source": source, "destination": str(destination), "sets": {}}
     progress = Progress(
         TextColumn("[bold]export[/] {task.description}"),
@@ -170,18 +170,14 @@ def export_hdf5(
         console=console,
         transient=True,
     )
-    try:
-        with h5py.File(partial, "w") as handle, progress:
-            handle.attrs["sact"] = json.dumps(dict(root.attrs["sact"]))
-            for name in names:
-                summary["sets"][name] = _export_feature_set(
-                    ZarrFeatureSet(root[name], location=source),  # type: ignore[arg-type]
-                    handle,
-                    progress,
-                )
-        partial.replace(destination)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_path(destination) as partial, h5py.File(partial, "w") as handle, progress:
+        handle.attrs["sact"] = json.dumps(dict(root.attrs["sact"]))
+        for name in names:
+            summary["sets"][name] = _export_feature_set(
+                ZarrFeatureSet(root[name], location=source),  # type: ignore[arg-type]
+                handle,
+                progress,
+            )
     return summary
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from sact.extract.files import atomic_path, write_text_atomic
+
 CODECS = {".mp4": "libx264", ".webm": "libvpx-vp9", ".mkv": "libx264", ".avi": "mpeg4"}
 CONTAINERS = {".mp4": "mp4", ".webm": "webm", ".mkv": "matroska", ".avi": "avi"}
 
@@ -25,8 +27,10 @@ def encode_video(path: Path, frames: np.ndarray, *, fps: int = 12) -> Path:
     if codec is None:
         raise ValueError(f"no codec for {path.suffix!r}; use one of {', '.join(CODECS)}")
     _, height, width, _ = frames.shape
-    partial = path.with_name(f".{path.name}.partial")
-    with av.open(str(partial), mode="w", format=CONTAINERS[path.suffix]) as container:
+    with (
+        atomic_path(path) as partial,
+        av.open(str(partial), mode="w", format=CONTAINERS[path.suffix]) as container,
+    ):
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         # One encoder thread: x264's threaded encoder was seen to give different frames for the
@@ -39,7 +43,6 @@ def encode_video(path: Path, frames: np.ndarray, *, fps: int = 12) -> Path:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    partial.replace(path)
     return path
 
 
@@ -385,8 +388,5 @@ def make_synthetic_dataset(
         if on_video is not None:
             on_video(video_id)
     for part, lines in parts.items():
-        list_file = config.root / f"{part}list.txt"
-        partial = list_file.with_name(f".{list_file.name}.partial")
-        partial.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
-        partial.replace(list_file)
+        write_text_atomic(config.root / f"{part}list.txt", "".join(f"{line}\n" for line in lines))
     return SyntheticDataset(videos=videos, splits=config.root, parts=parts)

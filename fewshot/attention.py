@@ -21,6 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 
+from sact.extract.files import atomic_path
 from sact.fewshot.model import SACT
 
 PATCH_COLOURS = ("red", "lime", "cyan", "yellow")
@@ -134,8 +135,7 @@ def draw_attention(
         figure.suptitle(title, fontsize=9)
     figure.tight_layout(rect=(0, 0, 1, 1 - header / (frames * PANEL_INCHES + header)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial.png")
-    figure.savefig(partial, dpi=DPI)
+    with atomic_path(path) as partial:
+        figure.savefig(partial, dpi=DPI, format="png")
     plt.close(figure)
-    partial.replace(path)
     return path

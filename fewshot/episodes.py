@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sact.extract.errors import SactError
+from sact.extract.files import write_text_atomic
 from sact.extract.splits import SPLIT_PARTS, SplitEntry, load_split
 from sact.extract.store import FeatureSet
 
@@ -277,9 +278,7 @@ def episodes_to_json(pool: VideoPool, settings: Sequence[EpisodeSet], **info: An
 def save_episodes(path: Path, pool: VideoPool, settings: Sequence[EpisodeSet], **info: Any) -> None:
     """Write episodes by video id, into a temporary file renamed into place (never half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(episodes_to_json(pool, settings, **info)), encoding="utf-8")
-    partial.replace(path)
+    write_text_atomic(path, json.dumps(episodes_to_json(pool, settings, **info)))
 
 
 def _positive_int(value: Any, what: str, where: str) -> int:

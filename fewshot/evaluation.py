@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sact.extract.devices import resolve_device
+from sact.extract.files import write_text_atomic
 from sact.extract.store import FeatureSet, open_feature_set
 from sact.fewshot.checkpoints import Checkpoint, read_checkpoint
 from sact.fewshot.config import EvalConfig, EvaluationError
@@ -383,9 +384,7 @@ def evaluate(config: EvalConfig, console: Console | None = None) -> dict[str, An
     }
     out = Path(config.out) if config.out else run_dir_of(checkpoint) / RESULTS_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    partial.replace(out)
+    write_text_atomic(out, json.dumps(results, indent=2) + "\n")
     results["path"] = str(out)
     return results
 

@@ -13,6 +13,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 
+from sact.extract.files import atomic_path
+
 # Per-step losses are noisy; the curve shows their mean over a window this many steps wide.
 SMOOTHING_STEPS = 50
 
@@ -43,8 +45,7 @@ def training_curve(metrics_path: Path, png_path: Path) -> Path:
         accuracy_axis.plot(steps, values, marker="o")
     accuracy_axis.set(xlabel="iteration", ylabel="val accuracy", title="validation", ylim=(0, 1))
     figure.tight_layout()
-    partial = png_path.with_name(f".{png_path.name}.partial.png")
-    figure.savefig(partial, dpi=100)
+    with atomic_path(png_path) as partial:
+        figure.savefig(partial, dpi=100, format="png")
     plt.close(figure)
-    partial.replace(png_path)
     return png_path

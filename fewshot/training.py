@@ -49,6 +49,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sact.extract.devices import resolve_device
 from sact.extract.feature_set import is_url
+from sact.extract.files import write_text_atomic
 from sact.extract.store import FeatureSet, open_feature_set
 from sact.fewshot.checkpoints import (
     Checkpoint,
@@ -140,9 +141,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def truncate_metrics(path: Path, step: int) -> None:
     """Keep the records up to `step`: a resumed run rewrites what came after its checkpoint."""
     kept = [record for record in read_metrics(path) if record["step"] <= step]
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    partial.replace(path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 # ---- one training run ------------------------------------------------------------------------
