@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sact.extract.errors import SactError
+from sact.extract.sampling import FRAME_SAMPLING
 
 if TYPE_CHECKING:
     from sact.extract.backbone import FrozenBackbone, LoadedBackbone
@@ -82,9 +83,6 @@ class ExtractConfig:
 
 def feature_set_identity(loaded: LoadedBackbone, *, frames: int) -> dict[str, Any]:
     """Everything that decides the stored values: two runs with equal identity may share a set."""
-    # imported here: the decoder imports PyAV, and the command line reads this module's defaults
-    from sact.extract.decode import FRAME_SAMPLING
-
     prep = loaded.preprocessing
     return {
         "backbone": loaded.name,

@@ -1,8 +1,6 @@
 """Decode a video (or a frame folder) and sample T frames at segment centers.
 
-Frame sampling: the video's n frames are cut into T equal segments and the center frame of each is
-kept, ``index_i = floor((i + 0.5) * n / T)`` for i = 0..T-1 (TSN/TRX test-time sampling). A video
-shorter than T frames repeats frames: with n = 3 and T = 8 the indices are 0 0 0 1 1 2 2 2. The
+Frame sampling: the rule of extract/sampling.py, ``index_i = floor((i + 0.5) * n / T)``. The
 indices are stored with the features, so nothing downstream has to guess.
 
 Two ways to reach the frames, chosen per video:
@@ -27,9 +25,9 @@ import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from sact.extract.sampling import segment_centers
 from sact.extract.videos import is_frame_file
 
-FRAME_SAMPLING = "segment centers: index_i = floor((i + 0.5) * n / T), repeating frames when n < T"
 # Seek only when decoding everything would decode more than this many frames per kept frame: below
 # that, the keyframe interval of common encodes (~12 to 250 frames) makes seeking no cheaper.
 SEEK_MIN_FRAMES_PER_SAMPLE = 64
@@ -46,16 +44,6 @@ class SampledClip:
     frames: np.ndarray  # (T, H, W, 3) uint8 RGB
     indices: np.ndarray  # (T,) int64, which source frames these are
     num_frames: int  # frames the source has
-
-
-def segment_centers(num_frames: int, frames: int) -> np.ndarray:
-    """``floor((i + 0.5) * n / T)`` for i < T, in exact integer arithmetic: (T,) int64."""
-    if num_frames < 1 or frames < 1:
-        raise ValueError(
-            f"need at least one source frame and one sample, got {num_frames}, {frames}"
-        )
-    steps = np.arange(frames, dtype=np.int64)
-    return ((2 * steps + 1) * num_frames) // (2 * frames)
 
 
 # ---- frame folders ----

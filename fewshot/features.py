@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sact.extract.devices import bf16_is_native
 from sact.extract.errors import SactError
+from sact.extract.sampling import segment_centers
 from sact.extract.store import FeatureSet
 from sact.fewshot.episodes import VideoPool
 
@@ -75,14 +76,15 @@ def segment_frames(
     """Which stored frames each of `count` videos uses: (count, used) int64.
 
     The stored frames are cut into `used` equal segments; with `rng` one random frame per segment
-    (training), without it each segment's center floor((i + 0.5)·stored/used), the rule stage 1
-    samples source frames by (extract/decode.py).
+    (training), without it each segment's center, the rule stage 1 samples source frames by
+    (extract/sampling.py).
     """
     if used > stored:
         raise FeatureError(f"the model uses {used} frames but the store holds only {stored}")
+    if used < 1:
+        raise FeatureError(f"the model must use at least one frame, got {used}")
     if rng is None or stored == used:
-        centers = ((2 * np.arange(used) + 1) * stored) // (2 * used)  # (used,)
-        return np.broadcast_to(centers, (count, used)).copy()
+        return np.broadcast_to(segment_centers(stored, used), (count, used)).copy()
     starts = (np.arange(used) * stored) // used  # (used,)
     lengths = (np.arange(1, used + 1) * stored) // used - starts  # (used,)
     return starts + rng.integers(0, lengths, size=(count, used))  # (count, used)

@@ -15,8 +15,8 @@ from sact.extract.decode import (
     num_frames,
     read_frames,
     sample_clip,
-    segment_centers,
 )
+from sact.extract.sampling import segment_centers
 from sact.extract.synthetic import encode_video
 
 # Lossy codecs (vp9 at its fastest setting most) change pixels by a few levels on average.
