@@ -44,6 +44,26 @@ class VideoRecord:
     label: str
 
 
+@dataclass(frozen=True)
+class VideoFailure:
+    """A video that is done but could not be extracted, and why."""
+
+    video_id: str
+    path: str
+    reason: str
+
+
+def num_shards(videos: int, shard_size: int) -> int:
+    """Shards of ``shard_size`` consecutive videos that ``videos`` fill (the last may be short)."""
+    return -(-videos // shard_size)
+
+
+def shard_bounds(shard: int, *, shard_size: int, videos: int) -> tuple[int, int]:
+    """The videos ``[start, end)`` of ``shard``."""
+    start = shard * shard_size
+    return start, min(start + shard_size, videos)
+
+
 def is_url(location: str) -> bool:
     return "://" in location
 
@@ -166,13 +186,13 @@ class FeatureSet(ABC):
         return self.frame_index[np.asarray(indices, dtype=np.int64)]
 
     def shard_bounds(self, shard: int) -> tuple[int, int]:
-        start = shard * self.shard_size
-        return start, min(start + self.shard_size, len(self))
+        return shard_bounds(shard, shard_size=self.shard_size, videos=len(self))
 
     def num_shards(self) -> int:
-        return -(-len(self) // self.shard_size)
+        return num_shards(len(self), self.shard_size)
 
     def counts(self) -> dict[str, int]:
+        """Videos in all, done (usable), failed (done with an error), pending (not done)."""
         failed = int(np.sum(self.done & ~self.usable))
         return {
             "videos": len(self),
@@ -180,3 +200,10 @@ class FeatureSet(ABC):
             "failed": failed,
             "pending": int(np.sum(~self.done)),
         }
+
+    def failures(self) -> list[VideoFailure]:
+        """The failed videos, in store order."""
+        return [
+            VideoFailure(video_id=self.video_ids[i], path=self.paths[i], reason=self.errors[i])
+            for i in np.flatnonzero(self.done & ~self.usable)
+        ]

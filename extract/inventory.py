@@ -28,24 +28,13 @@ class StoreInventory:
 
 
 def describe(feature_set: FeatureSet) -> FeatureSetInfo:
-    failures = [
-        {"video_id": video_id, "path": path, "reason": error}
-        for video_id, path, error, done in zip(
-            feature_set.video_ids,
-            feature_set.paths,
-            feature_set.errors,
-            feature_set.done,
-            strict=True,
-        )
-        if done and error
-    ]
     return FeatureSetInfo(
         name=feature_set.name,
         shape=list(feature_set.shape),
         counts=feature_set.counts(),
         size_bytes=feature_set.size_bytes(),
         attrs=feature_set.attrs,
-        failures=failures,
+        failures=[asdict(failure) for failure in feature_set.failures()],
     )
 
 

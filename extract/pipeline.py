@@ -59,19 +59,12 @@ from sact.extract.config import (
 from sact.extract.devices import resolve_device
 from sact.extract.distributed import Job, Rank, device_for, joined, owned_shards, rank_from_env
 from sact.extract.errors import SactError
-from sact.extract.feature_set import check_feature_set_name
+from sact.extract.feature_set import VideoFailure, check_feature_set_name
 from sact.extract.videos import VideoList, list_videos
-from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
+from sact.extract.zarr_store import FeatureSetWriter, ShardResult, ZarrFeatureSet, open_root
 
 # How long a run waits for another run that is creating or growing the same feature set.
 SETUP_WAIT_S = 600.0
-
-
-@dataclass(frozen=True)
-class VideoFailure:
-    video_id: str
-    path: str
-    reason: str
 
 
 @dataclass
@@ -268,25 +261,17 @@ def summarize(
     seconds: float,
     work_seconds: float,
 ) -> ExtractSummary:
-    group = writer.group
-    done = np.asarray(group["done"][:], dtype=bool)
-    errors = [str(error) for error in group["error"][:]]
-    ids = [str(video_id) for video_id in group["video_id"][:]]
-    paths = [str(path) for path in group["path"][:]]
-    failures = [
-        VideoFailure(video_id=ids[i], path=paths[i], reason=errors[i])
-        for i in range(len(ids))
-        if done[i] and errors[i]
-    ]
+    feature_set = ZarrFeatureSet(writer.group, location=store)
+    counts = feature_set.counts()
     return ExtractSummary(
-        feature_set=group.basename,
+        feature_set=feature_set.name,
         store=store,
-        videos=len(ids),
-        done=int(done.sum()) - len(failures),
-        failed=len(failures),
-        pending=int((~done).sum()),
+        videos=counts["videos"],
+        done=counts["done"],
+        failed=counts["failed"],
+        pending=counts["pending"],
         extracted_now=processed,
-        failures=failures,
+        failures=feature_set.failures(),
         unmatched=unmatched,
         unlisted=unlisted,
         seconds=round(seconds, 3),

@@ -41,6 +41,8 @@ from sact.extract.feature_set import (
     gather_rows,
     is_hdf5,
     is_url,
+    num_shards,
+    shard_bounds,
 )
 
 
@@ -334,11 +336,10 @@ class FeatureSetWriter:
         return int(self.features.shape[0])
 
     def num_shards(self) -> int:
-        return -(-len(self) // self.shard_size)
+        return num_shards(len(self), self.shard_size)
 
     def shard_bounds(self, shard: int) -> tuple[int, int]:
-        start = shard * self.shard_size
-        return start, min(start + self.shard_size, len(self))
+        return shard_bounds(shard, shard_size=self.shard_size, videos=len(self))
 
     def shards_to_do(self, *, retry_failed: bool = True) -> list[int]:
         """Shards with a video not done yet, or (``retry_failed``) with a video that failed."""
