@@ -22,7 +22,7 @@ from sact.extract.errors import SactError
 from sact.extract.store import FeatureSet, open_feature_set
 from sact.extract.videos import VideoDiscoveryError, resolve_video_path
 from sact.fewshot.attention import attention_weights, draw_attention, focused_patches
-from sact.fewshot.evaluation import check_compatible, checkpoint_of_run
+from sact.fewshot.checkpoints import check_compatible, checkpoint_of_run
 from sact.fewshot.features import segment_frames
 from sact.fewshot.model import SACT
 

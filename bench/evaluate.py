@@ -29,8 +29,8 @@ from rich.table import Table
 from sact.extract.devices import resolve_device, synchronize
 from sact.extract.store import open_feature_set
 from sact.fewshot import SACT
+from sact.fewshot.accuracy import embed_videos, episode_logits
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
-from sact.fewshot.evaluation import embed_videos, episode_logits
 from sact.fewshot.features import SplitFeatures, autocast_for, segment_frames
 from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
 

@@ -10,6 +10,10 @@ A run directory holds ``checkpoints/best/`` and ``checkpoints/last/``, each with
 Nothing here unpickles code: `resume.pt` holds only tensors and plain containers and is read with
 ``torch.load(weights_only=True)``. A checkpoint is written into a temporary folder and swapped in
 by renames, so a run killed while saving keeps its previous checkpoint.
+
+Every command that reads a run goes from the run directory to its checkpoints and back with
+`checkpoint_of_run`, `latest_run` and `run_dir_of`, and asks `check_compatible` whether the
+checkpoint's model reads a feature set.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sact.extract.errors import SactError
+from sact.extract.store import FeatureSet
 from sact.fewshot import MODELS
 
 CHECKPOINT_FORMAT = 1
@@ -144,6 +149,50 @@ def read_checkpoint(path: Path) -> Checkpoint:
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{description} is incomplete: {error}") from error
+
+
+def latest_run(runs_dir: Path) -> Path:
+    """The run under `runs_dir` whose last checkpoint was written most recently."""
+    candidates = [
+        path.parent.parent.parent
+        for path in runs_dir.glob("*/checkpoints/last/checkpoint.json")
+        if path.is_file()
+    ]
+    if not candidates:
+        raise CheckpointError(
+            f"no trained run under {runs_dir}/; train one with `sact train` or pass --run/--ckpt"
+        )
+    return max(
+        candidates, key=lambda run: (run / "checkpoints/last/checkpoint.json").stat().st_mtime
+    )
+
+
+def checkpoint_of_run(run: Path, which: str) -> Checkpoint:
+    if which not in ("best", "last"):
+        raise CheckpointError(f"--checkpoint must be best or last, got {which!r}")
+    if not run.is_dir():
+        raise CheckpointError(f"run directory {run} does not exist")
+    return read_checkpoint(run / "checkpoints" / which)
+
+
+def run_dir_of(checkpoint: Checkpoint) -> Path:
+    """The run a checkpoint belongs to (<run>/checkpoints/<name>), else its own folder."""
+    parent = checkpoint.folder.parent
+    return parent.parent if parent.name == "checkpoints" else checkpoint.folder
+
+
+def check_compatible(checkpoint: Checkpoint, feature_set: FeatureSet) -> None:
+    """The model must read the feature set's D and grid, and at most its number of frames."""
+    config = checkpoint.model_config
+    trained = (config.get("dim"), tuple(config.get("grid") or ()), config.get("frames"))
+    stored = (feature_set.dim, tuple(feature_set.grid), feature_set.frames)
+    frames = trained[2]
+    if trained[:2] != stored[:2] or not isinstance(frames, int) or frames > stored[2]:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.folder} expects D={trained[0]}, grid {trained[1]}, "
+            f"T={frames}; feature set {feature_set.name} has D={stored[0]}, grid {stored[1]}, "
+            f"T={stored[2]}"
+        )
 
 
 def read_resume_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -1,36 +1,39 @@
-"""Few-shot evaluation on cached features: `evaluate(EvalConfig(...))`.
+"""`sact evaluate`: score a run, and the runs it is compared with, on the same test episodes.
 
-The protocol (DESIGN.md): N-way K-shot episodes with Q queries per class from the test split,
-10,000 per shot setting by default, accuracy ± the 95% confidence interval 1.96·std/√n over the
-episodes' accuracies. Episodes are a pure function of (split videos, N, K, Q, seed) and can be
-written to and read from a file, so several runs (`compare`) are scored on identical episodes and
-their difference is reported as a paired one, with its own confidence interval.
-
-Every video the episodes use is embedded once (`model.embed`: everything per video), and only
-`model.match` (the cross-attention and the distance) runs per episode. bench/evaluate.py measures
-this against a full forward per episode.
+`evaluate(EvalConfig(...))` resolves the run's checkpoint and store, draws (or reads) the episodes,
+scores every run with the scoring library (fewshot/accuracy.py), writes the results JSON and
+`results_table` prints them. The protocol (README.md, "Stage 2"): N-way K-shot episodes with Q
+queries per class from the test split, 10,000 per shot setting by default, accuracy ± the 95%
+confidence interval 1.96·std/√n over the episodes' accuracies. Episodes are a pure function of
+(split videos, N, K, Q, seed) and can be written to and read from a file, so several runs
+(`compare`) are scored on identical episodes and their difference is reported as a paired one,
+with its own confidence interval.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
 
 from sact.extract.devices import resolve_device
 from sact.extract.files import write_text_atomic
 from sact.extract.store import FeatureSet, open_feature_set
-from sact.fewshot.checkpoints import Checkpoint, read_checkpoint
+from sact.fewshot.accuracy import mean_and_interval, score_episodes
+from sact.fewshot.checkpoints import (
+    Checkpoint,
+    check_compatible,
+    checkpoint_of_run,
+    latest_run,
+    read_checkpoint,
+    run_dir_of,
+)
 from sact.fewshot.config import EvalConfig, EvaluationError
 from sact.fewshot.episodes import (
     Episode,
@@ -42,164 +45,9 @@ from sact.fewshot.episodes import (
     resolve_split,
     save_episodes,
 )
-from sact.fewshot.features import (
-    Prefetcher,
-    SplitFeatures,
-    autocast_for,
-    progress_bar,
-    segment_frames,
-)
-from sact.fewshot.model import VideoEmbedding
+from sact.fewshot.features import SplitFeatures, autocast_for
 
 RESULTS_FILE = "evaluation.json"
-Z_95 = 1.96
-
-
-# ---- the two halves: embed each video once, match per episode --------------------------------
-
-
-def concat_embeddings(parts: Sequence[VideoEmbedding]) -> VideoEmbedding:
-    """Join per-batch embeddings along the video dim (every field is a tensor or tuple of them)."""
-    first = parts[0]
-
-    def join(name: str):
-        values = [getattr(part, name) for part in parts]
-        if isinstance(values[0], tuple):
-            return tuple(torch.cat(group) for group in zip(*values, strict=True))
-        return torch.cat(values)
-
-    return type(first)(**{field.name: join(field.name) for field in fields(first)})
-
-
-@torch.no_grad()
-def embed_videos(
-    model: torch.nn.Module,
-    features: SplitFeatures,
-    positions: np.ndarray,
-    *,
-    batch_size: int,
-    autocast: AbstractContextManager | None = None,
-    workers: int = 4,
-    console: Console | None = None,
-) -> tuple[VideoEmbedding, np.ndarray]:
-    """Embed the pool videos at `positions` once, at segment centers.
-
-    Returns the embedding and `row_of` (len(pool),): the embedding row of each pool position
-    (-1 where not embedded).
-    """
-    model.eval()
-    autocast = autocast or nullcontext()
-    stored = features.feature_set.frames
-    batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
-
-    def load(batch: np.ndarray) -> torch.Tensor:
-        return features.videos(batch, segment_frames(stored, features.frames, len(batch)))
-
-    loaded = (
-        map(load, batches)
-        if features.in_memory
-        else Prefetcher(workers=workers, depth=2 * workers).map(load, batches)
-    )
-    parts = []
-    with progress_bar(console) as progress:
-        task = progress.add_task(f"embedding {features.pool.part} videos", total=len(positions))
-        for videos in loaded:
-            with autocast:
-                parts.append(model.embed(videos))  # (B, ...) per field
-            progress.advance(task, len(videos))
-    row_of = np.full(len(features.pool), -1, dtype=np.int64)
-    row_of[positions] = np.arange(len(positions))
-    return concat_embeddings(parts), row_of
-
-
-@torch.no_grad()
-def episode_logits(
-    model: torch.nn.Module,
-    embedding: VideoEmbedding,
-    row_of: np.ndarray,
-    episodes: Sequence[Episode],
-    *,
-    autocast: AbstractContextManager | None = None,
-) -> Iterator[torch.Tensor]:
-    """Logits (N*Q, N) of each episode, from the embedded videos: only `match` runs here."""
-    model.eval()
-    autocast = autocast or nullcontext()
-    for episode in episodes:
-        support = embedding[torch.from_numpy(row_of[episode.support])]
-        query = embedding[torch.from_numpy(row_of[episode.query])]
-        labels = torch.from_numpy(episode.support_labels())
-        with autocast:
-            yield model.match(support, labels, query, way=episode.way)
-
-
-def episode_accuracies(
-    model: torch.nn.Module,
-    embedding: VideoEmbedding,
-    row_of: np.ndarray,
-    episodes: Sequence[Episode],
-    *,
-    autocast: AbstractContextManager | None = None,
-) -> np.ndarray:
-    """Each episode's share of correctly classified queries: (E,)."""
-    accuracies = np.empty(len(episodes))
-    logits = episode_logits(model, embedding, row_of, episodes, autocast=autocast)
-    for number, (episode, episode_logit) in enumerate(zip(episodes, logits, strict=True)):
-        predicted = episode_logit.argmax(dim=1).cpu().numpy()
-        accuracies[number] = float(np.mean(predicted == episode.query_labels()))
-    return accuracies
-
-
-def mean_and_interval(values: np.ndarray) -> tuple[float, float]:
-    """Mean and the half-width of its 95% confidence interval, 1.96·std/√n."""
-    values = np.asarray(values, dtype=np.float64)
-    return float(values.mean()), float(Z_95 * values.std() / math.sqrt(len(values)))
-
-
-# ---- one evaluation --------------------------------------------------------------------------
-
-
-def latest_run(runs_dir: Path) -> Path:
-    """The run under `runs_dir` whose last checkpoint was written most recently."""
-    candidates = [
-        path.parent.parent.parent
-        for path in runs_dir.glob("*/checkpoints/last/checkpoint.json")
-        if path.is_file()
-    ]
-    if not candidates:
-        raise EvaluationError(
-            f"no trained run under {runs_dir}/; train one with `sact train` or pass --run/--ckpt"
-        )
-    return max(
-        candidates, key=lambda run: (run / "checkpoints/last/checkpoint.json").stat().st_mtime
-    )
-
-
-def checkpoint_of_run(run: Path, which: str) -> Checkpoint:
-    if which not in ("best", "last"):
-        raise EvaluationError(f"--checkpoint must be best or last, got {which!r}")
-    if not run.is_dir():
-        raise EvaluationError(f"run directory {run} does not exist")
-    return read_checkpoint(run / "checkpoints" / which)
-
-
-def run_dir_of(checkpoint: Checkpoint) -> Path:
-    """The run a checkpoint belongs to (<run>/checkpoints/<name>), else its own folder."""
-    parent = checkpoint.folder.parent
-    return parent.parent if parent.name == "checkpoints" else checkpoint.folder
-
-
-def check_compatible(checkpoint: Checkpoint, feature_set: FeatureSet) -> None:
-    """The model must read the feature set's D and grid, and at most its number of frames."""
-    config = checkpoint.model_config
-    trained = (config.get("dim"), tuple(config.get("grid") or ()), config.get("frames"))
-    stored = (feature_set.dim, tuple(feature_set.grid), feature_set.frames)
-    frames = trained[2]
-    if trained[:2] != stored[:2] or not isinstance(frames, int) or frames > stored[2]:
-        raise EvaluationError(
-            f"checkpoint {checkpoint.folder} expects D={trained[0]}, grid {trained[1]}, "
-            f"T={frames}; feature set {feature_set.name} has D={stored[0]}, grid {stored[1]}, "
-            f"T={stored[2]}"
-        )
 
 
 @dataclass
@@ -298,22 +146,15 @@ def score(
         device=device,
         cache_gb=0.0,  # each video is read once to be embedded: nothing to keep
     )
-    positions = np.unique(
-        np.concatenate([np.r_[e.support, e.query] for s in settings for e in s.episodes])
-    )
-    embedding, row_of = embed_videos(
+    return score_episodes(
         model,
         features,
-        positions,
+        [setting.episodes for setting in settings],
         batch_size=config.batch_size,
         autocast=autocast,
         workers=config.workers,
         console=console,
     )
-    return [
-        episode_accuracies(model, embedding, row_of, setting.episodes, autocast=autocast)
-        for setting in settings
-    ]
 
 
 def evaluate(config: EvalConfig, console: Console | None = None) -> dict[str, Any]:

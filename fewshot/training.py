@@ -51,6 +51,7 @@ from sact.extract.devices import resolve_device
 from sact.extract.feature_set import is_url
 from sact.extract.files import write_text_atomic
 from sact.extract.store import FeatureSet, open_feature_set
+from sact.fewshot.accuracy import score_episodes
 from sact.fewshot.checkpoints import (
     Checkpoint,
     build_model,
@@ -68,7 +69,6 @@ from sact.fewshot.episodes import (
     build_pool,
     resolve_split,
 )
-from sact.fewshot.evaluation import embed_videos, episode_accuracies
 from sact.fewshot.features import (
     Prefetcher,
     SplitFeatures,
@@ -436,18 +436,12 @@ class Trainer:
         return total_loss, correct / count
 
     def validate(self) -> float:
-        positions = np.unique(
-            np.concatenate([np.r_[e.support, e.query] for e in self.data.val_episodes])
-        )
-        embedding, row_of = embed_videos(
+        (accuracies,) = score_episodes(
             self.model,
             self.val_features,
-            positions,
+            [self.data.val_episodes],
             batch_size=self.config.batch_size,
             autocast=self.autocast,
-        )
-        accuracies = episode_accuracies(
-            self.model, embedding, row_of, self.data.val_episodes, autocast=self.autocast
         )
         return float(accuracies.mean())
 

@@ -13,16 +13,10 @@ import torch
 
 from sact.extract.errors import SactError
 from sact.extract.store import open_feature_set
+from sact.fewshot.accuracy import embed_videos, episode_logits, mean_and_interval
 from sact.fewshot.checkpoints import read_checkpoint
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
-from sact.fewshot.evaluation import (
-    EvalConfig,
-    embed_videos,
-    episode_logits,
-    evaluate,
-    mean_and_interval,
-    results_table,
-)
+from sact.fewshot.evaluation import EvalConfig, evaluate, results_table
 from sact.fewshot.features import SplitFeatures, segment_frames
 from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
 from sact.fewshot.training import TrainConfig, train

@@ -1,0 +1,154 @@
+"""Few-shot accuracy on cached features: embed each video once, match per episode, mean ± 95% CI.
+
+Every video a set of episodes uses is embedded once (`model.embed`: everything per video), and
+only `model.match` (the cross-attention and the distance) runs per episode. bench/evaluate.py
+measures this against a full forward per episode. An episode's accuracy is its share of correctly
+classified queries; a setting reports the mean over its episodes ± the half-width of the 95%
+confidence interval, 1.96·std/√n (README.md, "Stage 2").
+
+Training scores its val episodes with this module, `sact evaluate` (fewshot/evaluation.py) its test
+episodes, and `explain` nothing: it reads one pair.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import fields
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from sact.fewshot.episodes import Episode
+from sact.fewshot.features import Prefetcher, SplitFeatures, progress_bar, segment_frames
+from sact.fewshot.model import VideoEmbedding
+
+Z_95 = 1.96
+
+
+def concat_embeddings(parts: Sequence[VideoEmbedding]) -> VideoEmbedding:
+    """Join per-batch embeddings along the video dim (every field is a tensor or tuple of them)."""
+    first = parts[0]
+
+    def join(name: str):
+        values = [getattr(part, name) for part in parts]
+        if isinstance(values[0], tuple):
+            return tuple(torch.cat(group) for group in zip(*values, strict=True))
+        return torch.cat(values)
+
+    return type(first)(**{field.name: join(field.name) for field in fields(first)})
+
+
+@torch.no_grad()
+def embed_videos(
+    model: torch.nn.Module,
+    features: SplitFeatures,
+    positions: np.ndarray,
+    *,
+    batch_size: int,
+    autocast: AbstractContextManager | None = None,
+    workers: int = 4,
+    console: Console | None = None,
+) -> tuple[VideoEmbedding, np.ndarray]:
+    """Embed the pool videos at `positions` once, at segment centers.
+
+    Returns the embedding and `row_of` (len(pool),): the embedding row of each pool position
+    (-1 where not embedded).
+    """
+    model.eval()
+    autocast = autocast or nullcontext()
+    stored = features.feature_set.frames
+    batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
+
+    def load(batch: np.ndarray) -> torch.Tensor:
+        return features.videos(batch, segment_frames(stored, features.frames, len(batch)))
+
+    loaded = (
+        map(load, batches)
+        if features.in_memory
+        else Prefetcher(workers=workers, depth=2 * workers).map(load, batches)
+    )
+    parts = []
+    with progress_bar(console) as progress:
+        task = progress.add_task(f"embedding {features.pool.part} videos", total=len(positions))
+        for videos in loaded:
+            with autocast:
+                parts.append(model.embed(videos))  # (B, ...) per field
+            progress.advance(task, len(videos))
+    row_of = np.full(len(features.pool), -1, dtype=np.int64)
+    row_of[positions] = np.arange(len(positions))
+    return concat_embeddings(parts), row_of
+
+
+@torch.no_grad()
+def episode_logits(
+    model: torch.nn.Module,
+    embedding: VideoEmbedding,
+    row_of: np.ndarray,
+    episodes: Sequence[Episode],
+    *,
+    autocast: AbstractContextManager | None = None,
+) -> Iterator[torch.Tensor]:
+    """Logits (N*Q, N) of each episode, from the embedded videos: only `match` runs here."""
+    model.eval()
+    autocast = autocast or nullcontext()
+    for episode in episodes:
+        support = embedding[torch.from_numpy(row_of[episode.support])]
+        query = embedding[torch.from_numpy(row_of[episode.query])]
+        labels = torch.from_numpy(episode.support_labels())
+        with autocast:
+            yield model.match(support, labels, query, way=episode.way)
+
+
+def episode_accuracies(
+    model: torch.nn.Module,
+    embedding: VideoEmbedding,
+    row_of: np.ndarray,
+    episodes: Sequence[Episode],
+    *,
+    autocast: AbstractContextManager | None = None,
+) -> np.ndarray:
+    """Each episode's share of correctly classified queries: (E,)."""
+    accuracies = np.empty(len(episodes))
+    logits = episode_logits(model, embedding, row_of, episodes, autocast=autocast)
+    for number, (episode, episode_logit) in enumerate(zip(episodes, logits, strict=True)):
+        predicted = episode_logit.argmax(dim=1).cpu().numpy()
+        accuracies[number] = float(np.mean(predicted == episode.query_labels()))
+    return accuracies
+
+
+def score_episodes(
+    model: torch.nn.Module,
+    features: SplitFeatures,
+    episode_lists: Sequence[Sequence[Episode]],
+    *,
+    batch_size: int,
+    autocast: AbstractContextManager | None = None,
+    workers: int = 4,
+    console: Console | None = None,
+) -> list[np.ndarray]:
+    """Per-episode accuracies (E,) of each list of episodes; every video used embedded once."""
+    positions = np.unique(
+        np.concatenate([np.r_[e.support, e.query] for episodes in episode_lists for e in episodes])
+    )
+    embedding, row_of = embed_videos(
+        model,
+        features,
+        positions,
+        batch_size=batch_size,
+        autocast=autocast,
+        workers=workers,
+        console=console,
+    )
+    return [
+        episode_accuracies(model, embedding, row_of, episodes, autocast=autocast)
+        for episodes in episode_lists
+    ]
+
+
+def mean_and_interval(values: np.ndarray) -> tuple[float, float]:
+    """Mean and the half-width of its 95% confidence interval, 1.96·std/√n."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values.mean()), float(Z_95 * values.std() / math.sqrt(len(values)))
