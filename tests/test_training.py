@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 
 from sact.extract.errors import SactError
 from sact.extract.store import open_feature_set
+from sact.fewshot.accuracy import embed_videos
 from sact.fewshot.checkpoints import read_checkpoint
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
-from sact.fewshot.evaluation import embed_videos
 from sact.fewshot.features import SplitFeatures
 from sact.fewshot.model import SACTEmbedding
 from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
