@@ -30,6 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from sact.extract.devices import bf16_is_native
 from sact.extract.errors import SactError
+from sact.extract.hub import hub_weights
 
 INTERPOLATIONS = {
     "bicubic": TF.InterpolationMode.BICUBIC,
@@ -110,7 +111,14 @@ def resolve_preprocessing(model: nn.Module, *, size: int | None = None) -> Prepr
 
 
 class PatchFeatures(nn.Module):
-    """timm ``forward_features`` as patch tokens: (B, 3, S, S) -> (B, P, D), P = h·w."""
+    """timm ``forward_features`` as patch tokens: (B, 3, S, S) -> (B, P, D), P = h·w.
+
+    A feature map (ResNet, ConvNeXt, EfficientNet; Swin's NHWC map) is already the grid. A token
+    model (ViT and its CLIP, DINOv2, SigLIP, DeiT, EVA, BEiT variants, hybrids) first emits its
+    prefix tokens, timm's ``num_prefix_tokens``: the class token, DINOv2's registers, DeiT's
+    distillation token. They describe the whole image, not a place in it, so they are dropped,
+    and the patch tokens are laid on the grid the patch embedding makes of the input's size.
+    """
 
     def __init__(self, *, model: nn.Module, grid: int | None = None) -> None:
         super().__init__()
@@ -119,28 +127,38 @@ class PatchFeatures(nn.Module):
         self.channels_last_output = getattr(model, "output_fmt", "NCHW") == "NHWC"
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
 
-    def token_grid(self, tokens: int) -> tuple[int, int]:
+    def token_grid(self, image_size: tuple[int, int], tokens: int) -> tuple[int, int]:
+        """(h, w) of the patch tokens of an image of ``image_size``, checked against their count."""
         patch_embed = getattr(self.model, "patch_embed", None)
-        grid_size = getattr(patch_embed, "grid_size", None)
-        if grid_size is not None and grid_size[0] * grid_size[1] == tokens:
-            return int(grid_size[0]), int(grid_size[1])
-        side = math.isqrt(tokens)
-        if side * side != tokens:
-            raise BackboneError(f"cannot lay {tokens} tokens on a patch grid")
-        return side, side
+        if hasattr(patch_embed, "dynamic_feat_size"):
+            height, width = patch_embed.dynamic_feat_size(image_size)
+        elif getattr(patch_embed, "grid_size", None) is not None:
+            height, width = patch_embed.grid_size
+        else:
+            height = width = math.isqrt(tokens)
+        if height * width != tokens:
+            raise BackboneError(
+                f"{type(self.model).__name__} returned {tokens} tokens after its "
+                f"{self.num_prefix_tokens} prefix tokens, not the {height}x{width} patch grid of "
+                f"a {image_size[0]}x{image_size[1]} image; this model is not supported"
+            )
+        return int(height), int(width)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, D, h, w): the backbone's patch grid before any pooling."""
         x = self.model.forward_features(images)
-        if x.ndim == 4 and self.channels_last_output:
-            x = x.permute(0, 3, 1, 2)  # (B, D, h, w)
-        elif x.ndim == 3:
-            x = x[:, self.num_prefix_tokens :]  # (B, h*w, D)
-            height, width = self.token_grid(x.shape[1])
-            x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)  # (B, D, h, w)
-        elif x.ndim != 4:
+        if x.ndim == 4:
+            return x.permute(0, 3, 1, 2) if self.channels_last_output else x  # (B, D, h, w)
+        if x.ndim != 3:
             raise BackboneError(
                 f"forward_features returned a {x.ndim}-d tensor; expected 3-d or 4-d"
             )
+        patches = x[:, self.num_prefix_tokens :]  # (B, h*w, D)
+        height, width = self.token_grid(tuple(images.shape[-2:]), patches.shape[1])
+        return patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.feature_map(images)  # (B, D, h, w)
         if self.grid is not None:
             x = F.adaptive_avg_pool2d(x, self.grid)  # (B, D, grid, grid)
         return x.flatten(2).transpose(1, 2)  # (B, h*w, D)
@@ -190,7 +208,19 @@ def _unknown_backbone(name: str) -> BackboneError:
     return BackboneError(f"unknown backbone {name!r}: not a timm model{hint}")
 
 
-def _create(name: str, *, pretrained: bool, seed: int, **kwargs: Any) -> nn.Module:
+def _pretrained_overlay(name: str) -> dict[str, Any]:
+    """What timm needs to load ``name``'s hub weights without a minute of retries offline."""
+    location = hub_weights(name)
+    if location is None:
+        return {}
+    cached = location.cached_file()
+    if cached is not None:
+        return {"file": str(cached)}
+    location.check_reachable()
+    return {}
+
+
+def _create_once(name: str, *, pretrained: bool, seed: int, **kwargs: Any) -> nn.Module:
     # A fixed seed makes a random init the same on every run; fork_rng keeps the global RNG as is.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -213,6 +243,35 @@ def _create(name: str, *, pretrained: bool, seed: int, **kwargs: Any) -> nn.Modu
                     "use --weights FILE or --random-init"
                 ) from error
             raise
+
+
+def _create(name: str, *, pretrained: bool, seed: int, size: int | None) -> nn.Module:
+    """``timm.create_model`` for input size ``size``.
+
+    A token model is built for one input size (``img_size``; timm resamples pretrained position
+    embeddings to it on loading), which spares the per-forward resampling of
+    ``dynamic_img_size``; every timm token model takes ``img_size``. A CNN takes any size and
+    refuses the argument.
+    """
+    overlay = {"pretrained_cfg_overlay": _pretrained_overlay(name)} if pretrained else {}
+    if size is not None:
+        with suppress(TypeError):
+            return _create_once(name, pretrained=pretrained, seed=seed, img_size=size, **overlay)
+    return _create_once(name, pretrained=pretrained, seed=seed, **overlay)
+
+
+def _set_input_size(model: nn.Module, size: int) -> None:
+    """Rebuild a loaded token model's position embeddings for ``size`` (timm's own resampling)."""
+    patch_embed = getattr(model, "patch_embed", None)
+    built_for = getattr(patch_embed, "img_size", None)
+    if not hasattr(model, "set_input_size") or built_for in (None, (size, size)):
+        return
+    try:
+        model.set_input_size(img_size=(size, size))
+    except (AssertionError, RuntimeError, ValueError) as error:
+        raise BackboneError(
+            f"{type(model).__name__} cannot take {size} px inputs: {error}"
+        ) from error
 
 
 def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
@@ -238,8 +297,7 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
     return {key.removeprefix("module."): value for key, value in state.items()}
 
 
-def _load_weights_file(model: nn.Module, path: Path) -> None:
-    state = read_weights_file(path)
+def _load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     classifier = (
         model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
     )
@@ -258,6 +316,28 @@ def _load_weights_file(model: nn.Module, path: Path) -> None:
             f"weights file {path} does not fit the model: {len(missing)} missing keys "
             f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
         )
+
+
+def _from_weights_file(name: str, path: Path, *, size: int | None) -> nn.Module:
+    """The model with a weights file's state dict, at input size ``size``.
+
+    A published checkpoint holds the position embeddings of the model's default size (DINOv2's
+    518 px): load it into the model as built by default, then resample them to ``size``. A file
+    saved at ``size`` itself loads into the model built for ``size``.
+    """
+    state = read_weights_file(path)
+    model = _create(name, pretrained=False, seed=0, size=None)
+    try:
+        _load_state_dict(model, state, path)
+    except BackboneError:
+        if size is None:
+            raise
+        model = _create(name, pretrained=False, seed=0, size=size)
+        _load_state_dict(model, state, path)
+        return model
+    if size is not None:
+        _set_input_size(model, size)
+    return model
 
 
 def load_backbone(
@@ -282,35 +362,29 @@ def load_backbone(
         raise BackboneError(f"--size must be at least 8 pixels, got {size}")
     if not timm.is_model(name):
         raise _unknown_backbone(name)
-    pretrained = weights_file is None and not random_init
-    model = None
-    if size is not None:
-        # ViT-style models are built for one input size; CNNs take any and refuse the argument.
-        with suppress(TypeError):
-            model = _create(name, pretrained=pretrained, seed=seed, img_size=size)
-    if model is None:
-        model = _create(name, pretrained=pretrained, seed=seed)
     if weights_file is not None:
-        _load_weights_file(model, weights_file)
+        model = _from_weights_file(name, weights_file, size=size)
         weights = Weights(source="file", sha256=file_sha256(weights_file), file=str(weights_file))
     else:
+        pretrained = not random_init
+        model = _create(name, pretrained=pretrained, seed=seed, size=size)
         source = "hub" if pretrained else "random-init"
         weights = Weights(source=source, sha256=state_dict_sha256(model))
     model.eval().requires_grad_(False)
     preprocessing = resolve_preprocessing(model, size=size)
     features = PatchFeatures(model=model, grid=grid)
-    with torch.inference_mode(), flush_denormals():
-        raw = model.forward_features(torch.zeros(1, 3, preprocessing.size, preprocessing.size))
-        dim = int(features(torch.zeros(1, 3, preprocessing.size, preprocessing.size)).shape[-1])
-    patch_grid = (grid, grid) if grid is not None else _grid_of(features, raw)
-    return LoadedBackbone(name, features, preprocessing, weights, patch_grid, dim)
-
-
-def _grid_of(features: PatchFeatures, raw: torch.Tensor) -> tuple[int, int]:
-    if raw.ndim == 4:
-        height, width = (raw.shape[1:3]) if features.channels_last_output else raw.shape[2:4]
-        return int(height), int(width)
-    return features.token_grid(raw.shape[1] - features.num_prefix_tokens)
+    probe = torch.zeros(1, 3, preprocessing.size, preprocessing.size)
+    try:
+        with torch.inference_mode(), flush_denormals():
+            feature_map = features.feature_map(probe)  # (1, D, h, w)
+    except (AssertionError, RuntimeError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise BackboneError(
+            f"{name} cannot run at {preprocessing.size} px ({first_line}); choose another --size"
+        ) from error
+    height, width = feature_map.shape[-2:]
+    patch_grid = (grid, grid) if grid is not None else (int(height), int(width))
+    return LoadedBackbone(name, features, preprocessing, weights, patch_grid, feature_map.shape[1])
 
 
 class FrozenBackbone:
