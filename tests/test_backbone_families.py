@@ -7,6 +7,8 @@ magnitude to the output while patch tokens stay small: any prefix token among th
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,3 +134,21 @@ def test_weights_file_of_the_default_size_runs_at_another(tmp_path: Path) -> Non
         expected = reference.forward_features(images)[:, 1:]  # (B, 16, D): class token dropped
         got = loaded.features(images)
     torch.testing.assert_close(got, expected)
+
+
+def test_readme_backbone_table_is_what_the_models_give(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's table of recommended backbones is docs/backbones.py's output, row for row."""
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("backbones_doc", root / "docs" / "backbones.py")
+    assert spec is not None and spec.loader is not None
+    doc = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, doc)  # dataclasses look their module up there
+    spec.loader.exec_module(doc)
+    rows = [doc.describe(*recommended) for recommended in doc.RECOMMENDED]
+    by_name = {(row.name, row.size_option): row for row in rows}
+    assert by_name[("resnet50.tv_in1k", None)].grid == (7, 7)
+    assert by_name[("vit_base_patch14_reg4_dinov2.lvd142m", 224)].grid == (16, 16)
+    assert by_name[("vit_base_patch16_clip_224.openai", None)].dim == 768
+    readme = (root / "README.md").read_text(encoding="utf-8").splitlines()
+    for line in doc.markdown_rows(rows, doc.ssv2_otam_videos()):
+        assert line in readme, line
