@@ -72,7 +72,7 @@ def describe(label: str, name: str, size: int | None) -> BackboneRow:
 
 
 def ssv2_otam_videos() -> int:
-    return sum(len(entries) for entries in load_split("ssv2_OTAM").values())
+    return sum(len(entries) for entries in load_split("ssv2_OTAM").parts.values())
 
 
 def markdown_rows(rows: list[BackboneRow], videos: int) -> list[str]:

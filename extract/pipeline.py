@@ -81,6 +81,7 @@ class ExtractSummary:
     failures: list[VideoFailure]
     unmatched: list[str]  # split lines that named no file
     unlisted: int  # videos in the folder that the split does not list (not extracted)
+    split_format: str | None  # the split list format detected, if a split was given
     seconds: float  # the whole run: listing, backbone loading, extraction
     work_seconds: float  # decoding, inference and writing only
 
@@ -258,6 +259,7 @@ def summarize(
     processed: int,
     unmatched: list[str],
     unlisted: int,
+    split_format: str | None,
     seconds: float,
     work_seconds: float,
 ) -> ExtractSummary:
@@ -274,6 +276,7 @@ def summarize(
         failures=feature_set.failures(),
         unmatched=unmatched,
         unlisted=unlisted,
+        split_format=split_format,
         seconds=round(seconds, 3),
         work_seconds=round(work_seconds, 3),
     )
@@ -302,6 +305,12 @@ def _extract_as_rank(
     for warning in config.warnings():
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     video_list = list_videos(config.videos, config.split)
+    if video_list.split_format:
+        console.print(
+            f"split {config.split}: {video_list.split_format}; {len(video_list.records)} videos "
+            f"found, {len(video_list.unmatched)} lines name no file",
+            highlight=False,
+        )
     loaded = load_backbone(
         config.backbone,
         weights_file=config.weights,
@@ -327,6 +336,7 @@ def _extract_as_rank(
         processed=processed,
         unmatched=video_list.unmatched,
         unlisted=video_list.unlisted,
+        split_format=video_list.split_format,
         seconds=finished - started,
         work_seconds=finished - work_started,
     )

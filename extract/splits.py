@@ -1,19 +1,30 @@
-"""Benchmark split lists: ``{train,val,test}list*.txt`` files of ``class/video_id`` lines.
+"""Benchmark split lists, in the two formats few-shot action recognition code bases use.
 
-These files come from other projects (OTAM, CMN, ARN via TRX/STRM), so every line is checked: the
-class is the part before the first '/', the video id the rest, and an id that could name a path
-outside the video folder is refused rather than joined into a path.
+- OTAM / CMN / ARN (as TRX and STRM ship them): ``{train,val,test}list*.txt``, one
+  ``class/video_id`` per line; the class is the part before the first '/', the video id the rest.
+- HyRSM / MoLo / CLIP-FSAR: ``{train,val,test}_few_shot.txt``; a line starts with the part and the
+  class index (``test0``), which is the class, then either ``/video_id`` (SSv2: ``test0/88644``)
+  or ``//`` and a path under the dataset root (``val0//val_256/baking_cookies/-514AQUrSow.mp4``),
+  whose file name without extension is the video id.
+
+A folder holds one format or the other, detected from its file names. These files come from other
+projects, so every line is checked: an id that could name a path, or a path that leaves the
+dataset root (absolute, or climbing out with '..'), is refused rather than joined into a path.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import posixpath
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sact.extract.errors import SactError
 
 SPLIT_PARTS = ("train", "val", "test")
+FEW_SHOT_LINE = re.compile(r"(?P<label>(?:train|val|test)\d+)/(?P<rest>.+)")
 
 
 class SplitError(SactError):
@@ -25,6 +36,12 @@ class SplitEntry:
     label: str
     video_id: str
     where: str = ""  # the line it came from, e.g. "trainlist01.txt line 3", for messages
+    path: str | None = None  # the file under the dataset root a HyRSM/MoLo line names
+
+    @property
+    def line(self) -> str:
+        """The entry as its split line names it, for messages."""
+        return f"{self.label}//{self.path}" if self.path else f"{self.label}/{self.video_id}"
 
 
 def builtin_splits_dir() -> Path:
@@ -47,11 +64,7 @@ def resolve_split_dir(name_or_dir: str) -> Path:
     )
 
 
-def parse_split_line(line: str, *, where: str) -> SplitEntry:
-    label, slash, video_id = line.partition("/")
-    label, video_id = label.strip(), video_id.strip()
-    if not slash or not label or not video_id:
-        raise SplitError(f"{where}: expected 'class/video_id', got {line!r}")
+def _refuse_unsafe_id(label: str, video_id: str, *, line: str, where: str) -> None:
     unsafe = (
         "/" in video_id
         or "\\" in video_id
@@ -63,10 +76,80 @@ def parse_split_line(line: str, *, where: str) -> SplitEntry:
     )
     if unsafe:
         raise SplitError(f"{where}: {line!r} would escape the video folder; refused")
+
+
+def parse_split_line(line: str, *, where: str) -> SplitEntry:
+    """An OTAM / CMN / ARN line: ``class/video_id``."""
+    label, slash, video_id = line.partition("/")
+    label, video_id = label.strip(), video_id.strip()
+    if not slash or not label or not video_id:
+        raise SplitError(f"{where}: expected 'class/video_id', got {line!r}")
+    _refuse_unsafe_id(label, video_id, line=line, where=where)
     return SplitEntry(label=label, video_id=video_id, where=where)
 
 
-def read_split_file(path: Path) -> list[SplitEntry]:
+def parse_few_shot_line(line: str, *, where: str) -> SplitEntry:
+    """A HyRSM / MoLo / CLIP-FSAR line: ``test0/video_id`` or ``test0//path/under/the/root``."""
+    match = FEW_SHOT_LINE.fullmatch(line.strip())
+    if match is None:
+        raise SplitError(
+            f"{where}: expected '<part><class index>/video_id' or "
+            f"'<part><class index>//path/under/the/root', got {line!r}"
+        )
+    label, rest = match["label"], match["rest"]
+    if not rest.startswith("/"):
+        _refuse_unsafe_id(label, rest, line=line, where=where)
+        return SplitEntry(label=label, video_id=rest, where=where)
+    path = rest.removeprefix("/")
+    normalized = posixpath.normpath(path) if path else ""
+    leaves_root = (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\x00" in path
+        or normalized in (".", "..")
+        or normalized.startswith("../")
+    )
+    if leaves_root:
+        raise SplitError(f"{where}: {line!r} names a path outside the dataset root; refused")
+    video_id = posixpath.splitext(posixpath.basename(normalized))[0]
+    return SplitEntry(label=label, video_id=video_id, where=where, path=normalized)
+
+
+@dataclass(frozen=True)
+class SplitFormat:
+    """A family of split list files: their names and how to read a line."""
+
+    name: str
+    pattern: str  # per part, e.g. "{part}list*.txt"
+    parse_line: Callable[..., SplitEntry]
+
+    def files(self, folder: Path, part: str) -> list[Path]:
+        return sorted(folder.glob(self.pattern.format(part=part)))
+
+
+SPLIT_FORMATS = (
+    SplitFormat(
+        "OTAM/CMN/ARN (trainlist*.txt, class/video_id)", "{part}list*.txt", parse_split_line
+    ),
+    SplitFormat(
+        "HyRSM/MoLo/CLIP-FSAR (train_few_shot.txt, test0/video_id or test0//path)",
+        "{part}_few_shot.txt",
+        parse_few_shot_line,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A split list's parts, e.g. ``{"train": [...], "val": [...], "test": [...]}``, and the
+    format its files were read in."""
+
+    parts: dict[str, list[SplitEntry]]
+    format: SplitFormat
+
+
+def read_split_file(path: Path, split_format: SplitFormat = SPLIT_FORMATS[0]) -> list[SplitEntry]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -74,22 +157,38 @@ def read_split_file(path: Path) -> list[SplitEntry]:
     entries = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
-            entries.append(parse_split_line(line, where=f"{path.name} line {number}"))
+            entries.append(split_format.parse_line(line, where=f"{path.name} line {number}"))
     return entries
 
 
-def load_split(name_or_dir: str) -> dict[str, list[SplitEntry]]:
-    """The split's parts, e.g. ``{"train": [...], "val": [...], "test": [...]}``."""
+def detect_format(folder: Path) -> SplitFormat:
+    """The one format whose files the folder holds."""
+    present = [
+        split_format
+        for split_format in SPLIT_FORMATS
+        if any(split_format.files(folder, part) for part in SPLIT_PARTS)
+    ]
+    if not present:
+        patterns = " or ".join(f.pattern.format(part="{train,val,test}") for f in SPLIT_FORMATS)
+        raise SplitError(f"split {folder} holds no split list ({patterns})")
+    if len(present) > 1:
+        raise SplitError(
+            f"split {folder} holds lists of two formats: " + "; ".join(f.name for f in present)
+        )
+    return present[0]
+
+
+def load_split(name_or_dir: str) -> Split:
+    """The split's parts, read in the format detected from the folder's file names."""
     folder = resolve_split_dir(name_or_dir)
+    split_format = detect_format(folder)
     parts: dict[str, list[SplitEntry]] = {}
     for part in SPLIT_PARTS:
-        files = sorted(folder.glob(f"{part}list*.txt"))
+        files = split_format.files(folder, part)
         if len(files) > 1:
             raise SplitError(
                 f"split {folder} has several {part} lists: " + ", ".join(f.name for f in files)
             )
         if files:
-            parts[part] = read_split_file(files[0])
-    if not parts:
-        raise SplitError(f"split {folder} holds no trainlist/vallist/testlist*.txt file")
-    return parts
+            parts[part] = read_split_file(files[0], split_format)
+    return Split(parts=parts, format=split_format)

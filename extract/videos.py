@@ -12,13 +12,19 @@ A split line ``class/video_id`` is matched against what was found, never joined 
 way TRX/STRM data loaders find their videos: first ``<class>/<id>``, then a flat ``<id>``, then any
 single file named ``<id>``; a Kinetics id ``<youtube>_<start>_<end>`` also matches a file named
 after the YouTube id alone. Class folder names match split classes with spaces or underscores.
+
+A HyRSM/MoLo line that names a path under the dataset root (``test0//videos/fencing/x.avi``) is
+that file of the videos folder, at any depth, checked to lie inside it (symbolic links included);
+if the folder is laid out differently, the file is looked up like an id, in its class folder.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from sact.extract.errors import SactError
@@ -51,8 +57,9 @@ class VideoList:
     in the folder no split line names (with a split, only the split's videos are extracted)."""
 
     records: list[VideoRecord]
-    unmatched: list[str] = field(default_factory=list)  # "class/video_id" lines with no file
+    unmatched: list[str] = field(default_factory=list)  # split lines that name no file
     unlisted: int = 0  # videos found in the folder that the split does not list
+    split_format: str | None = None  # which split list format was read, if any
 
 
 def is_frame_file(path: Path) -> bool:
@@ -150,6 +157,46 @@ class _Matcher:
         return video
 
 
+class _SplitMatcher:
+    """Finds the file of each split entry: by path when the line names one, else by id."""
+
+    def __init__(self, videos_dir: Path) -> None:
+        if not videos_dir.is_dir():
+            raise VideoDiscoveryError(
+                f"videos folder {videos_dir} does not exist or is not a folder"
+            )
+        self.videos_dir = videos_dir
+
+    @cached_property
+    def found(self) -> list[FoundVideo]:
+        return find_videos(self.videos_dir)
+
+    @cached_property
+    def by_id(self) -> _Matcher:
+        return _Matcher(self.found)
+
+    def at_path(self, entry: SplitEntry) -> FoundVideo | None:
+        assert entry.path is not None
+        candidate = self.videos_dir.joinpath(*entry.path.split("/"))
+        if not candidate.resolve().is_relative_to(self.videos_dir.resolve()):
+            raise VideoDiscoveryError(
+                f"split line {entry.line!r} names a file outside {self.videos_dir}; refused"
+            )
+        if not (is_video_file(candidate) or is_frame_folder(candidate)):
+            return None
+        label = posixpath.basename(posixpath.dirname(entry.path))
+        return FoundVideo(path=entry.path, label=label, stem=entry.video_id)
+
+    def match(self, entry: SplitEntry) -> FoundVideo | None:
+        if entry.path is not None:
+            video = self.at_path(entry)
+            if video is not None:
+                return video
+            class_folder = posixpath.basename(posixpath.dirname(entry.path))
+            return self.by_id.match(SplitEntry(label=class_folder, video_id=entry.video_id))
+        return self.by_id.match(entry)
+
+
 def list_videos(videos_dir: Path, split: str | None = None) -> VideoList:
     """The videos to extract: everything found, or (with ``split``) the split's videos.
 
@@ -157,19 +204,21 @@ def list_videos(videos_dir: Path, split: str | None = None) -> VideoList:
     come from the split lines (all of its train/val/test parts, in that order); lines that name no
     file are returned in ``unmatched``.
     """
-    found = find_videos(videos_dir)
-    if not found:
-        raise VideoDiscoveryError(
-            f"no videos found in {videos_dir} (looked for {', '.join(sorted(VIDEO_SUFFIXES))} "
-            "files, flat or in class folders, and class/video/00001.jpg frame folders)"
-        )
     if split is None:
+        found = find_videos(videos_dir)
+        if not found:
+            raise VideoDiscoveryError(
+                f"no videos found in {videos_dir} (looked for "
+                f"{', '.join(sorted(VIDEO_SUFFIXES))} files, flat or in class folders, and "
+                "class/video/00001.jpg frame folders)"
+            )
         records = [VideoRecord(video_id=v.stem, path=v.path, label=v.label) for v in found]
         return VideoList(records=_check_unique(records))
-    matcher = _Matcher(found)
+    loaded = load_split(split)
+    matcher = _SplitMatcher(videos_dir)
     records, unmatched = [], []
     listed: dict[str, SplitEntry] = {}  # video id -> the split line that listed it first
-    for entries in load_split(split).values():
+    for entries in loaded.parts.values():
         for entry in entries:
             first = listed.setdefault(entry.video_id, entry)
             if first is not entry:
@@ -182,18 +231,24 @@ def list_videos(videos_dir: Path, split: str | None = None) -> VideoList:
                 continue
             video = matcher.match(entry)
             if video is None:
-                unmatched.append(f"{entry.label}/{entry.video_id}")
+                unmatched.append(entry.line)
             else:
                 records.append(
                     VideoRecord(video_id=entry.video_id, path=video.path, label=entry.label)
                 )
     if not records:
         raise VideoDiscoveryError(
-            f"none of the {len(unmatched)} videos of split {split!r} was found in {videos_dir} "
-            f"(e.g. {unmatched[0]!r})"
+            f"none of the {len(unmatched)} videos of split {split!r} "
+            f"({loaded.format.name}) was found in {videos_dir} (e.g. {unmatched[0]!r})"
         )
-    unlisted = len(found) - len({record.path for record in records})
-    return VideoList(records=records, unmatched=unmatched, unlisted=unlisted)
+    extracted = {record.path for record in records}
+    unlisted = sum(video.path not in extracted for video in matcher.found)
+    return VideoList(
+        records=records,
+        unmatched=unmatched,
+        unlisted=unlisted,
+        split_format=loaded.format.name,
+    )
 
 
 def resolve_video_path(videos_dir: Path, relative: str) -> Path:

@@ -78,7 +78,10 @@ def resolve_split(feature_set: FeatureSet, split: str | None) -> SplitSource:
     if name:
         # a folder is recorded absolute, so a checkpoint finds it again from any working folder
         name = str(Path(name).resolve()) if Path(name).is_dir() else str(name)
-        return SplitSource(parts=load_split(name), description=name, name=name)
+        split = load_split(name)
+        return SplitSource(
+            parts=split.parts, description=f"{name} ({split.format.name})", name=name
+        )
     fractions = "/".join(str(round(100 * f)) for f in LABEL_SPLIT_FRACTIONS.values())
     return SplitSource(
         parts=split_by_labels(feature_set),

@@ -47,7 +47,7 @@ def test_dataset_files_splits_and_reproducibility(tmp_path: Path) -> None:
         root=tmp_path / "a", videos_per_class=2, frames=6, size=32, classes=classes, suffix=".avi"
     )
     dataset = make_synthetic_dataset(config)
-    split = load_split(str(dataset.splits))
+    split = load_split(str(dataset.splits)).parts
     assert {part: len(entries) for part, entries in split.items()} == {
         "train": 4,
         "val": 2,
