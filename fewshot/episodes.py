@@ -326,17 +326,16 @@ def load_episodes(path: Path, pool: VideoPool) -> list[EpisodeSet]:
 def _episode_from_json(
     raw: Any, pool: VideoPool, class_number: dict[str, int], shape: tuple[int, int, int], where: str
 ) -> Episode:
+    """One episode of a file, by video id: supports and queries in any order, each video's class
+    from the split; ``classes`` (the label order) is optional and then follows the supports."""
     way, shot, queries = shape
     if not isinstance(raw, dict):
         raise EpisodeError(f"{where}: malformed episode")
-    names, support, query = raw.get("classes"), raw.get("support"), raw.get("query")
-    if not (isinstance(names, list) and isinstance(support, list) and isinstance(query, list)):
-        raise EpisodeError(f"{where}: an episode needs classes, support and query lists")
-    if len(names) != way or len(support) != way * shot or len(query) != way * queries:
+    support, query = raw.get("support"), raw.get("query")
+    if not (isinstance(support, list) and isinstance(query, list)):
+        raise EpisodeError(f"{where}: an episode needs support and query lists of video ids")
+    if len(support) != way * shot or len(query) != way * queries:
         raise EpisodeError(f"{where}: not a {way}-way {shot}-shot {queries}-query episode")
-    unknown = [name for name in names if name not in class_number]
-    if unknown:
-        raise EpisodeError(f"{where}: class {unknown[0]!r} is not in the {pool.part} split")
     positions = []
     for video_id in support + query:
         position = pool.position_of.get(video_id) if isinstance(video_id, str) else None
@@ -345,13 +344,28 @@ def _episode_from_json(
                 f"{where}: video {video_id!r} is not a usable {pool.part} video of this store"
             )
         positions.append(position)
-    positions_array = np.array(positions, dtype=np.int64)
-    labels = np.array([pool.labels[p] for p in positions])
-    expected = np.concatenate([np.repeat(names, shot), np.repeat(names, queries)])
-    if not np.array_equal(labels, expected):
-        raise EpisodeError(f"{where}: a video's class does not match its place in the episode")
+    if len(set(positions)) != len(positions):
+        raise EpisodeError(f"{where}: a video appears twice in the episode")
+    support_positions, query_positions = positions[: way * shot], positions[way * shot :]
+    names = raw.get("classes")
+    if names is None:
+        names = list(dict.fromkeys(pool.labels[p] for p in support_positions))
+    if not isinstance(names, list) or len(names) != way or len(set(names)) != way:
+        raise EpisodeError(f"{where}: classes must list the episode's {way} classes once each")
+    unknown = [name for name in names if name not in class_number]
+    if unknown:
+        raise EpisodeError(f"{where}: class {unknown[0]!r} is not in the {pool.part} split")
+
+    def class_major(chosen: list[int], per_class: int, role: str) -> np.ndarray:
+        by_name = {name: [p for p in chosen if pool.labels[p] == name] for name in names}
+        if any(len(videos) != per_class for videos in by_name.values()):
+            raise EpisodeError(
+                f"{where}: the {role} videos are not {per_class} of each of the episode's classes"
+            )
+        return np.array([p for name in names for p in by_name[name]], dtype=np.int64)
+
     return Episode(
         classes=np.array([class_number[name] for name in names], dtype=np.int64),
-        support=positions_array[: way * shot],
-        query=positions_array[way * shot :],
+        support=class_major(support_positions, shot, "support"),
+        query=class_major(query_positions, queries, "query"),
     )

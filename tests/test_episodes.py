@@ -168,7 +168,7 @@ def test_episode_files_round_trip_and_are_checked(store, tmp_path):
     episode = data["settings"][0]["episodes"][0]
     episode["support"][0], episode["query"][-1] = episode["query"][-1], episode["support"][0]
     bad.write_text(json.dumps(data))
-    with pytest.raises(EpisodeError, match="does not match its place"):
+    with pytest.raises(EpisodeError, match="support videos are not 2 of each"):
         load_episodes(bad, pool)
     bad.write_text("{not json")
     with pytest.raises(EpisodeError, match="cannot read episode file"):
