@@ -119,6 +119,12 @@ EXTRACT, TRAIN, EVAL = defaults(ExtractConfig), defaults(TrainConfig), defaults(
 DEMO, EXPLAIN = defaults(DemoConfig), defaults(ExplainConfig)
 
 
+def parameter_given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was typed on the command line (not its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
+
+
 def examples(*commands: str) -> str:
     """The end of a command's --help: real command lines."""
     return "Examples:\n\n" + "\n".join(commands)
@@ -309,6 +315,7 @@ def export(
     )
 )
 def train(
+    ctx: typer.Context,
     feats: Annotated[str | None, typer.Option(help="Feature store (.zarr path or URL).")] = None,
     feature_set: Annotated[
         str | None, typer.Option(help="Feature set in the store; needed if it holds several.")
@@ -332,6 +339,10 @@ def train(
     iterations: Annotated[int, typer.Option(help="Optimiser steps.")] = TRAIN.iterations,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = TRAIN.lr,
     optimizer: Annotated[str, typer.Option(help="adamw, adam or sgd.")] = TRAIN.optimizer,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = TRAIN.weight_decay,
+    warmup: Annotated[
+        int, typer.Option(help="Linear warm-up steps, then cosine decay to zero.")
+    ] = TRAIN.warmup,
     tasks_per_batch: Annotated[int, typer.Option(help="Episodes per optimiser step.")] = (
         TRAIN.tasks_per_batch
     ),
@@ -354,14 +365,29 @@ def train(
             "the available memory."
         ),
     ] = TRAIN.cache_gb,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            help="tensorboard: also TensorBoard event files in the run (metrics.jsonl "
+            "is always written)."
+        ),
+    ] = TRAIN.log,
+    rerun: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="A run's config.json: train again with its settings; options given override.",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a few-shot head on cached features (episodic; resumable, bitwise on a CPU)."""
     from dataclasses import asdict
 
+    from sact.fewshot.config import config_to_rerun
     from sact.fewshot.training import train as run_training
 
-    if feats is None and not resume:
+    if feats is None and not resume and rerun is None:
         fail("missing --feats STORE (the feature store written by `sact extract`)")
     config = TrainConfig(
         feats=feats or "",
@@ -378,6 +404,8 @@ def train(
         iterations=iterations,
         lr=lr,
         optimizer=optimizer,
+        weight_decay=weight_decay,
+        warmup=warmup,
         tasks_per_batch=tasks_per_batch,
         val_every=val_every,
         val_episodes=val_episodes,
@@ -386,7 +414,12 @@ def train(
         device=device,
         resume=resume,
         cache_gb=cache_gb,
+        log=log,
     )
+    if rerun is not None:
+        given = [name for name in ctx.params if parameter_given(ctx, name)]
+        with user_errors():
+            config = config_to_rerun(rerun, config, options=given)
     with user_errors():
         result = run_training(config, console=stderr)
     trained = (

@@ -8,13 +8,18 @@ Why the training defaults are what they are: fewshot/training.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import importlib.util
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from sact.extract.errors import SactError
 
 MODEL_KINDS = ("sact", "protonet", "trx")
 OPTIMIZERS = ("adamw", "adam", "sgd")
+LOGGERS = ("tensorboard",)  # besides metrics.jsonl, which every run writes
 # options of the model constructors that the command line exposes, and the kinds that take them
 MODEL_OPTIONS = {"d_k": ("sact", "trx"), "tmixer": ("sact",), "cpe": ("sact",)}
 
@@ -54,6 +59,7 @@ class TrainConfig:
     cache_gb: float | None = None  # None: half of the available memory
     workers: int = 4  # reader threads when streaming
     prefetch: int = 4  # batches read ahead when streaming
+    log: str | None = None  # "tensorboard": also TensorBoard event files in the run
 
     def model_options(self) -> dict[str, Any]:
         defaults = {f.name: f.default for f in fields(self)}
@@ -91,6 +97,33 @@ class TrainConfig:
                 raise TrainingError(f"--{name} must be at least 1, got {value}")
         if not self.lr > 0 or self.weight_decay < 0 or self.warmup < 0:
             raise TrainingError("--lr must be positive, weight decay and warm-up non-negative")
+        if self.log is not None and self.log not in LOGGERS:
+            raise TrainingError(f"--log must be {' or '.join(LOGGERS)}, got {self.log!r}")
+        if self.log == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+            raise TrainingError(
+                "--log tensorboard needs the tensorboard package: pip install 'sact[tensorboard]'"
+            )
+
+
+def read_train_config(path: Path) -> TrainConfig:
+    """The TrainConfig a run saved in its config.json (keys of other sact versions ignored)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))["train"]
+        known = {f.name for f in fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    except FileNotFoundError as error:
+        raise TrainingError(f"{path} does not exist") from error
+    except (OSError, UnicodeDecodeError, KeyError, TypeError, json.JSONDecodeError) as error:
+        raise TrainingError(f"cannot read {path} as a run's config: {error}") from error
+
+
+def config_to_rerun(path: Path, given: TrainConfig, *, options: Iterable[str]) -> TrainConfig:
+    """`sact train --config RUN/config.json`: the saved config with ``options`` (the options typed
+    on the command line) taken from ``given``. A new run, in a new run directory unless --out
+    is typed, never a continuation of the saved one (that is --resume)."""
+    saved = read_train_config(path)
+    overrides = {name: getattr(given, name) for name in options if hasattr(saved, name)}
+    return replace(saved, **{"out": None, "resume": False, **overrides})
 
 
 class EvaluationError(SactError):

@@ -35,7 +35,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -52,6 +52,7 @@ from sact.extract.feature_set import is_url
 from sact.extract.files import write_text_atomic
 from sact.extract.store import FeatureSet, open_feature_set
 from sact.fewshot.accuracy import score_episodes
+from sact.fewshot.attention import attention_weights, draw_attention, focused_patches
 from sact.fewshot.checkpoints import (
     Checkpoint,
     build_model,
@@ -60,7 +61,7 @@ from sact.fewshot.checkpoints import (
     read_resume_state,
     save_checkpoint,
 )
-from sact.fewshot.config import TrainConfig, TrainingError
+from sact.fewshot.config import TrainConfig, TrainingError, read_train_config
 from sact.fewshot.episodes import (
     Episode,
     EpisodeSampler,
@@ -76,13 +77,19 @@ from sact.fewshot.features import (
     segment_frames,
 )
 from sact.fewshot.figures import training_curve
+from sact.fewshot.model import SACT
+from sact.fewshot.tensorboard import FOLDER as TENSORBOARD_FOLDER
+from sact.fewshot.tensorboard import TensorBoardLog
 
 SGD_MOMENTUM = 0.9
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "training_curve.png"
+ATTENTION_FILE = "val_attention.png"  # with --log tensorboard, SA-CT only
+ATTENTION_PATCHES = 2  # query patches drawn per frame
+GRID_CELL_PX = 16  # size of a patch in the pixel-free attention figure
 # what can change when a run is resumed: where and how it runs, never what it computes
-RUNTIME_FIELDS = ("device", "cache_gb", "workers", "prefetch", "resume")
+RUNTIME_FIELDS = ("device", "cache_gb", "workers", "prefetch", "resume", "log")
 
 
 @dataclass(frozen=True)
@@ -190,14 +197,9 @@ def resolve_config(config: TrainConfig) -> tuple[TrainConfig, Path | None]:
     if config.out is None:
         raise TrainingError("--resume needs --out, the run directory to continue")
     run_dir = Path(config.out)
-    try:
-        saved = json.loads((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))["train"]
-        known = {f.name for f in fields(TrainConfig)}
-        resumed = TrainConfig(**{k: v for k, v in saved.items() if k in known})
-    except FileNotFoundError as error:
-        raise TrainingError(f"nothing to resume: {run_dir / CONFIG_FILE} does not exist") from error
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as error:
-        raise TrainingError(f"cannot read {run_dir / CONFIG_FILE}: {error}") from error
+    if not (run_dir / CONFIG_FILE).exists():
+        raise TrainingError(f"nothing to resume: {run_dir / CONFIG_FILE} does not exist")
+    resumed = read_train_config(run_dir / CONFIG_FILE)
     runtime = {name: getattr(config, name) for name in RUNTIME_FIELDS}
     return replace(resumed, **runtime, out=str(run_dir)), run_dir
 
@@ -206,6 +208,14 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     """Train `config.model` on the store's train split, validating on its val split."""
     config, run_dir = resolve_config(config)
     config.check()
+    if config.iterations < config.warmup and console is not None:
+        console.print(
+            f"note: {config.iterations} steps are fewer than the {config.warmup} warm-up steps: "
+            f"the learning rate rises to {learning_rate(config, config.iterations):.3g} and "
+            f"never reaches --lr {config.lr:g} (--warmup sets the warm-up)",
+            highlight=False,
+            soft_wrap=True,
+        )
     data = prepare_data(config, console)
     feature_set = data.feature_set
     frames = config.frames or feature_set.frames
@@ -292,6 +302,13 @@ class Trainer:
             self.restore()
         elif config.resume:  # killed before its first checkpoint: nothing to keep
             self.metrics_path.unlink(missing_ok=True)
+        self.tensorboard = (
+            TensorBoardLog(
+                run_dir / TENSORBOARD_FOLDER, resumed_at=self.step if self.restored else None
+            )
+            if config.log == "tensorboard"
+            else None
+        )
 
     @cached_property
     def train_features(self) -> SplitFeatures:
@@ -448,6 +465,31 @@ class Trainer:
     def log(self, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a", encoding="utf-8") as metrics:
             metrics.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.record(record)
+
+    def draw_val_attention(self) -> Path:
+        """SA-CT's attention of the first val episode's first query on the first support of its
+        class, on the patch grid (stage 2 has no pixels; `sact explain` draws it on the frames)."""
+        episode = self.data.val_episodes[0]
+        pair = np.array([episode.support[0], episode.query[0]])  # both of the episode's class 0
+        frames = segment_frames(self.data.feature_set.frames, self.frames, 2)  # (2, T) centers
+        support, query = self.val_features.videos(pair, frames)  # (T, P, D) each
+        weights = attention_weights(self.model, support, query)  # (T', P, P)
+        rows, cols = self.model.grid
+        blank = np.full(
+            (weights.shape[0], rows * GRID_CELL_PX, cols * GRID_CELL_PX, 3), 128, np.uint8
+        )  # (T', H, W, 3)
+        ids = [self.data.val_pool.video_ids[p] for p in pair]
+        return draw_attention(
+            query_frames=blank,
+            support_frames=blank,
+            weights=weights,
+            grid=(rows, cols),
+            patches=focused_patches(weights, min(ATTENTION_PATCHES, weights.shape[1])),
+            path=self.run_dir / ATTENTION_FILE,
+            title=f"step {self.step}: val query {ids[1]} → support {ids[0]} (patch grid)",
+        )
 
     def validate_and_save(self, rng_state: dict) -> None:
         """Validate, log, and save with the generator state after this step (reads run ahead)."""
@@ -456,7 +498,11 @@ class Trainer:
         if improved:
             self.best_accuracy, self.best_step = self.last_accuracy, self.step
         self.log({"step": self.step, "val_accuracy": self.last_accuracy})
+        if self.tensorboard is not None and isinstance(self.model, SACT):
+            self.tensorboard.figure("figures/attention", self.draw_val_attention(), self.step)
         self.save(best=improved, rng_state=rng_state)
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
 
     def load_features(self) -> None:
         """Read what the run still needs now, before the training progress display starts."""
@@ -485,7 +531,10 @@ class Trainer:
                 for tasks, rng_state in self.batches():
                     loss, accuracy = self.train_step(tasks)
                     self.step += 1
-                    self.log({"step": self.step, "loss": loss, "train_accuracy": accuracy})
+                    lr = learning_rate(self.config, self.step)
+                    self.log(
+                        {"step": self.step, "loss": loss, "train_accuracy": accuracy, "lr": lr}
+                    )
                     if self.step % self.config.val_every == 0 or self.step == self.iterations:
                         self.validate_and_save(rng_state)
                     progress.update(
@@ -494,6 +543,8 @@ class Trainer:
                         status=f"loss {loss:.3f}  val {self.last_accuracy:.3f}",
                     )
             except KeyboardInterrupt:
+                if self.tensorboard is not None:
+                    self.tensorboard.close()
                 if self.console is not None:
                     self.console.print(
                         f"interrupted; continue from the last checkpoint with: "
@@ -516,6 +567,9 @@ class Trainer:
 
     def result(self) -> TrainResult:
         training_curve(self.metrics_path, self.run_dir / CURVE_FILE)
+        if self.tensorboard is not None:
+            self.tensorboard.figure("figures/training_curve", self.run_dir / CURVE_FILE, self.step)
+            self.tensorboard.close()
         return TrainResult(
             run_dir=self.run_dir,
             steps=self.step,
