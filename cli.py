@@ -27,6 +27,7 @@ from sact.config import DemoConfig, ExplainConfig
 from sact.extract.config import ExtractConfig
 from sact.extract.errors import SactError
 from sact.fewshot.config import EvalConfig, TrainConfig
+from sact.fewshot.kinds import kinds_by_option, model_names, one_of
 
 stderr = Console(stderr=True)
 
@@ -324,14 +325,17 @@ def train(
         str | None,
         typer.Option(help="Split list: a built-in name or a folder; default: the store's split."),
     ] = TRAIN.split,
-    model: Annotated[str, typer.Option(help="sact, protonet or trx.")] = TRAIN.model,
+    model: Annotated[str, typer.Option(help=f"{one_of(model_names())}.")] = TRAIN.model,
     way: Annotated[int, typer.Option(help="Classes per episode, N.")] = TRAIN.way,
     shot: Annotated[int, typer.Option(help="Support videos per class, K.")] = TRAIN.shot,
     query: Annotated[int, typer.Option(help="Query videos per class, Q.")] = TRAIN.query,
     frames: Annotated[
         int | None, typer.Option(help="Frames the model sees; default: all stored frames.")
     ] = TRAIN.frames,
-    d_k: Annotated[int | None, typer.Option(help="Projection width d_k (sact, trx).")] = TRAIN.d_k,
+    d_k: Annotated[
+        int | None,
+        typer.Option(help=f"Projection width d_k ({', '.join(kinds_by_option()['d_k'])})."),
+    ] = TRAIN.d_k,
     tmixer: Annotated[
         bool, typer.Option(help="SA-CT's TMixer (ablation: --no-tmixer).")
     ] = TRAIN.tmixer,

@@ -2,8 +2,8 @@
 
     generate videos (extract/synthetic.py: only the motion defines the class)
         ─▶ sact extract (a small random-init timm backbone)
-        ─▶ sact train: SA-CT, ProtoNet and TRX on the same feature store
-        ─▶ sact evaluate: all three on identical test episodes, paired differences
+        ─▶ sact train: every model kind (SA-CT, ProtoNet, TRX) on the same feature store
+        ─▶ sact evaluate: all of them on identical test episodes, SA-CT's paired differences
         ─▶ one table, demo.json, the training curves and an attention figure
 
 Every stage is the library's own entry point, called as the command line calls it, and every stage
@@ -34,11 +34,11 @@ from sact.extract.files import write_text_atomic
 from sact.extract.pipeline import ExtractConfig, run_extraction
 from sact.extract.synthetic import ACTION_CLASSES, SyntheticDatasetConfig, make_synthetic_dataset
 from sact.fewshot.evaluation import EvalConfig, evaluate
+from sact.fewshot.kinds import ModelKind, model_kind, model_kinds
 from sact.fewshot.training import CONFIG_FILE, TrainConfig, train
 
-MODELS = ("sact", "protonet", "trx")
-MODEL_NAMES = {"sact": "SA-CT", "protonet": "ProtoNet", "trx": "TRX"}
 RESULTS_FILE = "demo.json"
+REFERENCE = "sact"  # the model every other one is compared with
 
 
 class DemoError(SactError):
@@ -105,18 +105,18 @@ def train_models(
 ) -> dict[str, Path]:
     """One run per model under out/runs/<model>; a run already there is resumed (or kept)."""
     runs = {}
-    for model in MODELS:
-        run_dir = config.out / "runs" / model
-        console.print(f"[bold]{MODEL_NAMES[model]}")
+    for kind in model_kinds():
+        run_dir = config.out / "runs" / kind.name
+        console.print(f"[bold]{kind.display_name}")
         train(
             TrainConfig(
                 feats=store,
                 split=str(dataset),
-                model=model,
+                model=kind.name,
                 way=config.way,
                 shot=config.train_shot,
                 query=config.train_query,
-                d_k=config.d_k if model != "protonet" else None,
+                d_k=config.d_k if "d_k" in kind.options else None,
                 iterations=config.iterations,
                 lr=config.lr,
                 warmup=config.warmup,
@@ -130,12 +130,17 @@ def train_models(
             ),
             console=console,
         )
-        runs[model] = run_dir
+        runs[kind.name] = run_dir
     return runs
 
 
+def compared_kinds() -> list[ModelKind]:
+    """The kinds the reference is compared with: every other one."""
+    return [kind for kind in model_kinds() if kind.name != REFERENCE]
+
+
 def demo_table(evaluation: dict[str, Any]) -> Table:
-    """Accuracy ± 95% CI of each model, then SA-CT's paired difference to each baseline."""
+    """Accuracy ± 95% CI of each model, then the reference's paired difference to each other."""
     way = evaluation["settings"][0]["way"]
     table = Table(
         title=f"sact demo: {way}-way accuracy on unseen test classes (%, ± 95% CI), "
@@ -143,21 +148,22 @@ def demo_table(evaluation: dict[str, Any]) -> Table:
     )
     table.add_column("setting")
     table.add_column("episodes", justify="right")
-    for model in MODELS:
-        table.add_column(MODEL_NAMES[model], justify="right")
-    for model in MODELS[1:]:
-        table.add_column(f"SA-CT − {MODEL_NAMES[model]}", justify="right")
+    reference = model_kind(REFERENCE).display_name
+    for kind in model_kinds():
+        table.add_column(kind.display_name, justify="right")
+    for kind in compared_kinds():
+        table.add_column(f"{reference} − {kind.display_name}", justify="right")
     for setting in evaluation["settings"]:
         entry = by_model(setting, evaluation)
         scores, paired = entry["accuracy"], entry["sact_minus"]
         best = max(score["accuracy"] for score in scores.values())
         row = [f"{setting['way']}-way {setting['shot']}-shot", str(setting["episodes"])]
-        for model in MODELS:
-            score = scores[model]
+        for kind in model_kinds():
+            score = scores[kind.name]
             text = f"{100 * score['accuracy']:.1f} ± {100 * score['ci95']:.1f}"
             row.append(f"[bold]{text}" if score["accuracy"] == best else text)
-        for model in MODELS[1:]:
-            diff = paired[model]
+        for kind in compared_kinds():
+            diff = paired[kind.name]
             significant = abs(diff["difference"]) > diff["ci95"]
             text = f"{100 * diff['difference']:+.1f} ± {100 * diff['ci95']:.1f}"
             row.append(text if significant else f"[dim]{text}")
@@ -184,7 +190,7 @@ def pick_explained_pair(dataset: Path) -> tuple[str, str]:
 
 
 def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
-    """Generate, extract, train three models, evaluate them on the same episodes, draw."""
+    """Generate, extract, train every model kind, evaluate them on the same episodes, draw."""
     console = console or Console(stderr=True)
     config.out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -199,17 +205,18 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
     store = extract(config, dataset, console)
     seconds["extract"] = time.perf_counter() - mark
 
-    _stage(console, "3/5 train SA-CT, ProtoNet and TRX on the same store")
+    names = [kind.display_name for kind in model_kinds()]
+    _stage(console, f"3/5 train {', '.join(names[:-1])} and {names[-1]} on the same store")
     mark = time.perf_counter()
     runs = train_models(config, dataset, store, console)
     seconds["train"] = time.perf_counter() - mark
 
-    _stage(console, "4/5 evaluate all three on identical test episodes")
+    _stage(console, f"4/5 evaluate all {len(names)} on identical test episodes")
     mark = time.perf_counter()
     evaluation = evaluate(
         EvalConfig(
-            run=str(runs["sact"]),
-            compare=(str(runs["protonet"]), str(runs["trx"])),
+            run=str(runs[REFERENCE]),
+            compare=tuple(str(runs[kind.name]) for kind in compared_kinds()),
             way=config.way,
             shots=config.shots,
             episodes=config.episodes,
@@ -227,7 +234,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
     query, support = pick_explained_pair(dataset)
     attention_png = explain(
         ExplainConfig(
-            run=runs["sact"], query=query, support=support, out=config.out / "attention.png"
+            run=runs[REFERENCE], query=query, support=support, out=config.out / "attention.png"
         )
     )
     seconds["explain"] = time.perf_counter() - mark
@@ -242,7 +249,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
         "settings": [by_model(setting, evaluation) for setting in evaluation["settings"]],
         "figures": {
             "attention": str(attention_png),
-            **{f"training_curve_{m}": str(runs[m] / "training_curve.png") for m in MODELS},
+            **{f"training_curve_{m}": str(runs[m] / "training_curve.png") for m in runs},
         },
         "seconds": {stage: round(value, 1) for stage, value in seconds.items()},
     }

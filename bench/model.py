@@ -40,8 +40,9 @@ from rich.console import Console
 from rich.table import Table
 
 from sact.extract.devices import synchronize
-from sact.fewshot import MODELS
 from sact.fewshot.features import autocast_for
+from sact.fewshot.heads import FewShotHead
+from sact.fewshot.kinds import create_model
 
 
 def sact_flops(*, n: int, k: int, q: int, t: int, p: int, d: int, d_k: int, tmixer: bool) -> dict:
@@ -128,7 +129,7 @@ def make_episode(args: argparse.Namespace, device: torch.device):
 
 
 def training_step(
-    model: torch.nn.Module,
+    model: FewShotHead,
     support,
     labels,
     query,
@@ -161,7 +162,7 @@ def peak_memory(
         with context.Pool(1) as pool:
             return pool.apply(cpu_peak_memory, (args, kind, extra))
     support, labels, query, targets = make_episode(args, device)
-    model = MODELS[kind](dim=args.dim, frames=args.frames, grid=args.grid, **extra).to(device)
+    model = create_model(kind, dim=args.dim, frames=args.frames, grid=args.grid, **extra).to(device)
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -188,7 +189,7 @@ def resident_peak() -> int:
 def cpu_peak_memory(args: argparse.Namespace, kind: str, extra: dict) -> int:
     torch.set_num_threads(args.threads)
     support, labels, query, targets = make_episode(args, torch.device("cpu"))
-    model = MODELS[kind](dim=args.dim, frames=args.frames, grid=args.grid, **extra)
+    model = create_model(kind, dim=args.dim, frames=args.frames, grid=args.grid, **extra)
     before = resident_peak()
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     training_step(model, support, labels, query, targets, autocast=nullcontext(), scaler=scaler)
@@ -255,7 +256,7 @@ def main() -> None:
     rows = []
     for name, (kind, extra, stages) in candidates.items():
         console.print(f"[bold]{name}[/]: {n}-way {k}-shot, {q} queries, T={t} P={p} D={d}")
-        model = MODELS[kind](dim=d, frames=t, grid=args.grid, **extra).to(device)
+        model = create_model(kind, dim=d, frames=t, grid=args.grid, **extra).to(device)
         trainable = any(True for _ in model.parameters())
         memory = peak_memory(args, kind, extra, autocast=autocast)
         step_seconds, rates = timed_against_matmul(

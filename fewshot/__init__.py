@@ -2,7 +2,8 @@
 
 Everything here works on cached features read from a feature store; nothing imports the video
 decoder or the backbone. The models are imported on first use, so the command line can read
-`sact.fewshot.config` (its option defaults) without paying for torch.
+`sact.fewshot.config` (its option defaults) and `sact.fewshot.kinds` (the model kinds) without
+paying for torch.
 """
 
 from __future__ import annotations
@@ -14,38 +15,40 @@ from typing import TYPE_CHECKING, Any
 _DEFINED_IN = {
     "SACT": "sact.fewshot.model",
     "SACTEmbedding": "sact.fewshot.model",
-    "VideoEmbedding": "sact.fewshot.model",
     "TRX": "sact.fewshot.baselines",
     "ProtoNet": "sact.fewshot.baselines",
     "ProtoNetEmbedding": "sact.fewshot.baselines",
     "TRXEmbedding": "sact.fewshot.baselines",
+    "FewShotHead": "sact.fewshot.heads",
+    "VideoEmbedding": "sact.fewshot.heads",
+    "ModelKind": "sact.fewshot.kinds",
+    "create_model": "sact.fewshot.kinds",
+    "is_model": "sact.fewshot.kinds",
+    "model_kind": "sact.fewshot.kinds",
+    "model_kinds": "sact.fewshot.kinds",
+    "register_model": "sact.fewshot.kinds",
 }
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from sact.fewshot.baselines import TRX as TRX
     from sact.fewshot.baselines import ProtoNet as ProtoNet
     from sact.fewshot.baselines import ProtoNetEmbedding as ProtoNetEmbedding
     from sact.fewshot.baselines import TRXEmbedding as TRXEmbedding
+    from sact.fewshot.heads import FewShotHead as FewShotHead
+    from sact.fewshot.heads import VideoEmbedding as VideoEmbedding
+    from sact.fewshot.kinds import ModelKind as ModelKind
+    from sact.fewshot.kinds import create_model as create_model
+    from sact.fewshot.kinds import is_model as is_model
+    from sact.fewshot.kinds import model_kind as model_kind
+    from sact.fewshot.kinds import model_kinds as model_kinds
+    from sact.fewshot.kinds import register_model as register_model
     from sact.fewshot.model import SACT as SACT
     from sact.fewshot.model import SACTEmbedding as SACTEmbedding
-    from sact.fewshot.model import VideoEmbedding as VideoEmbedding
-
-    MODELS: dict[str, type[nn.Module]]
 
 
 def __getattr__(name: str) -> Any:
-    value: Any
-    if name == "MODELS":  # model kinds by name, so training can rebuild a model from its config
-        value = {
-            "sact": __getattr__("SACT"),
-            "protonet": __getattr__("ProtoNet"),
-            "trx": __getattr__("TRX"),
-        }
-    elif name in _DEFINED_IN:
-        value = getattr(importlib.import_module(_DEFINED_IN[name]), name)
-    else:
+    if name not in _DEFINED_IN:
         raise AttributeError(f"module 'sact.fewshot' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_DEFINED_IN[name]), name)
     globals()[name] = value
     return value

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from sact.fewshot.episodes import Episode
 from sact.fewshot.features import Prefetcher, SplitFeatures, progress_bar, segment_frames
-from sact.fewshot.model import VideoEmbedding
+from sact.fewshot.heads import FewShotHead, VideoEmbedding
 
 Z_95 = 1.96
 
@@ -43,7 +43,7 @@ def concat_embeddings(parts: Sequence[VideoEmbedding]) -> VideoEmbedding:
 
 @torch.no_grad()
 def embed_videos(
-    model: torch.nn.Module,
+    model: FewShotHead,
     features: SplitFeatures,
     positions: np.ndarray,
     *,
@@ -84,7 +84,7 @@ def embed_videos(
 
 @torch.no_grad()
 def episode_logits(
-    model: torch.nn.Module,
+    model: FewShotHead,
     embedding: VideoEmbedding,
     row_of: np.ndarray,
     episodes: Sequence[Episode],
@@ -103,7 +103,7 @@ def episode_logits(
 
 
 def episode_accuracies(
-    model: torch.nn.Module,
+    model: FewShotHead,
     embedding: VideoEmbedding,
     row_of: np.ndarray,
     episodes: Sequence[Episode],
@@ -120,7 +120,7 @@ def episode_accuracies(
 
 
 def score_episodes(
-    model: torch.nn.Module,
+    model: FewShotHead,
     features: SplitFeatures,
     episode_lists: Sequence[Sequence[Episode]],
     *,

@@ -1,7 +1,7 @@
 """Baselines on the same cached features and episodes as SA-CT: ProtoNet and a TRX head.
 
-Both have SACT's interface (`embed`, `match`, `forward`, `config`), so training and evaluation
-treat all three alike and report them side by side.
+Both are few-shot heads like SA-CT (fewshot/heads.py: `embed`, `match`, `forward`, `config`), so
+training and evaluation treat all three alike and report them side by side.
 """
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import combinations
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from sact.fewshot.model import VideoEmbedding, as_grid, check_videos, group_by_class
+from sact.fewshot.heads import FewShotHead, VideoEmbedding, group_by_class
 
 
 @dataclass(frozen=True)
@@ -21,22 +22,15 @@ class ProtoNetEmbedding(VideoEmbedding):
     features: Tensor  # (B, D) mean over frames and patches
 
 
-class ProtoNet(nn.Module):
+class ProtoNet(FewShotHead[ProtoNetEmbedding]):
     """Prototypical network on pooled features: logits = −squared Euclidean to class means.
 
     It has no parameters: training it is a no-op, and the trainer skips optimisation for
     parameter-free models. `frames` and `grid` are accepted so every model is built the same way.
     """
 
-    def __init__(self, *, dim: int, frames: int, grid: tuple[int, int] | int) -> None:
-        super().__init__()
-        self.dim, self.frames, self.grid = dim, frames, as_grid(grid)
-
-    def config(self) -> dict:
-        return {"dim": self.dim, "frames": self.frames, "grid": list(self.grid)}
-
     def embed(self, videos: Tensor) -> ProtoNetEmbedding:
-        check_videos(videos, frames=self.frames, patches=self.grid[0] * self.grid[1], dim=self.dim)
+        self.check_videos(videos)
         exact = torch.promote_types(videos.dtype, torch.float32)  # float16 sums lose digits
         return ProtoNetEmbedding(features=videos.to(exact).mean(dim=(1, 2)))  # (B, D)
 
@@ -53,9 +47,6 @@ class ProtoNet(nn.Module):
         prototypes = support.features[order].reshape(way, shot, -1).mean(dim=1)
         diff = query.features[:, None, :] - prototypes[None, :, :]  # (Q, N, D)
         return -diff.pow(2).sum(dim=-1)  # (Q, N)
-
-    def forward(self, support: Tensor, support_labels: Tensor, query: Tensor) -> Tensor:
-        return self.match(self.embed(support), support_labels, self.embed(query))
 
 
 class PositionalEncoding(nn.Module):
@@ -103,7 +94,7 @@ class TRXEmbedding(VideoEmbedding):
     values: tuple[Tensor, ...]  # per cardinality (B, n_tuples, d_k)
 
 
-class TRX(nn.Module):
+class TRX(FewShotHead[TRXEmbedding]):
     """TRX (Perrett et al., CVPR 2021) head on frame features mean-pooled over patches.
 
     For each cardinality: every query tuple attends over all tuples of all shots of a class
@@ -122,26 +113,24 @@ class TRX(nn.Module):
         cardinalities: tuple[int, ...] | list[int] = (2, 3),
         dropout: float = 0.1,
     ) -> None:
-        super().__init__()
-        self.dim, self.frames, self.grid, self.d_k = dim, frames, as_grid(grid), d_k
+        super().__init__(dim=dim, frames=frames, grid=grid)
+        self.d_k = d_k
         self.cardinalities, self.dropout = tuple(cardinalities), dropout
         self.positional = PositionalEncoding(dim=dim, frames=frames, dropout=dropout)
         self.heads = nn.ModuleList(
             TupleHead(dim=dim, frames=frames, cardinality=c, d_k=d_k) for c in self.cardinalities
         )
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         return {
-            "dim": self.dim,
-            "frames": self.frames,
-            "grid": list(self.grid),
+            **super().config(),
             "d_k": self.d_k,
             "cardinalities": list(self.cardinalities),
             "dropout": self.dropout,
         }
 
     def embed(self, videos: Tensor) -> TRXEmbedding:
-        check_videos(videos, frames=self.frames, patches=self.grid[0] * self.grid[1], dim=self.dim)
+        self.check_videos(videos)
         x = videos.to(self.heads[0].to_key.weight.dtype)  # cached features are float16
         frames = self.positional(x.mean(dim=2))  # (B, T, D)
         keys, values = zip(*(head(frames) for head in self.heads), strict=True)
@@ -177,6 +166,3 @@ class TRX(nn.Module):
             distance = diff.pow(2).sum(dim=(-2, -1)) / n_tuples  # (N, Q)
             logits.append(-distance.transpose(0, 1))  # (Q, N)
         return torch.stack(logits).mean(dim=0)  # (Q, N)
-
-    def forward(self, support: Tensor, support_labels: Tensor, query: Tensor) -> Tensor:
-        return self.match(self.embed(support), support_labels, self.embed(query))

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from sact.extract.errors import SactError
 from sact.extract.store import FeatureSet
-from sact.fewshot import MODELS
+from sact.fewshot.heads import FewShotHead
+from sact.fewshot.kinds import create_model, is_model, model_names
 
 CHECKPOINT_FORMAT = 1
 WEIGHTS = "model.safetensors"
@@ -57,7 +57,7 @@ class Checkpoint:
     step: int
     val_accuracy: float | None
 
-    def build(self) -> nn.Module:
+    def build(self) -> FewShotHead:
         """The model with its weights, on the CPU, in eval mode."""
         model = build_model(self.model, self.model_config)
         try:
@@ -74,11 +74,11 @@ class Checkpoint:
         return model.eval()
 
 
-def build_model(kind: str, config: dict[str, Any]) -> nn.Module:
-    if kind not in MODELS:
-        raise CheckpointError(f"unknown model kind {kind!r}; known: {', '.join(MODELS)}")
+def build_model(kind: str, config: dict[str, Any]) -> FewShotHead:
+    if not is_model(kind):
+        raise CheckpointError(f"unknown model kind {kind!r}; known: {', '.join(model_names())}")
     try:
-        return MODELS[kind](**config)
+        return create_model(kind, **config)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"cannot build a {kind} model from {config}: {error}") from error
 
@@ -89,7 +89,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def save_checkpoint(
     folder: Path,
-    model: nn.Module,
+    model: FewShotHead,
     *,
     description: dict[str, Any],
     resume_tensors: dict[str, Any] | None = None,

@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from sact.extract.errors import SactError
+from sact.fewshot.kinds import is_model, kinds_by_option, model_names, one_of
 
-MODEL_KINDS = ("sact", "protonet", "trx")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LOGGERS = ("tensorboard",)  # besides metrics.jsonl, which every run writes
-# options of the model constructors that the command line exposes, and the kinds that take them
-MODEL_OPTIONS = {"d_k": ("sact", "trx"), "tmixer": ("sact",), "cpe": ("sact",)}
 
 
 class TrainingError(SactError):
@@ -62,9 +60,10 @@ class TrainConfig:
     log: str | None = None  # "tensorboard": also TensorBoard event files in the run
 
     def model_options(self) -> dict[str, Any]:
+        """The model options given away from their defaults; the model kind must take each."""
         defaults = {f.name: f.default for f in fields(self)}
         options = {}
-        for name, kinds in MODEL_OPTIONS.items():
+        for name, kinds in kinds_by_option().items():
             value = getattr(self, name)
             if value == defaults[name]:
                 continue
@@ -76,11 +75,8 @@ class TrainConfig:
         return options
 
     def check(self) -> None:
-        if self.model not in MODEL_KINDS:
-            raise TrainingError(
-                f"--model must be {', '.join(MODEL_KINDS[:-1])} or {MODEL_KINDS[-1]}, "
-                f"got {self.model!r}"
-            )
+        if not is_model(self.model):
+            raise TrainingError(f"--model must be {one_of(model_names())}, got {self.model!r}")
         if self.optimizer not in OPTIMIZERS:
             raise TrainingError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
         positive = {

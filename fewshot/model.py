@@ -12,85 +12,14 @@ episode). `forward` is `match` of `embed`, and evaluation can embed a test split
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Self
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class VideoEmbedding:
-    """Base for per-video embeddings: every field is a tensor (or a tuple of tensors) whose first
-    dim is the video, so `emb[index]` selects videos, `emb.to(device)` moves them, `len(emb)`
-    counts them."""
-
-    def __post_init__(self) -> None:
-        counts = {tensor.shape[0] for tensor in self._tensors()}
-        if len(counts) > 1:
-            raise ValueError(f"{type(self).__name__}: fields disagree on the number of videos")
-
-    def _tensors(self) -> list[Tensor]:
-        tensors = []
-        for field in fields(self):
-            value = getattr(self, field.name)
-            tensors.extend(value if isinstance(value, tuple) else [value])
-        return tensors
-
-    def _map(self, fn) -> Self:
-        def apply(value):
-            return tuple(fn(t) for t in value) if isinstance(value, tuple) else fn(value)
-
-        return type(self)(**{f.name: apply(getattr(self, f.name)) for f in fields(self)})
-
-    def __getitem__(self, index: Tensor | slice | int) -> Self:
-        if isinstance(index, int):  # keep the video dim: emb[3] is a batch of one video
-            index = slice(index, index + 1 if index != -1 else None)
-        return self._map(lambda t: t[index.to(t.device) if isinstance(index, Tensor) else index])
-
-    def to(self, device: torch.device | str) -> Self:
-        return self._map(lambda t: t.to(device))
-
-    def __len__(self) -> int:
-        return self._tensors()[0].shape[0]
-
-
-def as_grid(grid: tuple[int, int] | list[int] | int) -> tuple[int, int]:
-    """(h, w) from a grid given as (h, w) or as the side of a square."""
-    h, w = (grid, grid) if isinstance(grid, int) else tuple(grid)
-    if h < 1 or w < 1:
-        raise ValueError(f"grid must be positive, got {grid!r}")
-    return int(h), int(w)
-
-
-def check_videos(videos: Tensor, *, frames: int, patches: int, dim: int) -> None:
-    """One clear error when cached features do not have the shape the model was built for."""
-    expected = f"(B, T={frames}, P={patches}, D={dim})"
-    if videos.ndim != 4 or tuple(videos.shape[1:]) != (frames, patches, dim):
-        raise ValueError(f"videos must have shape {expected}, got {tuple(videos.shape)}")
-
-
-def group_by_class(labels: Tensor, way: int | None) -> tuple[Tensor, int, int]:
-    """Order of the support videos that puts them class by class, plus (N, K).
-
-    Support shots of class c are those labelled c; every class must have the same number of shots.
-    The sort is stable, so shots keep their order (which never matters for the logits anyway).
-    """
-    if labels.ndim != 1 or labels.numel() == 0:
-        raise ValueError(
-            f"support_labels must be a non-empty 1-d tensor, got {tuple(labels.shape)}"
-        )
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise ValueError(f"support_labels must be integers, got {labels.dtype}")
-    labels = labels.long()
-    way = int(labels.max()) + 1 if way is None else way
-    if int(labels.min()) < 0 or int(labels.max()) >= way:
-        raise ValueError(f"support_labels must lie in 0..{way - 1}, got {labels.tolist()}")
-    shots = torch.bincount(labels, minlength=way).tolist()
-    if len(set(shots)) != 1:
-        raise ValueError(f"every class needs the same number of shots, got {shots} per class")
-    return torch.argsort(labels, stable=True), way, shots[0]
+from sact.fewshot.heads import FewShotHead, VideoEmbedding, group_by_class
 
 
 class TMixer(nn.Module):
@@ -141,7 +70,7 @@ class SACTEmbedding(VideoEmbedding):
     values: Tensor  # (B, T', P, d_k)  W_v Φ
 
 
-class SACT(nn.Module):
+class SACT(FewShotHead[SACTEmbedding]):
     """Spatial Alignment Cross Transformer on cached features (B, T, P, D)."""
 
     def __init__(
@@ -154,8 +83,8 @@ class SACT(nn.Module):
         tmixer: bool = True,
         cpe: bool = True,
     ) -> None:
-        super().__init__()
-        self.dim, self.frames, self.grid, self.d_k = dim, frames, as_grid(grid), d_k
+        super().__init__(dim=dim, frames=frames, grid=grid)
+        self.d_k = d_k
         self.tmixer = TMixer(dim=dim, frames=frames) if tmixer else None
         self.cpe = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim) if cpe else None
         self.to_support = nn.Linear(dim, d_k)
@@ -164,12 +93,9 @@ class SACT(nn.Module):
         self.norm_support = nn.LayerNorm(d_k)
         self.norm_query = nn.LayerNorm(d_k)
 
-    def config(self) -> dict:
-        """Constructor kwargs that rebuild this model: `SACT(**model.config())`."""
+    def config(self) -> dict[str, Any]:
         return {
-            "dim": self.dim,
-            "frames": self.frames,
-            "grid": list(self.grid),
+            **super().config(),
             "d_k": self.d_k,
             "tmixer": self.tmixer is not None,
             "cpe": self.cpe is not None,
@@ -185,7 +111,7 @@ class SACT(nn.Module):
 
     def embed(self, videos: Tensor) -> SACTEmbedding:
         """Per-video part: TMixer, CPE and the three projections. videos (B, T, P, D)."""
-        check_videos(videos, frames=self.frames, patches=self.grid[0] * self.grid[1], dim=self.dim)
+        self.check_videos(videos)
         x = videos.to(self.to_value.weight.dtype)  # cached features are float16
         phi = self.tmixer(x) if self.tmixer is not None else x  # (B, T', P, D)
         f = self.positional(phi) if self.cpe is not None else phi  # (B, T', P, D)
@@ -244,7 +170,3 @@ class SACT(nn.Module):
             diff = (summed_prototype - summed_query) / n_frames**2  # (N, Q, P, d_k)
             distance = diff.pow(2).sum(dim=-1).mean(dim=-1)  # (N, Q)
         return -distance.transpose(0, 1)  # (Q, N)
-
-    def forward(self, support: Tensor, support_labels: Tensor, query: Tensor) -> Tensor:
-        """support (N*K, T, P, D), support_labels (N*K,) in 0..N-1, query (Q, T, P, D) -> (Q, N)."""
-        return self.match(self.embed(support), support_labels, self.embed(query))

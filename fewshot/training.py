@@ -77,6 +77,7 @@ from sact.fewshot.features import (
     segment_frames,
 )
 from sact.fewshot.figures import training_curve
+from sact.fewshot.heads import FewShotHead
 from sact.fewshot.model import SACT
 from sact.fewshot.tensorboard import FOLDER as TENSORBOARD_FOLDER
 from sact.fewshot.tensorboard import TensorBoardLog
@@ -243,7 +244,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     return Trainer(config, data, model, run_dir, frames, console).run()
 
 
-def new_model(config: TrainConfig, feature_set: FeatureSet, frames: int) -> torch.nn.Module:
+def new_model(config: TrainConfig, feature_set: FeatureSet, frames: int) -> FewShotHead:
     segment_frames(feature_set.frames, frames, 0)  # frames <= stored frames
     if config.model == "sact" and config.tmixer and frames % 2:
         even = f"--frames {frames - 1}, " if frames > 1 else ""
@@ -269,7 +270,7 @@ class Trainer:
         self,
         config: TrainConfig,
         data: Data,
-        model: torch.nn.Module,
+        model: FewShotHead,
         run_dir: Path,
         frames: int,
         console: Console | None,

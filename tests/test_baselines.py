@@ -8,7 +8,7 @@ from itertools import combinations
 import pytest
 import torch
 
-from sact.fewshot import MODELS, TRX, ProtoNet, ProtoNetEmbedding, TRXEmbedding
+from sact.fewshot import TRX, ProtoNet, ProtoNetEmbedding, TRXEmbedding, create_model, model_kinds
 
 DIM, FRAMES, GRID, D_K = 16, 4, (2, 2), 8
 PATCHES = GRID[0] * GRID[1]
@@ -57,7 +57,7 @@ def test_protonet_embed_match_and_float16() -> None:
     torch.testing.assert_close(indexed, model(support, labels, query), rtol=1e-12, atol=1e-12)
     half = model(support.half(), labels, query.half())
     assert half.dtype == torch.float32 and torch.isfinite(half).all()
-    assert MODELS["protonet"](**model.config()).config() == model.config()
+    assert create_model("protonet", **model.config()).config() == model.config()
 
 
 def reference_trx(model: TRX, support, labels, query) -> torch.Tensor:
@@ -153,16 +153,16 @@ def test_trx_gradients_reach_every_parameter() -> None:
 
 def test_trx_config_rebuilds_and_rejects_too_few_frames() -> None:
     model = TRX(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K, cardinalities=(2,))
-    rebuilt = MODELS["trx"](**model.config())
+    rebuilt = create_model("trx", **model.config())
     rebuilt.load_state_dict(model.state_dict())
     assert rebuilt.config() == model.config()
     with pytest.raises(ValueError, match="T >= 3"):
         TRX(dim=DIM, frames=2, grid=GRID, d_k=D_K)
 
 
-@pytest.mark.parametrize("kind", sorted(MODELS))
+@pytest.mark.parametrize("kind", sorted(kind.name for kind in model_kinds()))
 def test_every_model_is_built_and_called_the_same_way(kind: str) -> None:
-    model = MODELS[kind](dim=DIM, frames=FRAMES, grid=GRID).eval()
+    model = create_model(kind, dim=DIM, frames=FRAMES, grid=GRID).eval()
     support, labels, query = make_episode()
     support, query = support.float(), query.float()
     with torch.no_grad():

@@ -10,8 +10,11 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from sact.demo import MODELS, DemoConfig, run_demo
+from sact.demo import DemoConfig, run_demo
 from sact.extract.claims import CLAIMS_PREFIX
+from sact.fewshot import model_kinds
+
+MODELS = [kind.name for kind in model_kinds()]
 
 TINY = {
     "videos_per_class": 2,

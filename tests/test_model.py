@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sact.fewshot import MODELS, SACT, SACTEmbedding
+from sact.fewshot import SACT, SACTEmbedding, create_model
 
 DIM, FRAMES, GRID, D_K = 16, 4, (2, 2), 8
 PATCHES = GRID[0] * GRID[1]
@@ -295,7 +295,7 @@ def test_square_grid_from_an_int_and_config_rebuilds_the_model() -> None:
         "tmixer": True,
         "cpe": True,
     }
-    rebuilt = MODELS["sact"](**config)
+    rebuilt = create_model("sact", **config)
     rebuilt.load_state_dict(model.state_dict())
     support, labels, query = make_episode()
     with torch.no_grad():
