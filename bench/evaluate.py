@@ -32,7 +32,7 @@ from sact.fewshot import SACT
 from sact.fewshot.accuracy import embed_videos, episode_logits
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.features import SplitFeatures, autocast_for, segment_frames
-from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
+from sact.testing.stores import write_split_lists, write_synthetic_store
 
 FRAMES, GRID, DIM, D_K = 8, (7, 7), 2048, 1152
 

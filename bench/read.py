@@ -4,10 +4,11 @@ a local zarr store, its HDF5 copy (``sact export``), and the same store on an S3
 
 An episode is what stage 2 reads per training step: 5-way 5-shot with 5 queries per class, 50
 distinct videos drawn at random. Videos have ResNet-50's size by default (T=8 frames, P=49 patches,
-D=2048 channels, float16: 1.6 MB each), random values after a ReLU (half zeros). Each place is read
-by one reader and by four reader threads at once (as ``fewshot.features.Prefetcher`` does). The
-zarr store is as sact writes it (zstd-compressed chunks in shards of 64 videos); the HDF5 copy is
-uncompressed, one chunk per video, as ``sact export`` writes it.
+D=2048 channels, float16: 1.6 MB each), synthetic features (``sact.testing.stores``) after a ReLU
+(half zeros). Each place is read by one reader and by four reader threads at once (as
+``fewshot.features.Prefetcher`` does). The zarr store is as sact writes it (zstd-compressed chunks
+in shards of 64 videos); the HDF5 copy is uncompressed, one chunk per video, as ``sact export``
+writes it.
 
     .venv/bin/python bench/read.py [--videos 200] [--episodes 10] [--json results.json]
 """
@@ -17,67 +18,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.progress import track
 from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' S3 server
-
-from s3_server import local_s3_server, s3_environment
-
-from sact.extract.feature_set import FeatureSet, VideoRecord
+from sact.extract.feature_set import FeatureSet
 from sact.extract.hdf5 import export_hdf5
 from sact.extract.store import open_feature_set
-from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
+from sact.testing.s3 import local_s3_server, make_bucket, s3_environment
+from sact.testing.stores import write_synthetic_store
 
 WAYS, SHOTS, QUERIES = 5, 5, 5
 EPISODE_VIDEOS = WAYS * (SHOTS + QUERIES)  # 50
 READER_THREADS = 4
-
-
-def write_store(
-    location: str, *, videos: int, frames: int, patches: int, dim: int, shard_size: int, seed: int
-) -> None:
-    """A feature set of random float16 features, written shard by shard as extraction does."""
-    records = [
-        VideoRecord(f"v{i:05d}", f"c{i % 20}/v{i:05d}.mp4", f"c{i % 20}") for i in range(videos)
-    ]
-    side = round(patches**0.5)
-    writer = FeatureSetWriter.create_or_open(
-        open_root(location, mode="a"),
-        "bench",
-        identity={"backbone": "random", "frames": frames, "dim": dim},
-        provenance={"created": "bench/read.py"},
-        videos=records,
-        frames=frames,
-        patches=patches,
-        dim=dim,
-        grid=(side, patches // side),
-        shard_size=shard_size,
-    )
-    rng = np.random.default_rng(seed)
-    for shard in track(writer.shards_to_do(), description=f"writing {location}", transient=True):
-        start, end = writer.shard_bounds(shard)
-        count = end - start
-        # Like a ResNet's last activations, which follow a ReLU: about half of the values are 0
-        # (zarr compresses the store with zstd, so the share of zeros matters).
-        features = np.maximum(rng.standard_normal((count, frames, patches, dim)), 0)
-        result = ShardResult(
-            features=features.astype(np.float16),  # (count, T, P, D)
-            frame_index=np.tile(np.arange(frames, dtype=np.int32), (count, 1)),
-            num_frames=np.full(count, frames, dtype=np.int32),
-            errors=[""] * count,
-        )
-        writer.write_shard(shard, result)
 
 
 def episodes(count: int, videos: int, seed: int) -> list[np.ndarray]:
@@ -110,23 +68,30 @@ def main() -> None:
     args = parser.parse_args()
     console = Console()
     video_mb = args.frames * args.patches * args.dim * 2 / 1e6
-    shape = dict(videos=args.videos, frames=args.frames, patches=args.patches, dim=args.dim)
+    side = round(args.patches**0.5)
+    # One class: reads never look at labels. relu: half of the values are 0, as after a ResNet.
+    shape = dict(
+        classes=1,
+        videos_per_class=args.videos,
+        frames=args.frames,
+        grid=(side, args.patches // side),
+        dim=args.dim,
+        relu=True,
+    )
     if args.videos < EPISODE_VIDEOS:
         parser.error(f"--videos must be at least {EPISODE_VIDEOS}, one episode's worth")
 
     with local_s3_server() as endpoint:
-        import s3fs
-
         os.environ.update(s3_environment(endpoint))
-
-        bucket = f"bench-{uuid.uuid4().hex[:8]}"
-        s3fs.S3FileSystem(skip_instance_cache=True).mkdir(bucket)
         with tempfile.TemporaryDirectory(prefix="sact-bench-read-") as folder:
             local = str(Path(folder) / "feats.zarr")
             hdf5 = Path(folder) / "feats.h5"
-            remote = f"s3://{bucket}/feats.zarr"
+            remote = f"{make_bucket()}/feats.zarr"
             for location in (local, remote):
-                write_store(location, shard_size=args.shard_size, seed=args.seed, **shape)
+                with console.status(f"writing {location}"):
+                    write_synthetic_store(
+                        location, name="bench", shard_size=args.shard_size, seed=args.seed, **shape
+                    )
             export_hdf5(local, hdf5, console=console)
             places = {
                 "local zarr": local,

@@ -40,8 +40,8 @@ from sact.extract.store import open_feature_set
 from sact.fewshot import SACT
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.features import Prefetcher, SplitFeatures, autocast_for, segment_frames
-from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
 from sact.fewshot.training import TrainConfig, read_metrics, train
+from sact.testing.stores import write_split_lists, write_synthetic_store
 
 FRAMES, GRID, DIM, D_K = 8, (7, 7), 2048, 1152
 console = Console()

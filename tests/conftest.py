@@ -1,23 +1,24 @@
-"""Shared fixtures: tiny synthetic videos (real h264 mp4 and vp9 webm files encoded with PyAV), a
-frame folder, and corrupt files. Session-scoped and small (64×48 px, a few frames) so every test
-module can use them cheaply; copy them before modifying anything.
+"""Shared fixtures, built from the test data in ``sact.testing``: tiny synthetic videos (real h264
+mp4 and vp9 webm files encoded with PyAV), a frame folder, corrupt files, one synthetic feature
+store, and a local S3 server. Session-scoped and small so every test module can use them cheaply;
+copy them before modifying anything.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import av
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from s3_server import s3_bucket, s3_server  # noqa: F401  (one S3 server for the whole session)
 
-from sact.extract.synthetic import encode_video
-
-HEIGHT, WIDTH = 48, 64
+from sact.testing.s3 import local_s3_server, make_bucket, s3_environment
+from sact.testing.stores import write_split_lists, write_synthetic_store
+from sact.testing.videos import write_corrupt_files, write_video_folder
 
 
 @pytest.fixture(scope="session")
@@ -39,99 +40,11 @@ def one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-def synthetic_frames(
-    count: int, *, seed: int, height: int = HEIGHT, width: int = WIDTH
-) -> np.ndarray:
-    """(count, H, W, 3) uint8: a smooth colour field and a bright square that moves every frame,
-    so each frame differs clearly from its neighbours even after lossy compression."""
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 200, size=3)
-    rows, cols = np.mgrid[0:height, 0:width]
-    frames = np.empty((count, height, width, 3), dtype=np.uint8)
-    for t in range(count):
-        for channel in range(3):
-            frames[t, :, :, channel] = (base[channel] + rows * (channel + 1) + cols + 5 * t) % 200
-        left = (7 * t) % (width - 12)
-        frames[t, 8:20, left : left + 12] = 255
-    return frames
-
-
-def write_frame_folder(folder: Path, frames: np.ndarray) -> Path:
-    """``folder/00001.jpg, 00002.jpg, ...``: the TRX/STRM frame-folder layout."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, frame in enumerate(frames, start=1):
-        Image.fromarray(frame).save(folder / f"{index:05d}.jpg", quality=95)
-    return folder
-
-
-def write_audio_only(path: Path) -> Path:
-    with av.open(str(path), mode="w", format="matroska") as container:
-        stream = container.add_stream("flac", rate=8000)
-        for index in range(3):
-            frame = av.AudioFrame.from_ndarray(
-                np.zeros((1, 800), dtype=np.int16), format="s16", layout="mono"
-            )
-            frame.sample_rate, frame.pts = 8000, index * 800
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def write_zero_frames(path: Path) -> Path:
-    """A matroska file with a video stream header and not a single frame."""
-    with av.open(str(path), mode="w", format="matroska") as container:
-        stream = container.add_stream("libx264", rate=12)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        container.start_encoding()  # writes the header even though no frame follows
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def write_corrupt_files(folder: Path) -> dict[str, Path]:
-    """One file per way a video can be broken, keyed by what is wrong with it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    whole = encode_video(folder / "whole.mp4", synthetic_frames(12, seed=99)).read_bytes()
-    (folder / "whole.mp4").unlink()
-    files = {
-        "empty": folder / "empty.mp4",
-        "truncated": folder / "truncated.mp4",
-        "not_a_video": folder / "not_a_video.mp4",
-        "audio_only": write_audio_only(folder / "audio_only.mkv"),
-        "zero_frames": write_zero_frames(folder / "zero_frames.mkv"),
-    }
-    files["empty"].write_bytes(b"")
-    files["truncated"].write_bytes(whole[: len(whole) // 2])
-    files["not_a_video"].write_text("this is a text file, not a video\n")
-    return files
-
-
-# Frames per video in `video_folder`, by relative path.
-VIDEO_FRAMES = {
-    "juggling/j1.mp4": 12,
-    "juggling/j2.webm": 10,
-    "juggling/short.mp4": 3,
-    "riding bike/r1.mp4": 16,
-    "riding bike/r2": 6,
-}
-
-
 @pytest.fixture(scope="session")
 def video_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two class folders (one name with a space): h264 mp4, vp9 webm, a 3-frame clip, and a frame
-    folder. Read-only by convention: copy it before changing anything."""
-    root = tmp_path_factory.mktemp("videos")
-    for seed, (relative, count) in enumerate(VIDEO_FRAMES.items()):
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frames = synthetic_frames(count, seed=seed)
-        if path.suffix:
-            encode_video(path, frames)
-        else:
-            write_frame_folder(path, frames)
-    return root
+    """``sact.testing.videos.VIDEO_FRAMES`` as files. Read-only by convention: copy it before
+    changing anything."""
+    return write_video_folder(tmp_path_factory.mktemp("videos"))
 
 
 @pytest.fixture(scope="session")
@@ -148,3 +61,56 @@ def mixed_folder(tmp_path: Path, video_folder: Path, corrupt_files: dict[str, Pa
     for path in corrupt_files.values():
         shutil.copy(path, root / "broken" / path.name)
     return root
+
+
+@dataclass(frozen=True)
+class SyntheticStore:
+    """A labelled synthetic feature store (``sact.testing.stores``) and its split lists."""
+
+    location: str  # the store, feature set "synthetic"
+    split: str  # folder of {train,val,test}list01.txt, also recorded in the store's attrs
+    options: dict[str, Any]  # what write_synthetic_store wrote it with
+
+    @property
+    def classes(self) -> int:
+        return int(self.options["classes"])
+
+    @property
+    def videos_per_class(self) -> int:
+        return int(self.options["videos_per_class"])
+
+    def write_like(self, location: Path, **changes: Any) -> str:
+        """Another store of the same videos and shape, but for ``changes``."""
+        return write_synthetic_store(location, **{**self.options, **changes})
+
+
+STORE_PARTS = {"train": range(0, 20), "val": range(20, 25), "test": range(25, 30)}
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStore:
+    """30 classes of 6 videos, 8 stored frames, shards of 8 videos; training, evaluation and the
+    stage-2 commands read it, none writes into it."""
+    folder = tmp_path_factory.mktemp("synthetic-store")
+    split = str(write_split_lists(folder / "split", 30, 6, STORE_PARTS))
+    options = {"classes": 30, "videos_per_class": 6, "frames": 8, "shard_size": 8, "split": split}
+    return SyntheticStore(write_synthetic_store(folder / "feats.zarr", **options), split, options)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A local S3 server for the session; this process (and its children) point at it."""
+    pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    with local_s3_server() as endpoint, pytest.MonkeyPatch.context() as patch:
+        for name, value in s3_environment(endpoint).items():
+            patch.setenv(name, value)
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+            patch.delenv(name, raising=False)
+        yield endpoint
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    assert os.environ["AWS_ENDPOINT_URL"] == s3_server
+    return make_bucket()

@@ -10,7 +10,6 @@ import timm
 import timm.data
 import torch
 import torch.nn.functional as F
-from conftest import synthetic_frames
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -21,6 +20,7 @@ from sact.extract.backbone import (
     load_backbone,
     state_dict_sha256,
 )
+from sact.testing.videos import synthetic_frames
 
 CPU = torch.device("cpu")
 

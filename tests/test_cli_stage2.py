@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
 
 from sact.cli import app
-from sact.fewshot.synthetic import video_id, write_split_lists, write_synthetic_store
+from sact.testing.stores import video_id
 
-CLASSES, VIDEOS = 30, 6
-PARTS = {"train": range(0, 20), "val": range(20, 25), "test": range(25, 30)}
 runner = CliRunner()
 
 
@@ -19,12 +18,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    """A store that records its split (as `sact extract --split` does), in the current folder."""
-    split = write_split_lists(tmp_path / "split", CLASSES, VIDEOS, PARTS)
-    write_synthetic_store(
-        tmp_path / "feats.zarr", classes=CLASSES, videos_per_class=VIDEOS, split=str(split)
-    )
+def workdir(tmp_path, monkeypatch, synthetic_store):
+    """A copy of the session's store, which records its split (as `sact extract --split` does),
+    and of its split lists, in the current folder."""
+    shutil.copytree(synthetic_store.location, tmp_path / "feats.zarr")
+    shutil.copytree(synthetic_store.split, tmp_path / "split")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -96,12 +94,12 @@ def test_user_errors_are_one_line_and_exit_2(workdir, arguments, message):
     assert "Traceback" not in result.output
 
 
-def test_compare_with_a_store_lacking_a_test_class_names_the_class_and_the_run(workdir):
+def test_compare_with_a_store_lacking_a_test_class_names_the_class_and_the_run(
+    workdir, synthetic_store
+):
     # run b's store holds the same videos, except that none of test class_029's could be read
-    lost = [video_id("class_029", n) for n in range(VIDEOS)]
-    write_synthetic_store(
-        workdir / "b.zarr", classes=CLASSES, videos_per_class=VIDEOS, split="split", failed=lost
-    )
+    lost = [video_id("class_029", n) for n in range(synthetic_store.videos_per_class)]
+    synthetic_store.write_like(workdir / "b.zarr", split="split", failed=lost)
     protonet = ["--model", "protonet", "--device", "cpu"]
     assert runner.invoke(app, [*TRAIN, *protonet, "--out", "runs/a"]).exit_code == 0
     on_b = ["train", "--feats", "b.zarr", *TRAIN[3:], *protonet, "--out", "runs/b"]

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import VIDEO_FRAMES, synthetic_frames
 from PIL import Image
 
 from sact.extract.decode import (
@@ -18,6 +17,7 @@ from sact.extract.decode import (
 )
 from sact.extract.sampling import segment_centers
 from sact.extract.synthetic import encode_video
+from sact.testing.videos import VIDEO_FRAMES, synthetic_frames
 
 # Lossy codecs (vp9 at its fastest setting most) change pixels by a few levels on average.
 CODEC_TOLERANCE = 12.0

@@ -20,7 +20,7 @@ from sact.fewshot.episodes import (
     resolve_split,
     save_episodes,
 )
-from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
+from sact.testing.stores import write_split_lists, write_synthetic_store
 
 SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "episodes.schema.json"
 CLASSES, VIDEOS = 9, 5

@@ -18,7 +18,7 @@ from sact.fewshot.episodes import (
     save_episodes,
     split_by_labels,
 )
-from sact.fewshot.synthetic import class_names, video_id, write_split_lists, write_synthetic_store
+from sact.testing.stores import class_names, video_id, write_split_lists, write_synthetic_store
 
 CLASSES, VIDEOS = 12, 6
 PARTS = {"train": range(0, 6), "val": range(6, 9), "test": range(9, 12)}

@@ -18,25 +18,18 @@ from sact.fewshot.checkpoints import read_checkpoint
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.evaluation import EvalConfig, evaluate, results_table
 from sact.fewshot.features import SplitFeatures, segment_frames
-from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
 from sact.fewshot.training import TrainConfig, train
-
-CLASSES, VIDEOS = 30, 6
-PARTS = {"train": range(0, 20), "val": range(20, 25), "test": range(25, 30)}
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A store (8 stored frames, models use 4) and two trained runs under one runs/ folder."""
+def runs(tmp_path_factory, synthetic_store):
+    """The session's store (8 stored frames, models use 4) and two trained runs under one runs/
+    folder."""
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("evaluation")
-    split = write_split_lists(folder / "split", CLASSES, VIDEOS, PARTS)
-    location = write_synthetic_store(
-        folder / "feats.zarr", classes=CLASSES, videos_per_class=VIDEOS, frames=8, shard_size=8
-    )
+    location, split = synthetic_store.location, synthetic_store.split
     common = {
         "feats": location,
         "split": str(split),
@@ -139,16 +132,12 @@ def test_confidence_interval_is_1_96_std_over_sqrt_n():
     assert mean == 0.75 and interval == pytest.approx(1.96 * np.std(values) / math.sqrt(4))
 
 
-def test_a_checkpoint_that_does_not_fit_the_store_is_refused(runs, tmp_path):
+def test_a_checkpoint_that_does_not_fit_the_store_is_refused(runs, tmp_path, synthetic_store):
     _, _, _, sact, _ = runs
-    other = write_synthetic_store(
-        tmp_path / "wide.zarr", classes=CLASSES, videos_per_class=VIDEOS, dim=8, frames=8
-    )
+    other = synthetic_store.write_like(tmp_path / "wide.zarr", dim=8)
     with pytest.raises(SactError, match=r"expects D=16, grid \(2, 2\), T=4; .* has D=8"):
         evaluate(config(sact, feats=other))
-    short = write_synthetic_store(
-        tmp_path / "short.zarr", classes=CLASSES, videos_per_class=VIDEOS, frames=2
-    )
+    short = synthetic_store.write_like(tmp_path / "short.zarr", frames=2)
     with pytest.raises(SactError, match=r"T=4; feature set synthetic has .* T=2"):
         evaluate(config(sact, feats=short))
 

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from sact.cli import app
 from sact.explain import ExplainConfig, ExplainError, explain
-from sact.extract.config import ExtractConfig
 from sact.extract.pipeline import run_extraction
 from sact.extract.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
 from sact.fewshot.attention import (
@@ -25,6 +24,7 @@ from sact.fewshot.attention import (
 )
 from sact.fewshot.model import SACT
 from sact.fewshot.training import TrainConfig, train
+from sact.testing.extraction import tiny_config
 
 DIM, FRAMES, GRID = 8, 4, (3, 3)
 PANEL = int(PANEL_INCHES * DPI)  # pixels
@@ -102,17 +102,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     )
     store = str(root / "feats.zarr")
     run_extraction(
-        ExtractConfig(
-            videos=dataset.videos,
-            out=store,
+        tiny_config(
+            dataset.videos,
+            store,
             split=str(dataset.splits),
             backbone="vit_tiny_patch16_224",
-            random_init=True,
-            frames=4,
             size=48,
-            device="cpu",
-            workers=0,
-            name="tiny",
         )
     )
     common = {"feats": store, "split": str(dataset.splits), "way": 2, "shot": 1, "query": 1,

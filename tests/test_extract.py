@@ -20,14 +20,14 @@ from typer.testing import CliRunner, Result
 
 from sact.cli import app
 from sact.extract.backbone import flush_denormals, load_backbone
-from sact.extract.config import ExtractConfig
 from sact.extract.decode import sample_clip
 from sact.extract.feature_set import FeatureStoreError
 from sact.extract.pipeline import ExtractSummary, run_extraction
 from sact.extract.store import open_feature_set
+from sact.testing.extraction import tiny_cli_options, tiny_config
 
-# Tiny on purpose: 64 px crops, 4 frames, a 2×2 ResNet grid.
-TINY = {"backbone": "resnet10t", "random_init": True, "size": 64, "frames": 4}
+# The tests' tiny extraction at 64 px (a 2×2 ResNet grid), named after its config.
+AT_64_PX = {"size": 64, "name": None}
 CORRUPT_REASONS = {
     "empty": "empty file",
     "truncated": "not a readable video",
@@ -44,8 +44,7 @@ def quiet() -> Console:
 
 
 def extract(videos: Path, out: Path, **options: Any) -> ExtractSummary:
-    config = ExtractConfig(videos=videos, out=str(out), **{**TINY, "workers": 0, **options})
-    return run_extraction(config, console=quiet())
+    return run_extraction(tiny_config(videos, out, **{**AT_64_PX, **options}), console=quiet())
 
 
 def read_arrays(store: Path, name: str) -> dict[str, np.ndarray]:
@@ -172,11 +171,8 @@ def cli(*args: str) -> Result:
     return runner.invoke(app, list(args))
 
 
-def tiny_cli_options(videos: Path, out: Path) -> list[str]:
-    return [
-        "--videos", str(videos), "--out", str(out), "--backbone", "resnet10t", "--random-init",
-        "--size", "64", "--frames", "4", "--workers", "0",
-    ]  # fmt: skip
+def cli_options(videos: Path, out: Path) -> list[str]:
+    return ["--videos", str(videos), "--out", str(out), *tiny_cli_options(**AT_64_PX)]
 
 
 def assert_one_line_error(result: Result, *fragments: str) -> None:
@@ -191,7 +187,7 @@ def assert_one_line_error(result: Result, *fragments: str) -> None:
 
 def test_cli_extract_then_info(video_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "feats.zarr"
-    result = cli("extract", *tiny_cli_options(video_folder, out), "--json")
+    result = cli("extract", *cli_options(video_folder, out), "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["done"] == 5 and summary["failed"] == 0
@@ -206,19 +202,17 @@ def test_cli_extract_then_info(video_folder: Path, tmp_path: Path) -> None:
 
 
 def test_cli_exit_status_1_when_a_video_failed(mixed_folder: Path, tmp_path: Path) -> None:
-    result = cli("extract", *tiny_cli_options(mixed_folder, tmp_path / "feats.zarr"))
+    result = cli("extract", *cli_options(mixed_folder, tmp_path / "feats.zarr"))
     assert result.exit_code == 1, result.output
     assert "5 failed videos" in result.stderr and "no video stream" in result.stderr
 
 
 def test_cli_error_paths_are_one_line_and_exit_2(video_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "feats.zarr"
-    options = tiny_cli_options(video_folder, out)
+    options = cli_options(video_folder, out)
     assert_one_line_error(cli("extract", "--out", str(out)), "missing --videos")
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(
-        cli("extract", *tiny_cli_options(tmp_path / "empty", out)), "no videos found"
-    )
+    assert_one_line_error(cli("extract", *cli_options(tmp_path / "empty", out)), "no videos found")
     assert_one_line_error(
         cli("extract", *options, "--split", "nope"), "unknown split 'nope'", "ssv2_OTAM"
     )
@@ -235,7 +229,7 @@ def test_cli_error_paths_are_one_line_and_exit_2(video_folder: Path, tmp_path: P
 def test_cli_extract_warns_that_an_odd_frame_count_rules_out_the_tmixer(
     video_folder: Path, tmp_path: Path
 ) -> None:
-    result = cli("extract", *tiny_cli_options(video_folder, tmp_path / "f.zarr"), "--frames", "3")
+    result = cli("extract", *cli_options(video_folder, tmp_path / "f.zarr"), "--frames", "3")
     assert result.exit_code == 0, result.output
     warning = " ".join(result.stderr.split())  # rich may wrap the line
     assert "--frames 3" in warning and "even" in warning and "--no-tmixer" in warning
@@ -247,7 +241,7 @@ def test_cli_extract_says_how_many_videos_the_split_leaves_out(
     split = tmp_path / "split"
     split.mkdir()
     (split / "trainlist01.txt").write_text("juggling/j2\nriding bike/r2\n")
-    options = tiny_cli_options(video_folder, tmp_path / "f.zarr")
+    options = cli_options(video_folder, tmp_path / "f.zarr")
     result = cli("extract", *options, "--split", str(split), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["unlisted"] == 3
@@ -262,7 +256,7 @@ KILL_RUN = {"shard_size": 2, "batch_size": 2, "name": "kill"}
 
 def sact_extract(videos: Path, out: Path) -> subprocess.Popen[bytes]:
     """The same extraction as ``extract(videos, out, **KILL_RUN)``, as a separate process."""
-    command = [sys.executable, "-m", "sact.cli", "extract", *tiny_cli_options(videos, out)]
+    command = [sys.executable, "-m", "sact.cli", "extract", *cli_options(videos, out)]
     command += ["--shard-size", "2", "--batch-size", "2", "--name", "kill"]
     # The environment as is: its PYTHONPATH (if any) is what makes this checkout's sact importable.
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -17,7 +17,7 @@ from sact.fewshot.features import (
     default_cache_gb,
     segment_frames,
 )
-from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
+from sact.testing.stores import write_split_lists, write_synthetic_store
 
 CLASSES, VIDEOS, STORED_FRAMES = 9, 4, 8
 PARTS = {"train": range(0, 5), "val": range(5, 7), "test": range(7, 9)}

@@ -18,6 +18,7 @@ from sact.extract.store import list_feature_sets, open_feature_set
 from sact.extract.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
 from sact.fewshot.evaluation import EvalConfig, evaluate
 from sact.fewshot.training import TrainConfig, train
+from sact.testing.extraction import tiny_config
 
 # Two classes in each split part: enough for 2-way episodes, small enough to extract in seconds.
 CLASSES = (
@@ -43,20 +44,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory):
 
 
 def extract_config(dataset, out: str, **options) -> ExtractConfig:
-    return ExtractConfig(
-        videos=dataset.videos,
-        out=out,
-        split=str(dataset.splits),
-        backbone="resnet10t",
-        random_init=True,
-        frames=4,
-        size=32,
-        device="cpu",
-        batch_size=4,
-        workers=0,
-        shard_size=4,
-        name="tiny",
-        **options,
+    """The tests' tiny extraction of the dataset's split, 4 videos per batch and per shard."""
+    return tiny_config(
+        dataset.videos, out, split=str(dataset.splits), batch_size=4, shard_size=4, **options
     )
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import synthetic_frames
-from tiny_extraction import extract_in_this_process
 
 from sact.extract.splits import SplitError, load_split
 from sact.extract.store import open_feature_set
 from sact.extract.synthetic import encode_video
 from sact.extract.videos import VideoDiscoveryError, list_videos
 from sact.fewshot.episodes import build_pool, resolve_split
+from sact.testing.extraction import extract_in_this_process
+from sact.testing.videos import synthetic_frames
 
 FEW_SHOT = "HyRSM/MoLo/CLIP-FSAR"
 

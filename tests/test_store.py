@@ -16,12 +16,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from s3_server import make_bucket
 
 from sact.extract.feature_set import FeatureStoreError, VideoRecord
 from sact.extract.hdf5 import export_hdf5
 from sact.extract.store import list_feature_sets, open_feature_set
 from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
+from sact.testing.s3 import make_bucket
 
 FRAMES, PATCHES, DIM, GRID = 4, 4, 8, (2, 2)
 EPISODES_PER_READER = 5

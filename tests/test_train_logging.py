@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from sact.cli import app
 from sact.fewshot.config import TrainConfig, config_to_rerun, read_train_config
-from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
 from sact.fewshot.training import Trainer, learning_rate, read_metrics, train
+from sact.testing.stores import write_split_lists, write_synthetic_store
 
 CLASSES, VIDEOS = 12, 5
 PARTS = {"train": range(0, 6), "val": range(6, 9), "test": range(9, 12)}

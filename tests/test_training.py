@@ -20,7 +20,6 @@ from sact.fewshot.checkpoints import read_checkpoint
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.features import SplitFeatures
 from sact.fewshot.model import SACTEmbedding
-from sact.fewshot.synthetic import write_split_lists, write_synthetic_store
 from sact.fewshot.training import (
     TrainConfig,
     Trainer,
@@ -30,21 +29,13 @@ from sact.fewshot.training import (
     train,
 )
 
-CLASSES, VIDEOS = 30, 6
-PARTS = {"train": range(0, 20), "val": range(20, 25), "test": range(25, 30)}
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("training")
-    split = write_split_lists(folder / "split", CLASSES, VIDEOS, PARTS)
-    location = write_synthetic_store(
-        folder / "feats.zarr", classes=CLASSES, videos_per_class=VIDEOS, frames=8, shard_size=8
-    )
-    return location, str(split)
+@pytest.fixture
+def store(synthetic_store):
+    """(store, split lists): the session's synthetic store, 8 stored frames."""
+    return synthetic_store.location, synthetic_store.split
 
 
 def tiny(store, out, **changes) -> TrainConfig:
@@ -203,7 +194,7 @@ def test_an_existing_run_is_never_overwritten(store, tmp_path):
 
 def test_stage_two_never_imports_the_decoder_or_the_backbone():
     code = (
-        "import sys, fewshot.training, fewshot.evaluation, fewshot.synthetic\n"
+        "import sys, sact.fewshot.training, sact.fewshot.evaluation, sact.testing.stores\n"
         "print(sorted(m for m in ('av', 'timm', 'sact.extract.decode', 'sact.extract.backbone') "
         "if m in sys.modules))"
     )

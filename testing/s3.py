@@ -1,12 +1,13 @@
-"""A real S3-compatible server for the tests: moto's server mode in its own process on 127.0.0.1.
+"""A real S3-compatible server for tests and benchmarks: moto's server mode in its own process on
+127.0.0.1 (``pip install 'sact[test]'``).
 
-The tests talk to it over HTTP through s3fs and botocore exactly as they would talk to AWS or MinIO;
-only the endpoint (``AWS_ENDPOINT_URL``) and dummy credentials come from the environment.
+Clients talk to it over HTTP through s3fs and botocore exactly as they would talk to AWS or MinIO;
+only the endpoint (``AWS_ENDPOINT_URL``) and dummy credentials come from the environment
+(``s3_environment``). The pytest fixtures on top of it are in tests/conftest.py.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
@@ -14,8 +15,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import pytest
 
 STARTUP_TIMEOUT_S = 30.0
 
@@ -60,19 +59,6 @@ def local_s3_server() -> Iterator[str]:
         server.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """A local S3 server for the session; this process (and its children) point at it."""
-    pytest.importorskip("moto.server")
-    pytest.importorskip("s3fs")
-    with local_s3_server() as endpoint, pytest.MonkeyPatch.context() as patch:
-        for name, value in s3_environment(endpoint).items():
-            patch.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
-            patch.delenv(name, raising=False)
-        yield endpoint
-
-
 def make_bucket() -> str:
     """A fresh, empty bucket on the server the environment points at: ``s3://<name>``."""
     import s3fs
@@ -80,9 +66,3 @@ def make_bucket() -> str:
     name = f"sact-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
     return f"s3://{name}"
-
-
-@pytest.fixture
-def s3_bucket(s3_server: str) -> str:
-    assert os.environ["AWS_ENDPOINT_URL"] == s3_server
-    return make_bucket()

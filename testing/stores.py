@@ -5,6 +5,9 @@ per-video nuisance vector, constant over frames and patches and larger than the 
 distances (ProtoNet, or an untrained head) are dominated by the nuisance, so they score near
 chance; a head that learns to project the nuisance away separates the classes, also unseen ones,
 since every class shares the same informative channels. Training has something to learn.
+
+With `relu` the features are clipped at 0 like a CNN's last activations (about half of the values
+are 0), so a benchmark's compressed chunks are about as large as real ones.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def synthetic_features(
     dim: int,
     nuisance: float,
     noise: float,
+    relu: bool = False,
 ) -> np.ndarray:
     """(n, T, P, D) float16 features of videos of classes `labels` (rows of `signatures`)."""
     count, signal_dims = len(labels), signatures.shape[1]
@@ -44,6 +48,8 @@ def synthetic_features(
     features[..., :signal_dims] += signatures[labels][:, None, None, :]  # (n, 1, 1, signal)
     per_video = nuisance * rng.standard_normal((count, 1, 1, dim - signal_dims), dtype=np.float32)
     features[..., signal_dims:] += per_video  # (n, T, P, D - signal)
+    if relu:
+        np.maximum(features, 0, out=features)
     return features.astype(np.float16)
 
 
@@ -64,6 +70,7 @@ def write_synthetic_store(
     failed: Sequence[str] = (),
     pending_shards: Sequence[int] = (),
     split: str | None = None,
+    relu: bool = False,
 ) -> str:
     """Write a labelled feature set of `classes` x `videos_per_class` synthetic videos.
 
@@ -108,6 +115,7 @@ def write_synthetic_store(
             dim=dim,
             nuisance=nuisance,
             noise=noise,
+            relu=relu,
         )
         if shard in pending_shards:
             continue

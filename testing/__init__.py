@@ -1,0 +1,11 @@
+"""Test data for sact's tests and benchmarks, importable wherever sact is installed (like
+``zarr.testing``): nothing here is needed to extract, train or evaluate.
+
+    sact.testing.stores      synthetic feature stores with class structure, and their split lists
+    sact.testing.videos      small synthetic videos, a frame folder, broken files (PyAV)
+    sact.testing.extraction  the one tiny extraction config, in-process or as `sact extract` options
+    sact.testing.s3          a local S3-compatible server (moto) and its environment
+
+Separate modules so each import pays only for what it uses: a store benchmark needs neither PyAV
+nor torch, and processes that import the tests afresh (claim racers) stay light.
+"""
