@@ -6,6 +6,7 @@ compared with metrics.jsonl, which stays the record of the run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -154,3 +155,25 @@ def test_warmup_and_weight_decay_options_and_a_run_shorter_than_the_warmup(
     bad = runner.invoke(app, ["train", "--config", str(tmp_path / "missing.json")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
     assert "\n" not in bad.output.strip()
+
+
+def test_log_tensorboard_without_the_package_is_one_line(
+    store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "tensorboard" else real_find_spec(name, *args),
+    )
+    location, _ = store
+    result = CliRunner().invoke(
+        app, ["train", "--feats", location, "--log", "tensorboard", "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "error: --log tensorboard needs the tensorboard package: pip install 'sact[tensorboard]'"
+    )
+    assert not (tmp_path / "r").exists()
+    bad = CliRunner().invoke(app, ["train", "--feats", location, "--log", "wandb"])
+    assert bad.exit_code == 2 and "--log must be tensorboard, got 'wandb'" in bad.output
