@@ -201,9 +201,6 @@ def extract(
     ] = False,
 ) -> None:
     """Extract frozen-backbone patch features of every video into a resumable feature store."""
-    from sact.extract.distributed import rank_from_env
-    from sact.extract.pipeline import run_extraction
-    from sact.extract.tables import failures_table, summary_table
 
     if videos is None:
         fail("missing --videos DIR (the folder of videos to extract)")
@@ -225,6 +222,12 @@ def extract(
         name=name,
         shard_size=shard_size,
     )
+    with user_errors():
+        config.check()  # before torch is imported: a mistake is refused at once
+    from sact.extract.distributed import rank_from_env
+    from sact.extract.pipeline import run_extraction
+    from sact.extract.tables import failures_table, summary_table
+
     with user_errors():
         summary = run_extraction(config, console=stderr)
     if not rank_from_env().is_main:  # under torchrun, rank 0 alone reports the store-wide summary
@@ -389,7 +392,6 @@ def train(
     from dataclasses import asdict
 
     from sact.fewshot.config import config_to_rerun
-    from sact.fewshot.training import train as run_training
 
     if feats is None and not resume and rerun is None:
         fail("missing --feats STORE (the feature store written by `sact extract`)")
@@ -424,6 +426,10 @@ def train(
         given = [name for name in ctx.params if parameter_given(ctx, name)]
         with user_errors():
             config = config_to_rerun(rerun, config, options=given)
+    with user_errors():
+        config.check()  # before torch is imported: a mistake is refused at once
+    from sact.fewshot.training import train as run_training
+
     with user_errors():
         result = run_training(config, console=stderr)
     trained = (
@@ -489,8 +495,6 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Few-shot accuracy ± 95% CI on the test split; paired differences with --compare."""
-    from sact.fewshot.evaluation import evaluate as run_evaluation
-    from sact.fewshot.evaluation import results_table
 
     config = EvalConfig(
         run=None if run is None else str(run),
@@ -511,6 +515,11 @@ def evaluate(
         batch_size=batch_size,
         out=None if out is None else str(out),
     )
+    with user_errors():
+        config.check()  # before torch is imported: a mistake is refused at once
+    from sact.fewshot.evaluation import evaluate as run_evaluation
+    from sact.fewshot.evaluation import results_table
+
     ignored = typed_options(ctx, "way", "shot", "query", "episodes", "seed")
     if episodes_file is not None and episodes_file.exists() and ignored:
         warn(f"{', '.join(ignored)} ignored: the episodes, with their way, shot and query, come "

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sact.extract.errors import SactError
 from sact.extract.sampling import FRAME_SAMPLING
+from sact.extract.splits import load_split
 
 if TYPE_CHECKING:
     from sact.extract.backbone import FrozenBackbone, LoadedBackbone
@@ -55,6 +56,9 @@ class ExtractConfig:
     seed: int = 0  # the random init's seed
 
     def check(self) -> None:
+        """Everything that can be checked without the backbone or the decoder: the command line
+        calls it before it imports torch and timm, so a mistake is refused in a fraction of a
+        second."""
         for option, value, least in (
             ("--frames", self.frames, 1),
             ("--batch-size", self.batch_size, 1),
@@ -63,6 +67,14 @@ class ExtractConfig:
         ):
             if value < least:
                 raise ExtractConfigError(f"{option} must be at least {least}, got {value}")
+        if not Path(self.videos).is_dir():
+            raise ExtractConfigError(
+                f"videos folder {self.videos} does not exist or is not a folder"
+            )
+        if self.split is not None:
+            load_split(self.split)  # an unknown name, a missing or malformed list
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise ExtractConfigError(f"weights file {self.weights} does not exist")
 
     def warnings(self) -> list[str]:
         """What this config allows but will likely regret; printed before the run starts."""

@@ -12,7 +12,8 @@ Nothing here unpickles code: `resume.pt` holds only tensors and plain containers
 by renames, so a run killed while saving keeps its previous checkpoint.
 
 Every command that reads a run goes from the run directory to its checkpoints and back with
-`checkpoint_of_run`, `latest_run` and `run_dir_of`, and asks `check_compatible` whether the
+`checkpoint_of_run` and `run_dir_of` (the latest run is `latest_run` of fewshot/config.py, which
+the command line asks before it imports torch), and asks `check_compatible` whether the
 checkpoint's model reads a feature set.
 """
 
@@ -149,22 +150,6 @@ def read_checkpoint(path: Path) -> Checkpoint:
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{description} is incomplete: {error}") from error
-
-
-def latest_run(runs_dir: Path) -> Path:
-    """The run under `runs_dir` whose last checkpoint was written most recently."""
-    candidates = [
-        path.parent.parent.parent
-        for path in runs_dir.glob("*/checkpoints/last/checkpoint.json")
-        if path.is_file()
-    ]
-    if not candidates:
-        raise CheckpointError(
-            f"no trained run under {runs_dir}/; train one with `sact train` or pass --run/--ckpt"
-        )
-    return max(
-        candidates, key=lambda run: (run / "checkpoints/last/checkpoint.json").stat().st_mtime
-    )
 
 
 def checkpoint_of_run(run: Path, which: str) -> Checkpoint:

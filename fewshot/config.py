@@ -16,8 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from sact.extract.errors import SactError
+from sact.extract.feature_set import is_url
+from sact.extract.splits import SPLIT_PARTS, resolve_split_dir
 from sact.fewshot.kinds import is_model, kinds_by_option, model_names, one_of
 
+CHECKPOINTS = ("best", "last")  # the checkpoints a run keeps
+# a run directory holds this file once its first checkpoint is written
+LAST_CHECKPOINT = "checkpoints/last/checkpoint.json"
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LOGGERS = ("tensorboard",)  # besides metrics.jsonl, which every run writes
 
@@ -99,6 +104,10 @@ class TrainConfig:
             raise TrainingError(
                 "--log tensorboard needs the tensorboard package: pip install 'sact[tensorboard]'"
             )
+        if self.split is not None:
+            resolve_split_dir(self.split)
+        if not self.resume and not is_url(self.feats) and not Path(self.feats).exists():
+            raise TrainingError(f"no feature store at {self.feats}")
 
 
 def read_train_config(path: Path) -> TrainConfig:
@@ -149,3 +158,33 @@ class EvalConfig:
     workers: int = 4  # reader threads
     runs_dir: str = "runs"  # where "the latest run" is looked for
     out: str | None = None  # results JSON; None: evaluation.json in the run directory
+
+    def check(self) -> None:
+        """The options and the paths they name, checked before torch is imported."""
+        if self.run and self.ckpt:
+            raise EvaluationError("pass --run or --ckpt, not both")
+        if self.checkpoint not in CHECKPOINTS:
+            raise EvaluationError(f"--checkpoint must be best or last, got {self.checkpoint!r}")
+        if self.split not in SPLIT_PARTS:
+            raise EvaluationError(f"--split must be train, val or test, got {self.split!r}")
+        if self.episodes < 1 or not self.shots:
+            raise EvaluationError("need --episodes >= 1 and at least one --shot")
+        if self.split_list is not None:
+            resolve_split_dir(self.split_list)
+        for run in (self.run, *self.compare):
+            if run is not None and not Path(run).is_dir():
+                raise EvaluationError(f"run directory {run} does not exist")
+        if self.ckpt is not None and not Path(self.ckpt).exists():
+            raise EvaluationError(f"no checkpoint at {self.ckpt}")
+        if self.run is None and self.ckpt is None:
+            latest_run(Path(self.runs_dir))
+
+
+def latest_run(runs_dir: Path) -> Path:
+    """The run under `runs_dir` whose last checkpoint was written most recently."""
+    markers = [marker for marker in runs_dir.glob(f"*/{LAST_CHECKPOINT}") if marker.is_file()]
+    if not markers:
+        raise EvaluationError(
+            f"no trained run under {runs_dir}/; train one with `sact train` or pass --run/--ckpt"
+        )
+    return max(markers, key=lambda marker: marker.stat().st_mtime).parents[2]

@@ -30,11 +30,10 @@ from sact.fewshot.checkpoints import (
     Checkpoint,
     check_compatible,
     checkpoint_of_run,
-    latest_run,
     read_checkpoint,
     run_dir_of,
 )
-from sact.fewshot.config import EvalConfig, EvaluationError
+from sact.fewshot.config import EvalConfig, EvaluationError, latest_run
 from sact.fewshot.episodes import (
     Episode,
     EpisodeSampler,
@@ -113,8 +112,6 @@ def make_episodes(config: EvalConfig, pool: VideoPool, console: Console | None) 
         if console is not None:
             console.print(f"episodes from {path} (their way/shot/query settings are used)")
         return settings
-    if config.episodes < 1 or not config.shots:
-        raise EvaluationError("need --episodes >= 1 and at least one --shot")
     settings = []
     for shot in config.shots:
         sampler = EpisodeSampler(pool, way=config.way, shot=shot, queries=config.query)
@@ -159,8 +156,7 @@ def score(
 
 def evaluate(config: EvalConfig, console: Console | None = None) -> dict[str, Any]:
     """Score a run (and `compare` runs) on the same episodes; results also written as JSON."""
-    if config.run and config.ckpt:
-        raise EvaluationError("pass --run or --ckpt, not both")
+    config.check()
     if config.ckpt:
         checkpoint = read_checkpoint(Path(config.ckpt))
     else:

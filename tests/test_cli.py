@@ -95,3 +95,36 @@ def test_the_command_line_starts_without_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert imported.strip() == "[]"
+
+
+# what `sact` imports before it answers: run in a fresh process, the test session has torch already
+IMPORTS_WHEN_DONE = """
+import runpy, sys
+sys.argv = ["sact", *sys.argv[1:]]
+try:
+    runpy.run_module("sact.cli", run_name="__main__")
+except SystemExit as exit:
+    print(exit.code, sorted(m for m in ("torch", "timm", "av") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["extract", "--videos", "missing", "--out", "f.zarr"],
+        ["extract", "--videos", ".", "--out", "f.zarr", "--split", "no_such_split"],
+        ["extract", "--videos", ".", "--out", "f.zarr", "--weights", "missing.safetensors"],
+        ["train", "--feats", "missing.zarr"],
+        ["train", "--feats", ".", "--model", "bert"],
+        ["evaluate"],
+        ["evaluate", "--run", "runs/missing"],
+        ["evaluate", "--run", ".", "--split", "holdout"],
+    ],
+)
+def test_a_wrong_command_is_refused_before_torch_is_imported(tmp_path, arguments):
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORTS_WHEN_DONE, *arguments],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.stdout.strip() == "2 []", done.stdout + done.stderr
+    assert done.stderr.startswith("error: ")

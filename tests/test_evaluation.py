@@ -150,7 +150,7 @@ def test_a_checkpoint_that_does_not_fit_the_store_is_refused(runs, tmp_path, syn
         ({"checkpoint": "middle"}, "--checkpoint must be best or last"),
         ({"ckpt": "somewhere"}, "pass --run or --ckpt, not both"),
         ({"episodes": 0}, "need --episodes >= 1"),
-        ({"split": "holdout"}, "has no holdout list"),
+        ({"split": "holdout"}, "--split must be train, val or test"),
     ],
 )
 def test_bad_evaluations_are_refused_with_one_line(runs, changes, message):
