@@ -20,6 +20,8 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.table import Table
 from typer.core import TyperGroup
 
 from sact import __version__
@@ -35,6 +37,15 @@ stderr = Console(stderr=True)
 def fail(message: str, *, code: int = 2) -> NoReturn:
     stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def print_table(console: Console, table: Table) -> None:
+    """A table at its full width where no terminal limits it (a log file, CI), instead of rich's
+    default of 80 columns, which cuts headers and wraps cells."""
+    if not console.is_terminal:
+        natural = Measurement.get(console, console.options.update_width(sys.maxsize), table)
+        console = Console(file=console.file, width=max(console.width, natural.maximum))
+    console.print(table)
 
 
 def warn(message: str) -> None:
@@ -244,9 +255,9 @@ def extract(
             "(not extracted)",
             highlight=False,
         )
-    stderr.print(summary_table(summary))
+    print_table(stderr, summary_table(summary))
     if summary.failures:
-        stderr.print(failures_table(summary))
+        print_table(stderr, failures_table(summary))
     if json_out:
         typer.echo(json.dumps(summary.to_json(), indent=2))
     if summary.failed:
@@ -272,7 +283,7 @@ def info(
         return
     console = Console()
     for table in inventory_tables(found):
-        console.print(table)
+        print_table(console, table)
 
 
 # -- export (extract/hdf5.py) --
@@ -303,7 +314,7 @@ def export(
         summary = export_hdf5(
             store, to, feature_sets=feature_set or None, overwrite=overwrite, console=stderr
         )
-    stderr.print(export_table(summary))
+    print_table(stderr, export_table(summary))
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
 
@@ -526,7 +537,7 @@ def evaluate(
              f"from {episodes_file}")  # fmt: skip
     with user_errors():
         results = run_evaluation(config, console=stderr)
-    (stderr if json_out else Console()).print(results_table(results))
+    print_table(stderr if json_out else Console(), results_table(results))
     stderr.print(f"results in {results['path']}", highlight=False)
     if json_out:
         typer.echo(json.dumps(results, indent=2))
@@ -548,7 +559,7 @@ def demo(
 
     with user_errors():
         result = run_demo(DemoConfig(out=out, seed=seed), console=stderr)
-    (stderr if json_out else Console()).print(result.table)
+    print_table(stderr if json_out else Console(), result.table)
     figures = ", ".join(result.results["figures"].values())
     stderr.print(f"results in {result.path}; plots: {figures}", highlight=False)
     stderr.print(f"{result.results['seconds']['total']:.0f} s in all", highlight=False)

@@ -151,7 +151,11 @@ def shards_for_this_process(writer: FeatureSetWriter, rank: Rank) -> list[int]:
 class VideosPerSecond(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("-- videos/s" if speed is None else f"{speed:.1f} videos/s", style="cyan")
+        if speed is None and task.finished and task.completed and task.elapsed:
+            speed = task.completed / task.elapsed  # over before rich's moving average had 2 points
+        if speed is None:  # not started yet, or finished with nothing to do
+            return Text("" if task.finished else "-- videos/s")
+        return Text(f"{speed:.1f} videos/s", style="cyan")
 
 
 def _progress(console: Console) -> Progress:

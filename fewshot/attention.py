@@ -19,14 +19,34 @@ import torch
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+from matplotlib import font_manager
 from matplotlib.patches import Rectangle
 
 from sact.extract.files import atomic_path
 from sact.fewshot.model import SACT
 
 PATCH_COLOURS = ("red", "lime", "cyan", "yellow")
+# Fonts tried after the default for glyphs it lacks (video ids may be in any script): common CJK
+# fonts where installed, then matplotlib's own Last Resort font, whose placeholder glyphs cover
+# every code point, so no id draws with "Glyph missing from font" warnings.
+FALLBACK_FONTS = (
+    "Noto Sans CJK JP",
+    "Noto Sans CJK SC",
+    "Source Han Sans",
+    "WenQuanYi Zen Hei",
+    "Droid Sans Fallback",
+    "Arial Unicode MS",
+    "Last Resort High-Efficiency",
+)
 PANEL_INCHES = 2.0
 DPI = 100
+
+
+def title_fonts() -> list[str]:
+    """The default font family, then those of FALLBACK_FONTS that are installed."""
+    installed = {font.name for font in font_manager.fontManager.ttflist}
+    default = list(matplotlib.rcParams["font.family"])
+    return default + [name for name in FALLBACK_FONTS if name in installed]
 
 
 @torch.no_grad()
@@ -132,7 +152,7 @@ def draw_attention(
         axis.set_xticks([])
         axis.set_yticks([])
     if title:
-        figure.suptitle(title, fontsize=9)
+        figure.suptitle(title, fontsize=9, fontfamily=title_fonts())
     figure.tight_layout(rect=(0, 0, 1, 1 - header / (frames * PANEL_INCHES + header)))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as partial:

@@ -541,7 +541,7 @@ class Trainer:
                     progress.update(
                         task,
                         completed=self.step,
-                        status=f"loss {loss:.3f}  val {self.last_accuracy:.3f}",
+                        status=f"loss {loss:.3f}  val {100 * self.last_accuracy:.1f}%",
                     )
             except KeyboardInterrupt:
                 if self.tensorboard is not None:

@@ -138,3 +138,22 @@ def test_a_model_with_nothing_to_train_says_so(workdir):
     assert result.exit_code == 0, result.output
     assert "nothing to train" in result.stderr
     assert "0/0" not in result.stderr and "0 steps" not in result.stderr
+
+
+def test_result_tables_are_not_cut_when_the_output_is_not_a_terminal(workdir):
+    long_names = [
+        "runs/protonet-on-the-synthetic-store-a",
+        "runs/protonet-on-the-synthetic-store-b",
+    ]
+    for name in long_names:
+        trained = runner.invoke(app, [*TRAIN, "--model", "protonet", "--out", name])
+        assert trained.exit_code == 0, trained.output
+    compared = runner.invoke(
+        app,
+        ["evaluate", "--run", long_names[0], "--compare", long_names[1], "--way", "3",
+         "--shot", "1", "--episodes", "10"],
+    )  # fmt: skip
+    assert compared.exit_code == 0, compared.output
+    assert "protonet (protonet-on-the-synthetic-store-a)" in compared.stdout
+    assert "Δ vs protonet-on-the-synthetic-store-b" in compared.stdout
+    assert "…" not in compared.stdout

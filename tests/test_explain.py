@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,24 @@ def test_draw_attention_writes_a_png_of_the_stated_size(tmp_path: Path) -> None:
             patches=focused_patches(weights, 1),
             path=tmp_path / "bad.png",
         )
+
+
+def test_ids_in_any_script_draw_without_glyph_warnings(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    weights = rng.dirichlet(np.ones(PATCHES), size=(1, PATCHES))  # (T', P, P)
+    frames = np.zeros((1, 48, 48, 3), dtype=np.uint8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        draw_attention(
+            query_frames=frames,
+            support_frames=frames,
+            weights=weights,
+            grid=GRID,
+            patches=focused_patches(weights, 1),
+            path=tmp_path / "attention.png",
+            title="SA-CT cross-attention: query 打篮球_001 → support 踢足球_002",
+        )
+    assert not [warning for warning in caught if "Glyph" in str(warning.message)]
 
 
 @pytest.fixture(scope="module")

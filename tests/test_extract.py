@@ -16,13 +16,14 @@ import pytest
 import torch
 import zarr
 from rich.console import Console
+from rich.progress import Progress
 from typer.testing import CliRunner, Result
 
 from sact.cli import app
 from sact.extract.backbone import flush_denormals, load_backbone
 from sact.extract.decode import sample_clip
 from sact.extract.feature_set import FeatureStoreError
-from sact.extract.pipeline import ExtractSummary, run_extraction
+from sact.extract.pipeline import ExtractSummary, VideosPerSecond, run_extraction
 from sact.extract.store import open_feature_set
 from sact.testing.extraction import tiny_cli_options, tiny_config
 
@@ -246,6 +247,18 @@ def test_cli_extract_says_how_many_videos_the_split_leaves_out(
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["unlisted"] == 3
     assert "3 videos in the folder are in no list of the split" in " ".join(result.stderr.split())
+
+
+def test_a_finished_extraction_shows_its_speed_even_when_it_was_quick() -> None:
+    column = VideosPerSecond()
+    progress = Progress(column, console=quiet())
+    quick = progress.add_task("extract", total=3)
+    progress.advance(quick, 3)  # all at once: rich's moving average never got two points
+    assert column.render(progress.tasks[quick]).plain.endswith(" videos/s")
+    assert "--" not in column.render(progress.tasks[quick]).plain
+    nothing = progress.add_task("extract", total=0)
+    progress.update(nothing, completed=0)
+    assert column.render(progress.tasks[nothing]).plain == ""
 
 
 # ---- kill and resume ----
