@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sact.fewshot.heads import FewShotHead, VideoEmbedding, group_by_class
+from sact.fewshot.heads import FewShotHead, VideoEmbedding, class_major
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,9 @@ class ProtoNet(FewShotHead[ProtoNetEmbedding]):
         *,
         way: int | None = None,
     ) -> Tensor:
-        order, way, shot = group_by_class(support_labels.to(support.features.device), way)
+        support, way, shot = class_major(support, support_labels, way)
         # (N*K, D) -> (N, K, D) -> class means (N, D)
-        prototypes = support.features[order].reshape(way, shot, -1).mean(dim=1)
+        prototypes = support.features.reshape(way, shot, -1).mean(dim=1)
         diff = query.features[:, None, :] - prototypes[None, :, :]  # (Q, N, D)
         return -diff.pow(2).sum(dim=-1)  # (Q, N)
 
@@ -144,8 +144,7 @@ class TRX(FewShotHead[TRXEmbedding]):
         *,
         way: int | None = None,
     ) -> Tensor:
-        order, way, shot = group_by_class(support_labels.to(support.keys[0].device), way)
-        support = support[order]
+        support, way, shot = class_major(support, support_labels, way)
         logits = []
         for s_keys, s_values, q_keys, q_values in zip(
             support.keys, support.values, query.keys, query.values, strict=True

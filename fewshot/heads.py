@@ -45,7 +45,11 @@ class VideoEmbedding:
     def __getitem__(self, index: Tensor | slice | int) -> Self:
         if isinstance(index, int):  # keep the video dim: emb[3] is a batch of one video
             index = slice(index, index + 1 if index != -1 else None)
-        return self._map(lambda t: t[index.to(t.device) if isinstance(index, Tensor) else index])
+        return self._map(
+            lambda t: t[
+                index.to(t.device, non_blocking=True) if isinstance(index, Tensor) else index
+            ]
+        )
 
     def to(self, device: torch.device | str) -> Self:
         return self._map(lambda t: t.to(device))
@@ -63,11 +67,14 @@ def as_grid(grid: tuple[int, int] | list[int] | int) -> tuple[int, int]:
 
 
 def group_by_class(labels: Tensor, way: int | None) -> tuple[Tensor, int, int]:
-    """Order of the support videos that puts them class by class, plus (N, K).
+    """Order of the support videos that puts them class by class (on the CPU), plus (N, K).
 
     Support shots of class c are those labelled c; every class must have the same number of shots.
     The sort is stable, so shots keep their order (which never matters for the logits anyway).
+    The labels are checked on the CPU: labels that are there already, as training and evaluation
+    pass them, cost a GPU no synchronisation (labels on a GPU are copied over once).
     """
+    labels = labels.cpu()
     if labels.ndim != 1 or labels.numel() == 0:
         raise ValueError(
             f"support_labels must be a non-empty 1-d tensor, got {tuple(labels.shape)}"
@@ -85,6 +92,15 @@ def group_by_class(labels: Tensor, way: int | None) -> tuple[Tensor, int, int]:
 
 
 Embedding = TypeVar("Embedding", bound=VideoEmbedding)
+
+
+def class_major(support: Embedding, labels: Tensor, way: int | None) -> tuple[Embedding, int, int]:
+    """The support videos class by class (`group_by_class`), and (N, K); supports that already are
+    (as training and evaluation pass them) are used as they are, without an index copy."""
+    order, way, shot = group_by_class(labels, way)
+    if torch.equal(order, torch.arange(len(order))):
+        return support, way, shot
+    return support[order], way, shot
 
 
 class FewShotHead(nn.Module, ABC, Generic[Embedding]):

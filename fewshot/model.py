@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sact.fewshot.heads import FewShotHead, VideoEmbedding, group_by_class
+from sact.fewshot.heads import FewShotHead, VideoEmbedding, class_major
 
 
 class TMixer(nn.Module):
@@ -148,8 +148,7 @@ class SACT(FewShotHead[SACTEmbedding]):
         way: int | None = None,
     ) -> Tensor:
         """Per-episode part: frame-aligned spatial cross-attention and distance. Logits (Q, N)."""
-        order, way, shot = group_by_class(support_labels.to(support.values.device), way)
-        support = support[order]
+        support, way, shot = class_major(support, support_labels, way)
         n_frames, n_patches, d_k = support.values.shape[1:]
         # The distance subtracts two sums of T' values that nearly cancel: in bfloat16 their
         # rounding decides close predictions. So match runs in (at least) float32 whatever

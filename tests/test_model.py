@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sact.fewshot import SACT, SACTEmbedding, create_model
+from sact.fewshot.heads import class_major, group_by_class
 
 DIM, FRAMES, GRID, D_K = 16, 4, (2, 2), 8
 PATCHES = GRID[0] * GRID[1]
@@ -149,6 +150,16 @@ def test_agrees_with_loop_reference(tmixer: bool, cpe: bool) -> None:
     assert logits.dtype == torch.float64
     relative = (logits - expected).abs().max() / expected.abs().max()
     assert relative < 1e-9, f"relative error {relative:.2e}"
+
+
+def test_labels_are_checked_on_the_cpu_and_class_major_supports_are_not_reindexed() -> None:
+    order, way, shot = group_by_class(torch.tensor([1, 0, 2, 2, 0, 1]), 3)
+    assert order.tolist() == [1, 4, 0, 5, 2, 3] and (way, shot) == (3, 2)
+    support = SACTEmbedding(*(torch.randn(6, 2, 4, 8) for _ in range(3)))
+    same, way, shot = class_major(support, torch.tensor([0, 0, 1, 1, 2, 2]), None)
+    assert same is support and (way, shot) == (3, 2)
+    sorted_support, _, _ = class_major(support, torch.tensor([1, 0, 2, 2, 0, 1]), None)
+    assert torch.equal(sorted_support.values, support.values[order])
 
 
 def test_parameter_names_follow_the_formulas() -> None:
