@@ -103,6 +103,16 @@ def class_major(support: Embedding, labels: Tensor, way: int | None) -> tuple[Em
     return support[order], way, shot
 
 
+def episode_shape(supports: int, queries: int, *, episodes: int, way: int) -> tuple[int, int]:
+    """(K, Q) of E N-way episodes laid end to end in `supports` and `queries` videos."""
+    if episodes < 1 or supports % (episodes * way) or queries % episodes:
+        raise ValueError(
+            f"{supports} support and {queries} query videos do not make "
+            f"{episodes} {way}-way episodes"
+        )
+    return supports // (episodes * way), queries // episodes
+
+
 class FewShotHead(nn.Module, ABC, Generic[Embedding]):
     """A few-shot head on cached features (B, T, P, D): D channels, T frames, an h x w grid."""
 
@@ -135,6 +145,31 @@ class FewShotHead(nn.Module, ABC, Generic[Embedding]):
         way: int | None = None,
     ) -> Tensor:
         """One episode: support (N*K) and query (Q) embeddings, labels (N*K,) -> logits (Q, N)."""
+
+    def match_episodes(
+        self, support: Embedding, query: Embedding, *, episodes: int, way: int
+    ) -> Tensor:
+        """`match` of E episodes of one N-way K-shot Q-query shape: logits (E, Q, N).
+
+        support: E·N·K videos, episode by episode, class-major within each (shot k of class c of
+        episode e is row (e·N + c)·K + k); query: E·Q videos, episode by episode. Evaluation
+        scores many episodes per call through this; the default runs `match` episode by
+        episode, a head that can batch them overrides it.
+        """
+        shot, queries = episode_shape(len(support), len(query), episodes=episodes, way=way)
+        labels = torch.arange(way).repeat_interleave(shot)  # class-major, on the CPU
+        per_support = way * shot
+        return torch.stack(
+            [
+                self.match(
+                    support[e * per_support : (e + 1) * per_support],
+                    labels,
+                    query[e * queries : (e + 1) * queries],
+                    way=way,
+                )
+                for e in range(episodes)
+            ]
+        )  # (E, Q, N)
 
     def forward(self, support: Tensor, support_labels: Tensor, query: Tensor) -> Tensor:
         """support (N*K, T, P, D), support_labels (N*K,) in 0..N-1, query (Q, T, P, D) -> (Q, N)."""

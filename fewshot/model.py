@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sact.fewshot.heads import FewShotHead, VideoEmbedding, class_major
+from sact.fewshot.heads import FewShotHead, VideoEmbedding, class_major, episode_shape
 
 
 class TMixer(nn.Module):
@@ -125,19 +125,24 @@ class SACT(FewShotHead[SACTEmbedding]):
     def cross_attention(support_keys: Tensor, query_keys: Tensor) -> Tensor:
         """ã: softmax over (k, m) of a / √d_k, each query frame against the same support frame.
 
-        support_keys (N, K, T', P, d_k), query_keys (Q, T', P, d_k) -> (N, Q, P, T', K, P).
-        `match` uses it, and so does the attention figure (fewshot/attention.py).
+        support_keys (..., N, K, T', P, d_k), query_keys (..., Q, T', P, d_k) -> (..., N, Q, P,
+        T', K, P), with the same leading episode dims (if any) on both. `match` uses it, and so
+        does the attention figure (fewshot/attention.py).
         """
-        shot, n_patches, d_k = support_keys.shape[1], support_keys.shape[3], support_keys.shape[4]
+        shot, n_patches, d_k = (
+            support_keys.shape[-4],
+            support_keys.shape[-2],
+            support_keys.shape[-1],
+        )
         key_dtype = torch.promote_types(support_keys.dtype, query_keys.dtype)
         # scale before the product: in float16, d_k-long dot products of LN outputs can overflow
         q_keys = query_keys.to(key_dtype) / math.sqrt(d_k)
         # a[c, q, p, i, k, m]: query patch p of frame i against support patch m of frame i, shot k
-        scores = torch.einsum("nkimd,qipd->nqpikm", support_keys.to(key_dtype), q_keys)
+        scores = torch.einsum("...nkimd,...qipd->...nqpikm", support_keys.to(key_dtype), q_keys)
         # softmax over all (k, m) of the class, in at least float32 whatever autocast chose
-        scores = scores.flatten(-2)  # (N, Q, P, T', K, P) -> (N, Q, P, T', K*P)
+        scores = scores.flatten(-2)  # (..., N, Q, P, T', K, P) -> (..., N, Q, P, T', K*P)
         attention = scores.to(torch.promote_types(scores.dtype, torch.float32)).softmax(-1)
-        return attention.unflatten(-1, (shot, n_patches))  # (N, Q, P, T', K, P)
+        return attention.unflatten(-1, (shot, n_patches))  # (..., N, Q, P, T', K, P)
 
     def match(
         self,
@@ -148,24 +153,67 @@ class SACT(FewShotHead[SACTEmbedding]):
         way: int | None = None,
     ) -> Tensor:
         """Per-episode part: frame-aligned spatial cross-attention and distance. Logits (Q, N)."""
-        support, way, shot = class_major(support, support_labels, way)
+        support, way, _ = class_major(support, support_labels, way)
+        return self.match_episodes(support, query, episodes=1, way=way)[0]
+
+    def match_episodes(
+        self,
+        support: SACTEmbedding,
+        query: SACTEmbedding,
+        *,
+        episodes: int,
+        way: int,
+        fused: bool = False,
+    ) -> Tensor:
+        """`FewShotHead.match_episodes` in one batched call. `fused` computes the attention with
+        scaled_dot_product_attention instead of explicit scores (same logits within float32
+        rounding; more memory at d_k > K·P, docs/MODEL.md)."""
         n_frames, n_patches, d_k = support.values.shape[1:]
+        shot, queries = episode_shape(len(support), len(query), episodes=episodes, way=way)
         # The distance subtracts two sums of T' values that nearly cancel: in bfloat16 their
         # rounding decides close predictions. So match runs in (at least) float32 whatever
         # autocast chose; keys may arrive in bfloat16 (they only shape the attention weights).
         exact = torch.promote_types(support.values.dtype, torch.float32)
         with torch.autocast(support.values.device.type, enabled=False):
-            # (N*K, T', P, d_k) -> (N, K, T', P, d_k), class-major after the stable sort
-            s_keys = support.support_keys.to(exact).reshape(way, shot, n_frames, n_patches, d_k)
-            s_values = support.values.to(exact).reshape(way, shot, n_frames, n_patches, d_k)
-            attention = self.cross_attention(s_keys, query.query_keys.to(exact))
-            # (N, Q, P, T', K, P)
+            # (E*N*K, T', P, d_k) -> (E, N, K, T', P, d_k), class-major
+            grouped = (episodes, way, shot, n_frames, n_patches, d_k)
+            s_keys = support.support_keys.to(exact).reshape(grouped)
+            s_values = support.values.to(exact).reshape(grouped)
+            # (E*Q, T', P, d_k) -> (E, Q, T', P, d_k)
+            q_keys = query.query_keys.to(exact).reshape(episodes, queries, *grouped[3:])
+            attend = self.fused_prototypes if fused else self.prototypes
+            summed_prototype = attend(s_keys, s_values, q_keys)  # (E, N, Q, P, d_k)
+            summed_query = query.values.to(exact).reshape(episodes, queries, *grouped[3:])
+            summed_query = summed_query.sum(dim=2)  # (E, Q, P, d_k)
+            diff = (summed_prototype - summed_query[:, None]) / n_frames**2  # (E, N, Q, P, d_k)
+            distance = diff.pow(2).sum(dim=-1).mean(dim=-1)  # (E, N, Q)
+        return -distance.transpose(1, 2)  # (E, Q, N)
 
-            # Σ_i t^c_ip in one contraction over (i, k, m): t^c_ip itself is never materialised
-            summed_prototype = torch.einsum(
-                "nqpikm,nkimd->nqpd", attention, s_values
-            )  # (N, Q, P, d_k)
-            summed_query = query.values.to(exact).sum(dim=1)  # (Q, P, d_k)
-            diff = (summed_prototype - summed_query) / n_frames**2  # (N, Q, P, d_k)
-            distance = diff.pow(2).sum(dim=-1).mean(dim=-1)  # (N, Q)
-        return -distance.transpose(0, 1)  # (Q, N)
+    @classmethod
+    def prototypes(cls, s_keys: Tensor, s_values: Tensor, q_keys: Tensor) -> Tensor:
+        """Σ_i t^c_ip from explicit attention weights: one contraction over (i, k, m), so t^c_ip
+        itself is never materialised. s_* (E, N, K, T', P, d_k), q_keys (E, Q, T', P, d_k)
+        -> (E, N, Q, P, d_k)."""
+        attention = cls.cross_attention(s_keys, q_keys)  # (E, N, Q, P, T', K, P)
+        return torch.einsum("...nqpikm,...nkimd->...nqpd", attention, s_values)
+
+    @staticmethod
+    def fused_prototypes(s_keys: Tensor, s_values: Tensor, q_keys: Tensor) -> Tensor:
+        """Σ_i t^c_ip through scaled_dot_product_attention: per class and frame i, the query
+        patches of frame i attend over the K·P support patches of frame i. The scores stay in the
+        kernel, but each frame's t^c_ip comes out (d_k wide, against K·P for the scores).
+        Shapes as `prototypes`."""
+        episodes, way, _, n_frames, n_patches, d_k = s_keys.shape
+        queries = q_keys.shape[1]
+
+        def frame_major(field: Tensor) -> Tensor:
+            # (E, N, K, T', P, d_k) -> (E*N, T', K*P, d_k): frame i of every shot of a class
+            return field.transpose(2, 3).reshape(episodes * way, n_frames, -1, d_k)
+
+        # (E, Q, T', P, d_k) -> (E, T', Q*P, d_k): frame i of every query, then once per class
+        per_frame = q_keys.transpose(1, 2).reshape(episodes, n_frames, queries * n_patches, d_k)
+        per_frame = per_frame.repeat_interleave(way, dim=0)  # (E*N, T', Q*P, d_k)
+        attended = F.scaled_dot_product_attention(
+            per_frame, frame_major(s_keys), frame_major(s_values)
+        )  # (E*N, T', Q*P, d_k): t^c_ip
+        return attended.sum(dim=1).reshape(episodes, way, queries, n_patches, d_k)

@@ -168,3 +168,27 @@ def test_every_model_is_built_and_called_the_same_way(kind: str) -> None:
     with torch.no_grad():
         logits = model(support, labels, query)
     assert logits.shape == (5, 3) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("kind", sorted(kind.name for kind in model_kinds()))
+def test_every_model_matches_many_episodes_in_one_call(kind: str) -> None:
+    """`match_episodes` (batched for SA-CT, episode by episode by default) equals `match`."""
+    model = create_model(kind, dim=DIM, frames=FRAMES, grid=GRID).eval()
+    generator = torch.Generator().manual_seed(4)
+    episodes, way, shot, queries = 3, 3, 2, 2
+    support = torch.randn(
+        episodes * way * shot, FRAMES, GRID[0] * GRID[1], DIM, generator=generator
+    )
+    query = torch.randn(episodes * queries, FRAMES, GRID[0] * GRID[1], DIM, generator=generator)
+    labels = torch.arange(way).repeat_interleave(shot)
+    with torch.no_grad():
+        s_emb, q_emb = model.embed(support), model.embed(query)
+        batched = model.match_episodes(s_emb, q_emb, episodes=episodes, way=way)
+        for e in range(episodes):
+            one = model.match(
+                s_emb[e * way * shot : (e + 1) * way * shot],
+                labels,
+                q_emb[e * queries : (e + 1) * queries],
+                way=way,
+            )
+            torch.testing.assert_close(batched[e], one, rtol=1e-5, atol=1e-6)

@@ -152,6 +152,38 @@ def test_agrees_with_loop_reference(tmixer: bool, cpe: bool) -> None:
     assert relative < 1e-9, f"relative error {relative:.2e}"
 
 
+def test_fused_attention_and_episode_batches_give_the_reference_logits() -> None:
+    """`match_episodes` over several episodes at once, with explicit scores or through
+    scaled_dot_product_attention, equals the loop reference episode by episode."""
+    model = make_model().double().eval()
+    generator = torch.Generator().manual_seed(3)
+    episodes, way, shot, queries = 3, 3, 2, 4
+    support = torch.randn(episodes * way * shot, FRAMES, PATCHES, DIM, generator=generator)
+    query = torch.randn(episodes * queries, FRAMES, PATCHES, DIM, generator=generator)
+    support, query = support.double(), query.double()
+    labels = torch.arange(way).repeat_interleave(shot)  # class-major, as match_episodes wants
+    with torch.no_grad():
+        s_emb, q_emb = model.embed(support), model.embed(query)
+        expected = torch.stack(
+            [
+                reference_logits(
+                    model,
+                    support[e * way * shot : (e + 1) * way * shot],
+                    labels,
+                    query[e * queries : (e + 1) * queries],
+                )
+                for e in range(episodes)
+            ]
+        )  # (E, Q, N)
+        for fused in (False, True):
+            logits = model.match_episodes(s_emb, q_emb, episodes=episodes, way=way, fused=fused)
+            assert logits.shape == (episodes, queries, way)
+            relative = (logits - expected).abs().max() / expected.abs().max()
+            assert relative < 1e-9, f"fused={fused}: relative error {relative:.2e}"
+        with pytest.raises(ValueError, match="do not make 4 3-way episodes"):
+            model.match_episodes(s_emb, q_emb, episodes=4, way=way)
+
+
 def test_labels_are_checked_on_the_cpu_and_class_major_supports_are_not_reindexed() -> None:
     order, way, shot = group_by_class(torch.tensor([1, 0, 2, 2, 0, 1]), 3)
     assert order.tolist() == [1, 4, 0, 5, 2, 3] and (way, shot) == (3, 2)
