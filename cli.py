@@ -85,8 +85,8 @@ def usage_errors() -> Iterator[None]:
     except UsageError as error:
         if type(error).__name__ == "NoArgsIsHelpError":
             raise  # `sact` alone: typer prints the help
-        message = error.format_message()  # type: ignore[attr-defined]
-        context = error.ctx  # type: ignore[attr-defined]
+        message = error.format_message()  # type: ignore[attr-defined, unused-ignore]
+        context = error.ctx  # type: ignore[attr-defined, unused-ignore]
         hint = f" (see {context.command_path} --help)" if context else ""
         fail(message[:1].lower() + message[1:].rstrip(".") + hint)
 

@@ -45,8 +45,8 @@ def preprocessing_of(feature_set: FeatureSet) -> Preprocessing:
         size=int(match.group(2)),
         resize_to=int(match.group(1)),
         interpolation=str(attrs.get("interpolation", "bicubic")),
-        mean=tuple(attrs["mean"]),  # type: ignore[arg-type]
-        std=tuple(attrs["std"]),  # type: ignore[arg-type]
+        mean=tuple(attrs["mean"]),
+        std=tuple(attrs["std"]),
     )
 
 

@@ -122,14 +122,15 @@ class PatchFeatures(nn.Module):
 
     def __init__(self, *, model: nn.Module, grid: int | None = None) -> None:
         super().__init__()
-        self.model = model
+        # typed by what timm adds to nn.Module: forward_features, patch_embed, num_prefix_tokens
+        self.model: Any = model
         self.grid = grid
         self.channels_last_output = getattr(model, "output_fmt", "NCHW") == "NHWC"
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0))
 
     def token_grid(self, image_size: tuple[int, int], tokens: int) -> tuple[int, int]:
         """(h, w) of the patch tokens of an image of ``image_size``, checked against their count."""
-        patch_embed = getattr(self.model, "patch_embed", None)
+        patch_embed: Any = getattr(self.model, "patch_embed", None)
         if hasattr(patch_embed, "dynamic_feat_size"):
             height, width = patch_embed.dynamic_feat_size(image_size)
         elif getattr(patch_embed, "grid_size", None) is not None:
@@ -154,7 +155,7 @@ class PatchFeatures(nn.Module):
                 f"forward_features returned a {x.ndim}-d tensor; expected 3-d or 4-d"
             )
         patches = x[:, self.num_prefix_tokens :]  # (B, h*w, D)
-        height, width = self.token_grid(tuple(images.shape[-2:]), patches.shape[1])
+        height, width = self.token_grid((images.shape[-2], images.shape[-1]), patches.shape[1])
         return patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -264,10 +265,11 @@ def _set_input_size(model: nn.Module, size: int) -> None:
     """Rebuild a loaded token model's position embeddings for ``size`` (timm's own resampling)."""
     patch_embed = getattr(model, "patch_embed", None)
     built_for = getattr(patch_embed, "img_size", None)
-    if not hasattr(model, "set_input_size") or built_for in (None, (size, size)):
+    set_input_size = getattr(model, "set_input_size", None)
+    if set_input_size is None or built_for in (None, (size, size)):
         return
     try:
-        model.set_input_size(img_size=(size, size))
+        set_input_size(img_size=(size, size))
     except (AssertionError, RuntimeError, ValueError) as error:
         raise BackboneError(
             f"{type(model).__name__} cannot take {size} px inputs: {error}"
@@ -298,9 +300,7 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    classifier = (
-        model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
-    )
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier")
     head_prefixes = tuple(
         f"{name}." for name in ([classifier] if isinstance(classifier, str) else classifier or [])
     )
@@ -402,7 +402,7 @@ class FrozenBackbone:
             (torch.bfloat16 if bf16_is_native(device) else torch.float16) if self.on_cuda else None
         )
         memory_format = torch.channels_last if self.on_cuda else torch.contiguous_format
-        self.features = loaded.features.to(device=device, memory_format=memory_format)
+        self.features = loaded.features.to(device).to(memory_format=memory_format)
 
     @property
     def compute_dtype(self) -> str:

@@ -140,7 +140,7 @@ def decoded_videos(
         shuffle=False,
         sampler=order,
         num_workers=workers,
-        collate_fn=_as_is,
+        collate_fn=_as_is,  # type: ignore[arg-type, unused-ignore]  # batch_size=None: one item
         pin_memory=pin_memory,
         worker_init_fn=_single_thread_worker if workers > 0 else None,
         prefetch_factor=4 if workers > 0 else None,

@@ -146,7 +146,7 @@ class FeatureSet(ABC):
         self.location = location
         self.attrs: dict[str, Any] = attrs
         count, self.frames, self.patches, self.dim = (int(n) for n in shape)
-        self.grid: tuple[int, int] = tuple(self.attrs["grid"])  # type: ignore[assignment]
+        self.grid: tuple[int, int] = tuple(self.attrs["grid"])
         self.shard_size: int = int(self.attrs["shard_size"])
         self.video_ids = as_text(arrays["video_id"][:])
         self.paths = as_text(arrays["path"][:])

@@ -174,7 +174,7 @@ def export_hdf5(
         handle.attrs["sact"] = json.dumps(dict(root.attrs["sact"]))
         for name in names:
             summary["sets"][name] = _export_feature_set(
-                ZarrFeatureSet(root[name], location=source),  # type: ignore[arg-type]
+                ZarrFeatureSet(root[name], location=source),
                 handle,
                 progress,
             )

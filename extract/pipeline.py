@@ -135,7 +135,7 @@ def open_for_this_rank(
     if job.setup_failed(failure is not None):
         raise failure or SactError(f"rank 0 could not open the feature set in {config.out}")
     if not rank.is_main:
-        writer = FeatureSetWriter(open_root(config.out, mode="a")[name])  # type: ignore[arg-type]
+        writer = FeatureSetWriter(open_root(config.out, mode="a")[name])
     return writer, claims
 
 
@@ -207,7 +207,7 @@ def extract_shards(
     patches, dim = writer.features.shape[2:]
 
     def skip(count: int) -> None:
-        progress.update(task, total=progress.tasks[task].total - count)  # type: ignore[operator]
+        progress.update(task, total=progress.tasks[task].total - count)  # type: ignore[operator, unused-ignore]
 
     order = ClaimedOrder(writer, shards, claims, on_skip=skip)
     stream = iter(

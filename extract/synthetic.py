@@ -32,6 +32,8 @@ def encode_video(path: Path, frames: np.ndarray, *, fps: int = 12) -> Path:
         av.open(str(partial), mode="w", format=CONTAINERS[path.suffix]) as container,
     ):
         stream = container.add_stream(codec, rate=fps)
+        if not isinstance(stream, av.VideoStream):
+            raise ValueError(f"{codec} is not a video codec")
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         # One encoder thread: x264's threaded encoder was seen to give different frames for the
         # same input on a busy machine, and tests compare runs bit for bit.

@@ -92,7 +92,7 @@ def require_group(parent: zarr.Group, name: str) -> zarr.Group:
         return parent.require_group(name)
     except zarr.errors.ContainsGroupError:
         # zarr saw no group, then another process created it before zarr's own write.
-        return parent[name]  # type: ignore[return-value]
+        return parent[name]
 
 
 def open_root(location: str, *, mode: Literal["r", "a"]) -> zarr.Group:
@@ -159,7 +159,7 @@ def zarr_feature_set_names(location: str) -> list[str]:
 def open_zarr_feature_set(location: str, name: str | None = None) -> ZarrFeatureSet:
     root = open_root(location, mode="r")
     chosen = choose_feature_set(location, finished_feature_set_names(root), name)
-    return ZarrFeatureSet(root[chosen], location=location)  # type: ignore[arg-type]
+    return ZarrFeatureSet(root[chosen], location=location)
 
 
 def _local_size(path: Path) -> int:
@@ -178,7 +178,7 @@ class ZarrFeatureSet(FeatureSet):
         if attrs is None or FEATURES not in group:
             raise FeatureStoreError(f"{group.name} is not a sact feature set")
         self.group = group
-        self.features: zarr.Array = group[FEATURES]  # type: ignore[assignment]
+        self.features: zarr.Array = group[FEATURES]
         super().__init__(
             group, dict(attrs), name=group.basename, location=location, shape=self.features.shape
         )
@@ -218,8 +218,8 @@ class FeatureSetWriter:
 
     def __init__(self, group: zarr.Group) -> None:
         self.group = group
-        self.features: zarr.Array = group[FEATURES]  # type: ignore[assignment]
-        self.shard_size = int(self.features.shards[0])  # type: ignore[index]
+        self.features: zarr.Array = group[FEATURES]
+        self.shard_size = int(self.features.shards[0])
 
     @classmethod
     def create_or_open(
@@ -243,7 +243,7 @@ class FeatureSetWriter:
             # Creation was interrupted before the attrs: nothing was extracted into it yet.
             del root[name]
         if name in feature_set_names(root):
-            writer = cls(root[name])  # type: ignore[arg-type]
+            writer = cls(root[name])
             differences = _differences(writer.identity, identity)
             if differences:
                 raise FeatureStoreError(
@@ -328,7 +328,7 @@ class FeatureSetWriter:
         for array_name in (FEATURES, *PER_VIDEO_ARRAYS):
             array = self.group[array_name]
             array.resize((end, *array.shape[1:]))
-        self.features = self.group[FEATURES]  # type: ignore[assignment]
+        self.features = self.group[FEATURES]
         self._write_records(start, new)
         return len(new)
 

@@ -52,6 +52,8 @@ class ProtoNet(FewShotHead[ProtoNetEmbedding]):
 class PositionalEncoding(nn.Module):
     """TRX's sinusoidal encoding, scaled by 0.1, added to frame features, then dropout."""
 
+    encoding: Tensor  # (T, D), a buffer
+
     def __init__(self, *, dim: int, frames: int, dropout: float, scale: float = 0.1) -> None:
         super().__init__()
         position = torch.arange(frames, dtype=torch.float64)[:, None]  # (T, 1)
@@ -69,6 +71,8 @@ class PositionalEncoding(nn.Module):
 
 class TupleHead(nn.Module):
     """Keys and values of all ordered frame tuples of one cardinality (TRX's cross transformer)."""
+
+    tuples: Tensor  # (n_tuples, cardinality) frame indices, a buffer
 
     def __init__(self, *, dim: int, frames: int, cardinality: int, d_k: int) -> None:
         super().__init__()
@@ -131,7 +135,7 @@ class TRX(FewShotHead[TRXEmbedding]):
 
     def embed(self, videos: Tensor) -> TRXEmbedding:
         self.check_videos(videos)
-        x = videos.to(self.heads[0].to_key.weight.dtype)  # cached features are float16
+        x = videos.to(next(self.heads.parameters()).dtype)  # cached features are float16
         frames = self.positional(x.mean(dim=2))  # (B, T, D)
         keys, values = zip(*(head(frames) for head in self.heads), strict=True)
         return TRXEmbedding(keys=tuple(keys), values=tuple(values))

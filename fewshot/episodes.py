@@ -78,9 +78,9 @@ def resolve_split(feature_set: FeatureSet, split: str | None) -> SplitSource:
     if name:
         # a folder is recorded absolute, so a checkpoint finds it again from any working folder
         name = str(Path(name).resolve()) if Path(name).is_dir() else str(name)
-        split = load_split(name)
+        loaded = load_split(name)
         return SplitSource(
-            parts=split.parts, description=f"{name} ({split.format.name})", name=name
+            parts=loaded.parts, description=f"{name} ({loaded.format.name})", name=name
         )
     fractions = "/".join(str(round(100 * f)) for f in LABEL_SPLIT_FRACTIONS.values())
     return SplitSource(

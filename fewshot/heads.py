@@ -30,7 +30,7 @@ class VideoEmbedding:
             raise ValueError(f"{type(self).__name__}: fields disagree on the number of videos")
 
     def _tensors(self) -> list[Tensor]:
-        tensors = []
+        tensors: list[Tensor] = []
         for field in fields(self):
             value = getattr(self, field.name)
             tensors.extend(value if isinstance(value, tuple) else [value])

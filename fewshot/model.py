@@ -102,7 +102,10 @@ class SACT(FewShotHead[SACTEmbedding]):
         }
 
     def positional(self, phi: Tensor) -> Tensor:
-        """f = Φ + CPE(Φ): a depthwise 3x3 conv over each frame's h x w grid (patches row-major)."""
+        """f = Φ + CPE(Φ): a depthwise 3x3 conv over each frame's h x w grid (patches row-major);
+        f = Φ with the CPE off."""
+        if self.cpe is None:
+            return phi
         b, t, p, d = phi.shape
         h, w = self.grid
         grid = phi.reshape(b * t, h, w, d).permute(0, 3, 1, 2)  # (B*T', D, h, w)
@@ -114,7 +117,7 @@ class SACT(FewShotHead[SACTEmbedding]):
         self.check_videos(videos)
         x = videos.to(self.to_value.weight.dtype)  # cached features are float16
         phi = self.tmixer(x) if self.tmixer is not None else x  # (B, T', P, D)
-        f = self.positional(phi) if self.cpe is not None else phi  # (B, T', P, D)
+        f = self.positional(phi)  # (B, T', P, D)
         return SACTEmbedding(
             support_keys=self.norm_support(self.to_support(f)),  # (B, T', P, d_k)
             query_keys=self.norm_query(self.to_query(f)),  # (B, T', P, d_k)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -82,6 +82,9 @@ from sact.fewshot.model import SACT
 from sact.fewshot.tensorboard import FOLDER as TENSORBOARD_FOLDER
 from sact.fewshot.tensorboard import TensorBoardLog
 
+# a numpy Generator's bit_generator.state: saved with each checkpoint, so a resumed run draws on
+# exactly where the interrupted one stopped
+RngState = Mapping[str, Any]
 SGD_MOMENTUM = 0.9
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -348,7 +351,7 @@ class Trainer:
             "val_accuracy": self.last_accuracy,
         }
 
-    def save(self, *, best: bool, rng_state: dict) -> None:
+    def save(self, *, best: bool, rng_state: RngState) -> None:
         tensors: dict[str, Any] = {"torch_rng": torch.get_rng_state()}
         if self.optimizer is not None:
             tensors["optimizer"] = self.optimizer.state_dict()
@@ -391,14 +394,16 @@ class Trainer:
         self.step = int(state["step"])
         self.best_accuracy = float(state["best_accuracy"])
         self.best_step = int(state["best_step"])
-        self.last_accuracy = float(checkpoint.val_accuracy)
+        self.last_accuracy = (
+            math.nan if checkpoint.val_accuracy is None else checkpoint.val_accuracy
+        )
         truncate_metrics(self.metrics_path, self.step)
         if self.console is not None:
             self.console.print(f"resuming {self.run_dir} at step {self.step}")
 
     # -- data --
 
-    def plans(self) -> Iterator[tuple[list[tuple[Episode, np.ndarray, np.ndarray]], dict]]:
+    def plans(self) -> Iterator[tuple[list[tuple[Episode, np.ndarray, np.ndarray]], RngState]]:
         """Each step's episodes and frames, drawn in order, with the generator state after."""
         stored = self.data.feature_set.frames
         while True:
@@ -410,9 +415,9 @@ class Trainer:
                 tasks.append((episode, support_frames, query_frames))
             yield tasks, self.rng.bit_generator.state
 
-    def load(self, plan) -> tuple[list[tuple[torch.Tensor, ...]], dict]:
+    def load(self, plan) -> tuple[list[tuple[torch.Tensor, ...]], RngState]:
         tasks, rng_state = plan
-        loaded = []
+        loaded: list[tuple[torch.Tensor, ...]] = []
         for episode, support_frames, query_frames in tasks:
             loaded.append(
                 (
@@ -424,7 +429,7 @@ class Trainer:
             )
         return loaded, rng_state
 
-    def batches(self) -> Iterator[tuple[list[tuple[torch.Tensor, ...]], dict]]:
+    def batches(self) -> Iterator[tuple[list[tuple[torch.Tensor, ...]], RngState]]:
         plans = itertools.islice(self.plans(), self.iterations - self.step)
         if self.train_features.in_memory:
             return map(self.load, plans)
@@ -469,15 +474,15 @@ class Trainer:
         if self.tensorboard is not None:
             self.tensorboard.record(record)
 
-    def draw_val_attention(self) -> Path:
+    def draw_val_attention(self, model: SACT) -> Path:
         """SA-CT's attention of the first val episode's first query on the first support of its
         class, on the patch grid (stage 2 has no pixels; `sact explain` draws it on the frames)."""
         episode = self.data.val_episodes[0]
         pair = np.array([episode.support[0], episode.query[0]])  # both of the episode's class 0
         frames = segment_frames(self.data.feature_set.frames, self.frames, 2)  # (2, T) centers
         support, query = self.val_features.videos(pair, frames)  # (T, P, D) each
-        weights = attention_weights(self.model, support, query)  # (T', P, P)
-        rows, cols = self.model.grid
+        weights = attention_weights(model, support, query)  # (T', P, P)
+        rows, cols = model.grid
         blank = np.full(
             (weights.shape[0], rows * GRID_CELL_PX, cols * GRID_CELL_PX, 3), 128, np.uint8
         )  # (T', H, W, 3)
@@ -492,7 +497,7 @@ class Trainer:
             title=f"step {self.step}: val query {ids[1]} → support {ids[0]} (patch grid)",
         )
 
-    def validate_and_save(self, rng_state: dict) -> None:
+    def validate_and_save(self, rng_state: RngState) -> None:
         """Validate, log, and save with the generator state after this step (reads run ahead)."""
         self.last_accuracy = self.validate()
         improved = self.last_accuracy > self.best_accuracy
@@ -500,7 +505,9 @@ class Trainer:
             self.best_accuracy, self.best_step = self.last_accuracy, self.step
         self.log({"step": self.step, "val_accuracy": self.last_accuracy})
         if self.tensorboard is not None and isinstance(self.model, SACT):
-            self.tensorboard.figure("figures/attention", self.draw_val_attention(), self.step)
+            self.tensorboard.figure(
+                "figures/attention", self.draw_val_attention(self.model), self.step
+            )
         self.save(best=improved, rng_state=rng_state)
         if self.tensorboard is not None:
             self.tensorboard.flush()
