@@ -10,6 +10,8 @@
 A folder holds one format or the other, detected from its file names. These files come from other
 projects, so every line is checked: an id that could name a path, or a path that leaves the
 dataset root (absolute, or climbing out with '..'), is refused rather than joined into a path.
+A class listed in two parts (train and test, say) is refused too: few-shot results are on classes
+the model never trained on.
 """
 
 from __future__ import annotations
@@ -191,4 +193,19 @@ def load_split(name_or_dir: str) -> Split:
             )
         if files:
             parts[part] = read_split_file(files[0], split_format)
+    _refuse_shared_classes(parts, folder)
     return Split(parts=parts, format=split_format)
+
+
+def _refuse_shared_classes(parts: dict[str, list[SplitEntry]], folder: Path) -> None:
+    """Few-shot splits test on classes never seen in training: a class in two parts is refused."""
+    first_seen: dict[str, tuple[str, SplitEntry]] = {}
+    for part, entries in parts.items():
+        for entry in entries:
+            seen_part, seen = first_seen.setdefault(entry.label, (part, entry))
+            if seen_part != part:
+                raise SplitError(
+                    f"split {folder}: class {entry.label!r} is in both {seen_part} ({seen.where}) "
+                    f"and {part} ({entry.where}); the train, val and test classes of a few-shot "
+                    "split must be disjoint"
+                )

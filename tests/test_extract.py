@@ -143,12 +143,12 @@ def test_split_selects_videos_and_reports_unmatched_lines(
 ) -> None:
     split = tmp_path / "split"
     split.mkdir()
-    (split / "trainlist01.txt").write_text("juggling/j2\nriding bike/r2\n")
-    (split / "testlist01.txt").write_text("juggling/j1\njuggling/never_recorded\n")
+    (split / "trainlist01.txt").write_text("juggling/j2\njuggling/j1\n")
+    (split / "testlist01.txt").write_text("riding bike/r2\nriding bike/never_recorded\n")
     summary = extract(video_folder, tmp_path / "feats.zarr", split=str(split))
-    assert summary.unmatched == ["juggling/never_recorded"]
+    assert summary.unmatched == ["riding bike/never_recorded"]
     feature_set = open_feature_set(str(tmp_path / "feats.zarr"))
-    assert feature_set.video_ids == ["j2", "r2", "j1"]
+    assert feature_set.video_ids == ["j2", "j1", "r2"]
     assert feature_set.attrs["split"] == str(split)
 
 

@@ -1,0 +1,51 @@
+"""Hostile inputs are refused in one line, before anything is read into memory or executed: split
+lists whose parts share a class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from sact.cli import app
+from sact.extract.splits import SplitError, load_split
+from sact.testing.extraction import tiny_cli_options
+
+runner = CliRunner()
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def assert_refused_in_one_line(result: Result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def write_lists(folder: Path, **parts: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, lines in parts.items():
+        (folder / f"{part}list01.txt").write_text(lines)
+    return folder
+
+
+def test_split_lists_sharing_a_class_are_refused(tmp_path: Path, video_folder: Path) -> None:
+    split = write_lists(
+        tmp_path / "split",
+        train="juggling/j2\nriding bike/r2\n",
+        val="riding bike/r1\n",
+        test="juggling/j1\n",
+    )
+    with pytest.raises(SplitError, match="class 'riding bike' is in both train"):
+        load_split(str(split))  # accepted before: a model tested on a class it trained on
+    extract = ["extract", "--videos", str(video_folder), "--out", str(tmp_path / "f.zarr")]
+    assert_refused_in_one_line(
+        runner.invoke(app, [*extract, *tiny_cli_options(), "--split", str(split)]),
+        "class 'riding bike' is in both train (trainlist01.txt line 2) and val "
+        "(vallist01.txt line 1)",
+        "must be disjoint",
+    )
