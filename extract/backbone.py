@@ -31,6 +31,7 @@ from torchvision.transforms.v2 import functional as TF
 from sact.extract.devices import bf16_is_native
 from sact.extract.errors import SactError
 from sact.extract.hub import hub_weights
+from sact.extract.tensor_files import UnsafeFileError, load_tensors
 
 INTERPOLATIONS = {
     "bicubic": TF.InterpolationMode.BICUBIC,
@@ -288,7 +289,9 @@ def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
 
             state: Any = load_file(str(path), device="cpu")
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_tensors(path)
+    except UnsafeFileError:
+        raise
     except Exception as error:  # any failure to parse the file is the user's file being bad
         raise BackboneError(f"cannot read weights file {path}: {error}") from error
     for key in CHECKPOINT_KEYS:

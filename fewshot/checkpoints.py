@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from sact.extract.errors import SactError
 from sact.extract.store import FeatureSet
+from sact.extract.tensor_files import load_tensors
 from sact.fewshot.heads import FewShotHead
 from sact.fewshot.kinds import create_model, is_model, model_names
 
@@ -181,10 +182,11 @@ def check_compatible(checkpoint: Checkpoint, feature_set: FeatureSet) -> None:
 
 
 def read_resume_state(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(tensors, json) of a `last` checkpoint; tensors loaded with weights_only=True."""
+    """(tensors, json) of a `last` checkpoint; tensors loaded with weights_only=True (a pickled
+    object in resume.pt is refused in one line)."""
     folder = checkpoint_folder(folder)
     try:
-        tensors = torch.load(folder / RESUME_TENSORS, map_location="cpu", weights_only=True)
+        tensors = load_tensors(folder / RESUME_TENSORS)
         state = json.loads((folder / RESUME_JSON).read_text(encoding="utf-8"))
     except FileNotFoundError as error:
         raise CheckpointError(f"nothing to resume in {folder}: {error.filename} missing") from error

@@ -1,15 +1,17 @@
 """Hostile inputs are refused in one line, before anything is read into memory or executed: split
-lists whose parts share a class."""
+lists whose parts share a class, pickled objects in a resume state or a weights file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner, Result
 
 from sact.cli import app
 from sact.extract.splits import SplitError, load_split
+from sact.fewshot.training import TrainConfig, train
 from sact.testing.extraction import tiny_cli_options
 
 runner = CliRunner()
@@ -17,11 +19,18 @@ runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+class Payload:
+    """What a malicious pickle carries: an object whose unpickling calls a function."""
+
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
 def assert_refused_in_one_line(result: Result, *fragments: str) -> None:
     assert result.exit_code == 2, result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]), result.stderr
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "this ran" not in result.output
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
 
@@ -48,4 +57,31 @@ def test_split_lists_sharing_a_class_are_refused(tmp_path: Path, video_folder: P
         "class 'riding bike' is in both train (trainlist01.txt line 2) and val "
         "(vallist01.txt line 1)",
         "must be disjoint",
+    )
+
+
+def test_a_resume_state_holding_a_pickle_is_refused(synthetic_store, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = TrainConfig(
+        feats=synthetic_store.location, split=synthetic_store.split, way=3, shot=1, query=1,
+        frames=4, d_k=8, iterations=2, warmup=0, tasks_per_batch=1, val_every=2,
+        val_episodes=2, out=str(run), device="cpu",
+    )  # fmt: skip
+    train(config)
+    resume = run / "checkpoints/last/resume.pt"
+    state = torch.load(resume, weights_only=True)
+    torch.save({**state, "optimizer": Payload()}, resume)
+    result = runner.invoke(app, ["train", "--out", str(run), "--resume", "--device", "cpu"])
+    assert_refused_in_one_line(
+        result, str(resume), "holds pickled code (print) besides tensors", "refused"
+    )
+
+
+def test_a_weights_file_holding_a_pickle_is_refused(tmp_path: Path, video_folder: Path) -> None:
+    weights = tmp_path / "resnet10t.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "extra": Payload()}, weights)
+    options = tiny_cli_options(random_init=False, weights=weights)
+    extract = ["extract", "--videos", str(video_folder), "--out", str(tmp_path / "f.zarr")]
+    assert_refused_in_one_line(
+        runner.invoke(app, [*extract, *options]), str(weights), "holds pickled code (print)"
     )
