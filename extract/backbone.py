@@ -7,14 +7,14 @@ a ViT's tokens lose their prefix (class / register) tokens and are laid back on 
 Preprocessing comes from the model's own timm data config: resize the shorter side to
 ``floor(size / crop_pct)``, center crop size×size, scale to [0, 1], subtract mean, divide by std.
 Workers do the resize and crop on uint8 frames (4× less to move between processes); the device
-does the normalization.
+does the normalization. ``FrozenBackbone`` runs batches on a device, two in flight on CUDA.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from sact.extract.devices import bf16_is_native
 from sact.extract.errors import SactError
 from sact.extract.hub import hub_weights
 from sact.extract.tensor_files import UnsafeFileError, load_tensors
@@ -87,10 +86,18 @@ class Preprocessing:
         )
         return TF.center_crop(images, [self.size, self.size]).contiguous()  # (T, 3, S, S)
 
-    def normalize(self, crops: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) uint8 -> float32, scaled to [0, 1] then standardized per channel."""
-        mean = torch.tensor(self.mean, device=crops.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=crops.device).view(1, 3, 1, 1)
+    def mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel mean and std as (1, 3, 1, 1) float32 tensors on ``device``."""
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        return mean, std
+
+    def normalize(
+        self, crops: torch.Tensor, *, mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """(B, 3, S, S) uint8 -> float32, scaled to [0, 1] then standardized per channel, in the
+        crops' memory format; ``mean_std`` (from ``mean_std``) saves building them again."""
+        mean, std = mean_std or self.mean_std(crops.device)
         return (crops.float() / 255.0 - mean) / std
 
 
@@ -390,37 +397,167 @@ def load_backbone(
     return LoadedBackbone(name, features, preprocessing, weights, patch_grid, feature_map.shape[1])
 
 
+@contextmanager
+def tf32_and_autotuning() -> Iterator[None]:
+    """On CUDA, for the block: float32 convolutions and matmuls on TF32 tensor cores, and cuDNN's
+    autotuner (a run's batches have one or two shapes, so each is tuned once). The previous
+    settings come back afterwards."""
+    matmul_precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32
+    try:
+        with torch.backends.cudnn.flags(
+            enabled=True, benchmark=True, deterministic=False, allow_tf32=True
+        ):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(matmul_precision)
+
+
+@dataclass(frozen=True)
+class ComputePlan:
+    """How the backbone runs on a device: everything a GPU does differently from the CPU.
+
+    CUDA: float32 on TF32 tensor cores. The stored features' error against float32 is 5.5x
+    float16's own rounding for ResNet-50 (2.9x for ViT-S) against 52x (26x) for bfloat16 autocast
+    (bench/RESULTS.md, bench/precision.py); every stage-2 experiment reads those features, and
+    extraction should be decode-bound on a GPU anyway (expected from published ResNet-50 rates,
+    not measured here). cuDNN autotuning, channels_last, crops staged in pinned memory and copied
+    on side streams, so one batch's tokens copy back while the next one runs.
+    CPU: plain float32 (bitwise what timm computes), no staging tricks.
+    """
+
+    compute_dtype: str  # part of the feature set's identity: never mixed in one feature set
+    pinned: bool
+    channels_last: bool
+    side_streams: bool
+
+    @classmethod
+    def for_device(cls, device: torch.device) -> ComputePlan:
+        on_cuda = device.type == "cuda"
+        return cls(
+            compute_dtype="tfloat32" if on_cuda else "float32",
+            pinned=on_cuda,
+            channels_last=on_cuda,
+            side_streams=on_cuda,
+        )
+
+
+class Staging:
+    """One batch's host buffers: its uint8 crops on the way in, its float16 tokens on the way
+    out (pinned on CUDA), with the events that say when each copy has finished."""
+
+    def __init__(self, *, frames: int, size: int, patches: int, dim: int, cuda: bool) -> None:
+        self.crops = torch.empty((frames, 3, size, size), dtype=torch.uint8, pin_memory=cuda)
+        self.tokens = torch.empty((frames, patches, dim), dtype=torch.float16, pin_memory=cuda)
+        self.uploaded = torch.cuda.Event() if cuda else None  # crops may be refilled
+        self.downloaded = torch.cuda.Event() if cuda else None  # tokens hold the batch
+        self.awaiting_result = False
+
+    @property
+    def frames(self) -> int:
+        return self.crops.shape[0]
+
+
+class PendingTokens:
+    """A submitted batch's float16 tokens, on their way to the host."""
+
+    def __init__(self, staging: Staging, frames: int) -> None:
+        self.staging = staging
+        self.frames = frames
+
+    def result(self) -> np.ndarray:
+        """(B, P, D) float16: a view of the staging buffer, valid until the second ``submit``
+        after the one that returned this; copy it out before then."""
+        if self.staging.downloaded is not None:
+            self.staging.downloaded.synchronize()
+        self.staging.awaiting_result = False
+        return self.staging.tokens[: self.frames].numpy()
+
+
 class FrozenBackbone:
     """A loaded backbone placed on a device: uint8 crops in, float16 patch features out.
 
-    On CUDA it runs under autocast (bf16 where supported, else fp16) with channels_last inputs;
-    on the CPU in float32, so CPU features equal timm's ``forward_features`` cast to float16.
+    ``submit`` starts a batch and returns at once on CUDA; two batches may be in flight, each in
+    its own staging buffers (see ``ComputePlan`` for what runs where). On the CPU every step runs
+    in order, in float32, so CPU features equal timm's ``forward_features`` cast to float16.
     """
 
     def __init__(self, loaded: LoadedBackbone, *, device: torch.device) -> None:
         self.loaded = loaded
         self.device = device
-        self.on_cuda = device.type == "cuda"
-        self.autocast_dtype = (
-            (torch.bfloat16 if bf16_is_native(device) else torch.float16) if self.on_cuda else None
-        )
-        memory_format = torch.channels_last if self.on_cuda else torch.contiguous_format
+        self.plan = ComputePlan.for_device(device)
+        memory_format = torch.channels_last if self.plan.channels_last else torch.contiguous_format
         self.features = loaded.features.to(device).to(memory_format=memory_format)
+        self.mean_std = loaded.preprocessing.mean_std(device)  # built once, kept on the device
+        self.staging: list[Staging | None] = [None, None]  # allocated for the first batch
+        self.turn = 0
+        if self.plan.side_streams:
+            self.upload = torch.cuda.Stream(device)
+            self.download = torch.cuda.Stream(device)
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.type == "cuda"
 
     @property
     def compute_dtype(self) -> str:
-        return str(self.autocast_dtype or torch.float32).removeprefix("torch.")
+        return self.plan.compute_dtype
+
+    def _next_staging(self, frames: int) -> Staging:
+        staging = self.staging[self.turn]
+        if staging is not None and staging.awaiting_result:
+            raise RuntimeError("take a batch's result before submitting the one after the next")
+        if staging is None or staging.frames < frames:
+            if staging is not None and staging.uploaded is not None:
+                staging.uploaded.synchronize()  # its crops may still be on the way in
+            prep, loaded = self.loaded.preprocessing, self.loaded
+            staging = Staging(
+                frames=frames,
+                size=prep.size,
+                patches=loaded.grid[0] * loaded.grid[1],
+                dim=loaded.dim,
+                cuda=self.plan.pinned,
+            )
+            self.staging[self.turn] = staging
+        self.turn = 1 - self.turn
+        return staging
+
+    def _forward(self, crops: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) uint8 on the device -> (B, P, D) float16 on the device."""
+        if self.plan.channels_last:
+            crops = crops.contiguous(memory_format=torch.channels_last)  # while 4x smaller
+        images = self.loaded.preprocessing.normalize(crops, mean_std=self.mean_std)  # float32
+        with tf32_and_autotuning() if self.on_cuda else flush_denormals():
+            tokens = self.features(images)  # (B, P, D)
+        return tokens.to(torch.float16)
 
     @torch.inference_mode()
+    def submit(self, clips: Sequence[torch.Tensor]) -> PendingTokens:
+        """Start the backbone on the clips' crops ((T, 3, S, S) uint8 each), as one batch."""
+        frames = sum(len(clip) for clip in clips)
+        staging = self._next_staging(frames)
+        staged = staging.crops[:frames]
+        if staging.uploaded is not None:
+            staging.uploaded.synchronize()  # the last batch staged here has left
+        torch.cat(list(clips), out=staged)  # (B, 3, S, S) uint8
+        staging.awaiting_result = True
+        if not self.plan.side_streams:
+            staging.tokens[:frames] = self._forward(staged)
+            return PendingTokens(staging, frames)
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.upload):
+            crops = staged.to(self.device, non_blocking=True)
+            staging.uploaded.record(self.upload)  # type: ignore[union-attr]
+        compute.wait_stream(self.upload)
+        crops.record_stream(compute)  # made on the upload stream, used on this one
+        tokens = self._forward(crops)
+        self.download.wait_stream(compute)
+        with torch.cuda.stream(self.download):
+            staging.tokens[:frames].copy_(tokens, non_blocking=True)
+            staging.downloaded.record(self.download)  # type: ignore[union-attr]
+        tokens.record_stream(self.download)
+        return PendingTokens(staging, frames)
+
     def __call__(self, crops: torch.Tensor) -> np.ndarray:
-        """(B, 3, S, S) uint8 -> (B, P, D) float16 numpy."""
-        images = crops.to(self.device, non_blocking=True)
-        images = self.loaded.preprocessing.normalize(images)  # (B, 3, S, S) float32
-        if self.on_cuda:
-            images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=self.autocast_dtype):
-                tokens = self.features(images)  # (B, P, D)
-        else:
-            with flush_denormals():
-                tokens = self.features(images)  # (B, P, D)
-        return tokens.to(torch.float16).cpu().numpy()
+        """(B, 3, S, S) uint8 -> (B, P, D) float16 numpy, waiting for it."""
+        return self.submit([crops]).result().copy()

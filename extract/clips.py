@@ -9,6 +9,8 @@ DataLoader worker processes a few videos ahead of the model, in the order shards
 
 from __future__ import annotations
 
+import math
+import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -21,9 +23,13 @@ from torch.utils.data import DataLoader, Dataset
 from sact.extract.backbone import Preprocessing
 from sact.extract.claims import ClaimBook, RunInfo, shard_topic
 from sact.extract.decode import DecodeError, sample_clip
+from sact.extract.errors import SactError
 from sact.extract.feature_set import VideoRecord
 from sact.extract.videos import VideoDiscoveryError, resolve_video_path
 from sact.extract.zarr_store import FeatureSetWriter
+
+PREFETCHED_PER_WORKER = 4  # clips each decoding worker keeps ready
+SHARED_MEMORY = Path("/dev/shm")
 
 
 class ClaimedOrder:
@@ -130,10 +136,11 @@ def _single_thread_worker(_: int) -> None:
 
 
 def decoded_videos(
-    dataset: ClipDataset, *, workers: int, pin_memory: bool, order: Iterable[int] | None = None
+    dataset: ClipDataset, *, workers: int, order: Iterable[int] | None = None
 ) -> Iterator[DecodedVideo]:
     """The dataset's videos in ``order`` (default: all, in order), decoded by ``workers``
-    processes a few videos ahead."""
+    processes a few videos ahead. Not pinned here: the backbone copies each batch into its own
+    pinned buffer (``FrozenBackbone.submit``)."""
     loader = DataLoader(
         dataset,
         batch_size=None,
@@ -141,8 +148,50 @@ def decoded_videos(
         sampler=order,
         num_workers=workers,
         collate_fn=_as_is,  # type: ignore[arg-type, unused-ignore]  # batch_size=None: one item
-        pin_memory=pin_memory,
         worker_init_fn=_single_thread_worker if workers > 0 else None,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=PREFETCHED_PER_WORKER if workers > 0 else None,
     )
     yield from loader
+
+
+def shared_memory_needed(
+    *, workers: int, clip_bytes: int, batch_videos: int, processes: int
+) -> int:
+    """Bytes of shared memory the decoded clips of ``processes`` extraction runs on one machine
+    may hold at once: each worker's prefetched clips, plus the batch being gathered (a clip stays
+    in shared memory until the backbone has copied it)."""
+    if workers == 0:
+        return 0
+    return processes * (workers * PREFETCHED_PER_WORKER + batch_videos) * clip_bytes
+
+
+def check_shared_memory(
+    *,
+    workers: int,
+    clip_bytes: int,
+    batch_videos: int,
+    processes: int,
+    free_bytes: int | None = None,
+) -> None:
+    """Refuse to start decoding workers that would overflow ``/dev/shm`` (``free_bytes``: its
+    free space, read when None). Workers pass clips through it, and Docker gives a container
+    64 MB, where a few workers die of SIGBUS mid-run."""
+    needed = shared_memory_needed(
+        workers=workers, clip_bytes=clip_bytes, batch_videos=batch_videos, processes=processes
+    )
+    if needed == 0:
+        return
+    if free_bytes is None:
+        try:
+            stats = os.statvfs(SHARED_MEMORY)
+        except OSError:  # no /dev/shm (not Linux): torch uses another mechanism
+            return
+        free_bytes = stats.f_bavail * stats.f_frsize
+    if needed > free_bytes:
+        suggested_gb = math.ceil(2 * needed / 2**30)
+        raise SactError(
+            f"{SHARED_MEMORY} has {free_bytes / 2**20:.0f} MB free but {processes} process(es) x "
+            f"{workers} decoding workers need about {needed / 2**20:.0f} MB to pass clips: run the "
+            f"container with --shm-size={suggested_gb}g, or use fewer --workers or a smaller "
+            "--batch-size"
+        )

@@ -54,6 +54,7 @@ class ExtractConfig:
     name: str | None = None  # feature set name; None: derived from the config
     shard_size: int = 64  # videos per shard: the unit of work, writing and resume
     seed: int = 0  # the random init's seed
+    write_queue: int = 2  # finished shards waiting for the writer thread; 0: written in the loop
 
     def check(self) -> None:
         """Everything that can be checked without the backbone or the decoder: the command line
@@ -64,6 +65,7 @@ class ExtractConfig:
             ("--batch-size", self.batch_size, 1),
             ("--shard-size", self.shard_size, 1),
             ("--workers", self.workers, 0),
+            ("write_queue", self.write_queue, 0),
         ):
             if value < least:
                 raise ExtractConfigError(f"{option} must be at least {least}, got {value}")
@@ -93,8 +95,14 @@ class ExtractConfig:
         }
 
 
-def feature_set_identity(loaded: LoadedBackbone, *, frames: int) -> dict[str, Any]:
-    """Everything that decides the stored values: two runs with equal identity may share a set."""
+def feature_set_identity(
+    loaded: LoadedBackbone, *, frames: int, compute_dtype: str
+) -> dict[str, Any]:
+    """Everything that decides the stored values: two runs with equal identity may share a set.
+
+    ``compute_dtype`` is the backbone's arithmetic (``FrozenBackbone.compute_dtype``: float32 on
+    the CPU, tfloat32 on CUDA): features computed in two precisions never share a feature set.
+    """
     prep = loaded.preprocessing
     return {
         "backbone": loaded.name,
@@ -110,11 +118,14 @@ def feature_set_identity(loaded: LoadedBackbone, *, frames: int) -> dict[str, An
         "grid": list(loaded.grid),
         "dim": loaded.dim,
         "dtype": FEATURE_DTYPE,
+        "compute_dtype": compute_dtype,
     }
 
 
-def default_name(config: ExtractConfig, loaded: LoadedBackbone) -> str:
-    """E.g. ``resnet50.tv_in1k-224px-8f``, ``-g4`` when pooled, a suffix for non-hub weights."""
+def default_name(config: ExtractConfig, loaded: LoadedBackbone, *, compute_dtype: str) -> str:
+    """E.g. ``resnet50.tv_in1k-224px-8f``, ``-g4`` when pooled, a suffix for non-hub weights,
+    ``-tf32`` when computed on TF32 tensor cores (a GPU), so CPU and GPU runs of one config
+    land in two feature sets instead of one refusing the other."""
     backbone = "".join(c if c.isalnum() or c in "._-" else "_" for c in config.backbone)
     name = f"{backbone}-{loaded.preprocessing.size}px-{config.frames}f"
     if config.grid is not None:
@@ -123,6 +134,8 @@ def default_name(config: ExtractConfig, loaded: LoadedBackbone) -> str:
         name += "-randinit"
     elif loaded.weights.source == "file":
         name += f"-w{loaded.weights.sha256[:8]}"
+    if compute_dtype == "tfloat32":
+        name += "-tf32"
     return name
 
 
@@ -142,7 +155,6 @@ def provenance(config: ExtractConfig, frozen: FrozenBackbone) -> dict[str, Any]:
         "videos_dir": str(config.videos.resolve()),
         "split": config.split,
         "device": str(frozen.device),
-        "compute_dtype": frozen.compute_dtype,
         "weights_file": frozen.loaded.weights.file,
         "config": config.to_json(),
     }

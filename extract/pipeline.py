@@ -6,8 +6,9 @@
                                      │ (in video order, a few videos ahead of the model)
                                      ▼
                      batches of videos (never across a shard) ─▶ frozen backbone ─▶ float16
-                                     │
-                     whole shard buffered ─▶ FeatureSetWriter.write_shard (then its done markers)
+                                     │ (two batches in flight on a GPU: BatchLoop)
+                     whole shard buffered ─▶ ShardWriter thread, a short queue behind:
+                                             FeatureSetWriter.write_shard, then its claim released
 
 Resume is the same command again: shards already done are skipped, shards with a failed video are
 redone. Batches are formed in a fixed order (a shard's videos, failures left out, cut every
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain, islice
 from typing import Any
@@ -47,9 +49,9 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from sact.extract.backbone import FrozenBackbone, load_backbone
-from sact.extract.claims import SETUP, ClaimBook, RunInfo, shard_topic
-from sact.extract.clips import ClaimedOrder, ClipDataset, decoded_videos
+from sact.extract.backbone import FrozenBackbone, PendingTokens, load_backbone
+from sact.extract.claims import SETUP, ClaimBook, RunInfo
+from sact.extract.clips import ClaimedOrder, ClipDataset, check_shared_memory, decoded_videos
 from sact.extract.config import (
     ExtractConfig,
     default_name,
@@ -60,6 +62,7 @@ from sact.extract.devices import resolve_device
 from sact.extract.distributed import Job, Rank, device_for, joined, owned_shards, rank_from_env
 from sact.extract.errors import SactError
 from sact.extract.feature_set import VideoFailure, check_feature_set_name
+from sact.extract.shard_writer import ShardWriter
 from sact.extract.videos import VideoList, list_videos
 from sact.extract.zarr_store import FeatureSetWriter, ShardResult, ZarrFeatureSet, open_root
 
@@ -84,6 +87,8 @@ class ExtractSummary:
     split_format: str | None  # the split list format detected, if a split was given
     seconds: float  # the whole run: listing, backbone loading, extraction
     work_seconds: float  # decoding, inference and writing only
+    write_seconds: float  # writing shards (in the background writer's thread)
+    write_wait_seconds: float  # the work loop waited for writes (a full queue, the last shards)
 
     @property
     def videos_per_second(self) -> float:
@@ -107,7 +112,9 @@ def open_feature_set_for_writing(
         return FeatureSetWriter.create_or_open(
             root,
             claims.feature_set,
-            identity=feature_set_identity(loaded, frames=config.frames),
+            identity=feature_set_identity(
+                loaded, frames=config.frames, compute_dtype=frozen.compute_dtype
+            ),
             provenance=provenance(config, frozen),
             videos=video_list.records,
             frames=config.frames,
@@ -122,7 +129,9 @@ def open_for_this_rank(
     config: ExtractConfig, frozen: FrozenBackbone, video_list: VideoList, job: Job
 ) -> tuple[FeatureSetWriter, ClaimBook]:
     """Rank 0 creates or opens the feature set while the other ranks wait; then all open it."""
-    name = check_feature_set_name(config.name or default_name(config, frozen.loaded))
+    name = check_feature_set_name(
+        config.name or default_name(config, frozen.loaded, compute_dtype=frozen.compute_dtype)
+    )
     claims = ClaimBook(open_root(config.out, mode="a"), name, run=RunInfo.this_process())
     failure: SactError | None = None
     rank = job.rank
@@ -173,15 +182,60 @@ def _progress(console: Console) -> Progress:
     )
 
 
-def _run_batch(
-    frozen: FrozenBackbone, waiting: list[tuple[int, torch.Tensor]], *, into: np.ndarray
-) -> None:
-    """Run the backbone on the waiting videos' crops and put each video's tokens in place."""
-    count, frames, patches, dim = len(waiting), *into.shape[1:]
-    crops = torch.cat([clip for _, clip in waiting])  # (B*T, 3, S, S)
-    tokens = frozen(crops).reshape(count, frames, patches, dim)  # (B, T, P, D)
-    for (position, _), video_tokens in zip(waiting, tokens, strict=True):
-        into[position] = video_tokens
+@dataclass
+class ShardInProgress:
+    """One shard's results while its videos pass through the backbone."""
+
+    shard: int
+    result: ShardResult
+    batches_in_flight: int = 0
+    all_submitted: bool = False  # every video was decoded and its batch submitted
+
+    @property
+    def complete(self) -> bool:
+        return self.all_submitted and self.batches_in_flight == 0
+
+
+class BatchLoop:
+    """Decoded videos into batches, batches through the backbone, finished shards to the writer.
+
+    One batch runs on the device while the next is gathered and submitted; only then are the
+    first one's tokens copied into its shard (``FrozenBackbone.submit`` keeps two in flight). A
+    shard goes to ``ShardWriter`` once its last batch has landed, so a shard's last batch still
+    overlaps the next shard's first.
+    """
+
+    def __init__(
+        self, frozen: FrozenBackbone, shard_writer: ShardWriter, *, on_done: Callable[[int], None]
+    ) -> None:
+        self.frozen = frozen
+        self.shard_writer = shard_writer
+        self.on_done = on_done  # called with the number of videos whose tokens landed
+        self.in_flight: tuple[PendingTokens, ShardInProgress, list[int]] | None = None
+
+    def submit(self, shard: ShardInProgress, waiting: list[tuple[int, torch.Tensor]]) -> None:
+        """Start a batch of the shard's videos ((position in shard, crops) each)."""
+        pending = self.frozen.submit([crops for _, crops in waiting])
+        self.land()  # the batch before: its tokens copied back while this one was queued
+        shard.batches_in_flight += 1
+        self.in_flight = (pending, shard, [position for position, _ in waiting])
+
+    def land(self) -> None:
+        """Put the batch in flight, if any, into its shard; hand the shard over once complete."""
+        if self.in_flight is None:
+            return
+        pending, shard, positions = self.in_flight
+        self.in_flight = None
+        features = shard.result.features
+        tokens = pending.result().reshape(len(positions), *features.shape[1:])  # (B, T, P, D)
+        features[positions] = tokens
+        shard.batches_in_flight -= 1
+        self.on_done(len(positions))
+        self.hand_over_if_complete(shard)
+
+    def hand_over_if_complete(self, shard: ShardInProgress) -> None:
+        if shard.complete:
+            self.shard_writer.submit(shard.shard, shard.result)
 
 
 def extract_shards(
@@ -192,9 +246,9 @@ def extract_shards(
     config: ExtractConfig,
     progress: Progress,
     claims: ClaimBook,
-) -> int:
+) -> tuple[int, ShardWriter]:
     """Extract and write those of ``shards`` this run claims, in order; returns how many videos
-    were processed."""
+    were processed, and the writer (its timings)."""
     work = [(shard, writer.records(shard)) for shard in shards]
     dataset = ClipDataset(
         videos_dir=config.videos,
@@ -210,42 +264,46 @@ def extract_shards(
         progress.update(task, total=progress.tasks[task].total - count)  # type: ignore[operator, unused-ignore]
 
     order = ClaimedOrder(writer, shards, claims, on_skip=skip)
-    stream = iter(
-        decoded_videos(dataset, workers=config.workers, pin_memory=frozen.on_cuda, order=order)
-    )
+    stream = iter(decoded_videos(dataset, workers=config.workers, order=order))
     records_of = dict(work)
-    # The loader drew a shard's first position (claiming the shard) before yielding its video.
-    while (first := next(stream, None)) is not None:
-        shard = order.claimed.popleft()
-        count = len(records_of[shard])
-        processed += count
-        features = np.zeros((count, config.frames, patches, dim), dtype=np.float16)
-        frame_index = np.full((count, config.frames), -1, dtype=np.int32)
-        num_frames = np.zeros(count, dtype=np.int32)
-        errors = [""] * count
-        waiting: list[tuple[int, torch.Tensor]] = []  # (position in shard, crops)
-        for position, video in enumerate(chain([first], islice(stream, count - 1))):
-            if video.error:
-                errors[position] = video.error
-                failed += 1
-                progress.update(task, advance=1, failed=failed)
-                continue
-            frame_index[position] = video.frame_index
-            num_frames[position] = video.num_frames
-            waiting.append((position, video.crops))
-            if len(waiting) == config.batch_size:
-                _run_batch(frozen, waiting, into=features)
-                progress.advance(task, len(waiting))
-                waiting.clear()
-        if waiting:
-            _run_batch(frozen, waiting, into=features)
-            progress.advance(task, len(waiting))
-        topic = shard_topic(shard)
-        if claims.still_holds(topic):
-            writer.write_shard(shard, ShardResult(features, frame_index, num_frames, errors))
-        else:  # taken over as stale (this run stalled): the other run writes it
-            progress.console.print(f"shard {shard} was taken over by another run; not written")
-        claims.release(topic)
+
+    def say(line: str) -> None:
+        progress.console.print(line, highlight=False)
+
+    with ShardWriter(writer, claims, queued=config.write_queue, say=say) as shard_writer:
+        batches = BatchLoop(frozen, shard_writer, on_done=lambda n: progress.advance(task, n))
+        # The loader drew a shard's first position (claiming the shard) before yielding its video.
+        while (first := next(stream, None)) is not None:
+            shard = order.claimed.popleft()
+            count = len(records_of[shard])
+            processed += count
+            current = ShardInProgress(
+                shard,
+                ShardResult(
+                    features=np.zeros((count, config.frames, patches, dim), dtype=np.float16),
+                    frame_index=np.full((count, config.frames), -1, dtype=np.int32),
+                    num_frames=np.zeros(count, dtype=np.int32),
+                    errors=[""] * count,
+                ),
+            )
+            waiting: list[tuple[int, torch.Tensor]] = []  # (position in shard, crops)
+            for position, video in enumerate(chain([first], islice(stream, count - 1))):
+                if video.error:
+                    current.result.errors[position] = video.error
+                    failed += 1
+                    progress.update(task, advance=1, failed=failed)
+                    continue
+                current.result.frame_index[position] = video.frame_index
+                current.result.num_frames[position] = video.num_frames
+                waiting.append((position, video.crops))
+                if len(waiting) == config.batch_size:
+                    batches.submit(current, waiting)
+                    waiting = []
+            if waiting:
+                batches.submit(current, waiting)
+            current.all_submitted = True
+            batches.hand_over_if_complete(current)  # a shard whose videos all failed
+        batches.land()
     for holder in sorted(set(order.held_elsewhere.values()), key=lambda run: run.started):
         held = sum(holder == other for other in order.held_elsewhere.values())
         progress.console.print(
@@ -253,7 +311,7 @@ def extract_shards(
             "run again once it has finished to pick up anything it left",
             highlight=False,
         )
-    return processed
+    return processed, shard_writer
 
 
 def summarize(
@@ -261,6 +319,7 @@ def summarize(
     *,
     store: str,
     processed: int,
+    shard_writer: ShardWriter,
     unmatched: list[str],
     unlisted: int,
     split_format: str | None,
@@ -283,6 +342,8 @@ def summarize(
         split_format=split_format,
         seconds=round(seconds, 3),
         work_seconds=round(work_seconds, 3),
+        write_seconds=round(shard_writer.write_seconds, 3),
+        write_wait_seconds=round(shard_writer.waited_seconds, 3),
     )
 
 
@@ -323,13 +384,20 @@ def _extract_as_rank(
         grid=config.grid,
         seed=config.seed,
     )
+    crop = loaded.preprocessing.size
+    check_shared_memory(
+        workers=config.workers,
+        clip_bytes=config.frames * 3 * crop * crop,  # uint8
+        batch_videos=config.batch_size,
+        processes=rank.local_world_size,
+    )
     frozen = FrozenBackbone(loaded, device=device)
     writer, claims = open_for_this_rank(config, frozen, video_list, job)
     shards = shards_for_this_process(writer, rank)
     job.barrier("planned")  # every rank reads what is still to do before any shard is written
     work_started = time.perf_counter()
     with claims.keep_alive(), _progress(console) as progress:
-        processed = extract_shards(
+        processed, shard_writer = extract_shards(
             writer, shards, frozen=frozen, config=config, progress=progress, claims=claims
         )
     job.wait_for_all()  # the summary then counts every rank's shards
@@ -338,6 +406,7 @@ def _extract_as_rank(
         writer,
         store=config.out,
         processed=processed,
+        shard_writer=shard_writer,
         unmatched=video_list.unmatched,
         unlisted=video_list.unlisted,
         split_format=video_list.split_format,

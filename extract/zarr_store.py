@@ -199,6 +199,20 @@ class ZarrFeatureSet(FeatureSet):
             return None
 
 
+def comparable_identities(
+    attrs: dict[str, Any], wanted: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A feature set's stored identity and the ``wanted`` one, as far as they can be compared.
+
+    A key that joined the identity after the set was written (``compute_dtype`` did) is read from
+    what the set recorded as provenance, and left out when it recorded nothing: a feature set
+    keeps opening for the config that wrote it.
+    """
+    stored = {key: attrs[key] for key in attrs["identity"]}
+    stored |= {key: attrs[key] for key in wanted.keys() - stored.keys() if key in attrs}
+    return stored, {key: value for key, value in wanted.items() if key in stored}
+
+
 def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     keys = sorted(set(stored) | set(wanted))
     return [
@@ -244,7 +258,7 @@ class FeatureSetWriter:
             del root[name]
         if name in feature_set_names(root):
             writer = cls(root[name])
-            differences = _differences(writer.identity, identity)
+            differences = _differences(*comparable_identities(writer.group.attrs["sact"], identity))
             if differences:
                 raise FeatureStoreError(
                     f"feature set {name!r} exists with a different config ("

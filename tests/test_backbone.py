@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from sact.extract.backbone import (
     BackboneError,
+    ComputePlan,
     FrozenBackbone,
     flush_denormals,
     load_backbone,
@@ -139,3 +140,36 @@ def test_bad_weights_and_unknown_backbones_are_clear_errors(tmp_path: Path) -> N
         load_backbone("resnet_fifty", random_init=True)
     with pytest.raises(BackboneError, match="exclude each other"):
         load_backbone("resnet10t", weights_file=wrong, random_init=True)
+
+
+# ---- how batches run on each device (the CUDA branch is selected here; it runs on a GPU) ----
+
+
+def test_the_cpu_computes_plain_float32_and_a_gpu_tf32_with_pinned_staging() -> None:
+    assert ComputePlan.for_device(CPU) == ComputePlan(
+        compute_dtype="float32", pinned=False, channels_last=False, side_streams=False
+    )
+    assert ComputePlan.for_device(torch.device("cuda", 3)) == ComputePlan(
+        compute_dtype="tfloat32", pinned=True, channels_last=True, side_streams=True
+    )
+
+
+def test_two_batches_in_flight_each_get_their_own_tokens(one_torch_thread: None) -> None:
+    loaded = load_backbone("resnet10t", random_init=True, size=32)
+    frozen = FrozenBackbone(loaded, device=CPU)
+    clips = [crops_of(loaded, count=2, seed=seed) for seed in range(5)]  # (T=2, 3, S, S) each
+    batches = [clips[0:2], clips[2:3], clips[3:5]]  # 4, 2 and 4 frames: staging reused, grown
+    expected = [FrozenBackbone(loaded, device=CPU)(torch.cat(batch)) for batch in batches]
+
+    first = frozen.submit(batches[0])
+    second = frozen.submit(batches[1])  # while the first is still in flight
+    np.testing.assert_array_equal(first.result(), expected[0])
+    third = frozen.submit(batches[2])  # into the first one's buffers, taken back
+    np.testing.assert_array_equal(second.result(), expected[1])
+    np.testing.assert_array_equal(third.result(), expected[2])
+    assert frozen.mean_std[0].device == CPU  # built once, where the crops are normalized
+
+    frozen.submit(batches[0])
+    frozen.submit(batches[1])
+    with pytest.raises(RuntimeError, match="result"):  # would overwrite tokens nobody took yet
+        frozen.submit(batches[2])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -20,8 +21,10 @@ from rich.progress import Progress
 from typer.testing import CliRunner, Result
 
 from sact.cli import app
-from sact.extract.backbone import flush_denormals, load_backbone
+from sact.extract.backbone import ComputePlan, flush_denormals, load_backbone
+from sact.extract.clips import check_shared_memory, shared_memory_needed
 from sact.extract.decode import sample_clip
+from sact.extract.errors import SactError
 from sact.extract.feature_set import FeatureStoreError
 from sact.extract.pipeline import ExtractSummary, VideosPerSecond, run_extraction
 from sact.extract.store import open_feature_set
@@ -310,3 +313,87 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(
     for array in ARRAYS:
         np.testing.assert_array_equal(expected[array], resumed[array], err_msg=array)
     assert resumed["done"].all() and len(set(resumed["video_id"].tolist())) == 12
+
+
+# ---- what a GPU run changes: the compute dtype in the identity, shared memory, the writer ----
+
+
+def gpu_arithmetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Label this CPU's runs as a GPU's (float32 on TF32 tensor cores); they still compute here."""
+    cuda = ComputePlan.for_device(torch.device("cuda"))
+    plan = ComputePlan(cuda.compute_dtype, pinned=False, channels_last=False, side_streams=False)
+    monkeypatch.setattr(ComputePlan, "for_device", classmethod(lambda cls, device: plan))
+
+
+def test_cpu_and_gpu_features_never_share_a_feature_set(
+    video_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "feats.zarr"
+    extract(video_folder, out, name="shared")
+    cpu = extract(video_folder, out, name=None)
+    before = read_arrays(out, "shared")
+    gpu_arithmetic(monkeypatch)
+    with pytest.raises(
+        FeatureStoreError, match="compute_dtype: stored 'float32', asked 'tfloat32'"
+    ):
+        extract(video_folder, out, name="shared")
+    for array in ARRAYS:
+        np.testing.assert_array_equal(before[array], read_arrays(out, "shared")[array])
+    gpu = extract(video_folder, out, name=None)  # the default name tells them apart
+    assert (cpu.feature_set, gpu.feature_set) == (
+        "resnet10t-64px-4f-randinit",
+        "resnet10t-64px-4f-randinit-tf32",
+    )
+
+
+def test_a_feature_set_from_before_the_compute_dtype_resumes_its_own_extraction(
+    video_folder: Path, tmp_path: Path
+) -> None:
+    reference, old = tmp_path / "reference.zarr", tmp_path / "old.zarr"
+    extract(video_folder, reference, name="old", shard_size=2)
+    extract(video_folder, old, name="old", shard_size=2)
+    group = zarr.open_group(str(old), mode="r+")["old"]
+    # as written before: compute_dtype recorded as provenance only, and a shard left to do
+    attrs = dict(group.attrs["sact"])
+    attrs["identity"] = [key for key in attrs["identity"] if key != "compute_dtype"]
+    group.attrs["sact"] = attrs
+    group["done"][2:4] = False
+    assert extract(video_folder, old, name="old", shard_size=2).extracted_now == 2
+    expected, resumed = read_arrays(reference, "old"), read_arrays(old, "old")
+    for array in ARRAYS:
+        np.testing.assert_array_equal(expected[array], resumed[array], err_msg=array)
+
+    group.attrs["sact"] = {**attrs, "compute_dtype": "bfloat16"}  # an old GPU run's
+    with pytest.raises(FeatureStoreError, match="compute_dtype: stored 'bfloat16'"):
+        extract(video_folder, old, name="old", shard_size=2)
+
+
+def test_shared_memory_too_small_for_the_workers_is_one_line_before_they_start(
+    video_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clip = 8 * 3 * 224 * 224  # T=8 crops of ResNet-50's 224 px
+    needed = shared_memory_needed(workers=8, clip_bytes=clip, batch_videos=32, processes=8)
+    assert needed == 8 * (8 * 4 + 32) * clip  # 8 ranks on one machine, 8 workers each
+    docker_default = 64 * 2**20
+    with pytest.raises(SactError, match=r"--shm-size=2g, or use fewer --workers"):
+        check_shared_memory(workers=8, clip_bytes=clip, batch_videos=32, processes=8,
+                            free_bytes=docker_default)  # fmt: skip
+    check_shared_memory(
+        workers=4, clip_bytes=clip, batch_videos=32, processes=1, free_bytes=docker_default
+    )  # fmt: skip  (58 MB)
+    check_shared_memory(workers=0, clip_bytes=clip, batch_videos=32, processes=8, free_bytes=0)
+
+    small = os.statvfs_result((4096, 4096, 16384, 0, 0, 0, 0, 0, 0, 255))  # 64 MB, all used
+    monkeypatch.setattr("sact.extract.clips.os.statvfs", lambda path: small)
+    result = cli("extract", *cli_options(video_folder, tmp_path / "f.zarr"), "--workers", "2")
+    assert_one_line_error(result, "/dev/shm has 0 MB free", "--shm-size")
+    assert not (tmp_path / "f.zarr").exists()
+
+
+def test_the_background_writer_writes_what_the_loop_would(video_folder: Path, tmp_path: Path):
+    inline, background = tmp_path / "inline.zarr", tmp_path / "background.zarr"
+    extract(video_folder, inline, name="w", shard_size=2, batch_size=3, write_queue=0)
+    extract(video_folder, background, name="w", shard_size=2, batch_size=3, write_queue=1)
+    expected, written = read_arrays(inline, "w"), read_arrays(background, "w")
+    for array in ARRAYS:
+        np.testing.assert_array_equal(expected[array], written[array], err_msg=array)
