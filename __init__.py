@@ -31,7 +31,9 @@ _PUBLIC = {
     "FeatureSet": "sact.extract.feature_set",
     "SACT": "sact.fewshot.model",
     "ProtoNet": "sact.fewshot.baselines",
+    "NearestMean": "sact.fewshot.baselines",
     "TRX": "sact.fewshot.baselines",
+    "GridTRX": "sact.fewshot.baselines",
     "TrainConfig": "sact.fewshot.config",
     "train": "sact.fewshot.training",
     "EvalConfig": "sact.fewshot.config",
@@ -46,7 +48,9 @@ __all__ = [  # noqa: RUF022  (grouped by stage, like _PUBLIC)
     "FeatureSet",
     "SACT",
     "ProtoNet",
+    "NearestMean",
     "TRX",
+    "GridTRX",
     "TrainConfig",
     "train",
     "EvalConfig",
@@ -60,7 +64,7 @@ if TYPE_CHECKING:
     from sact.extract.feature_set import FeatureSet
     from sact.extract.pipeline import run_extraction
     from sact.extract.store import open_feature_set
-    from sact.fewshot.baselines import TRX, ProtoNet
+    from sact.fewshot.baselines import TRX, GridTRX, NearestMean, ProtoNet
     from sact.fewshot.config import EvalConfig, TrainConfig
     from sact.fewshot.evaluation import evaluate
     from sact.fewshot.model import SACT

@@ -554,7 +554,7 @@ def demo(
     ),
     json_out: Annotated[bool, typer.Option("--json", help="Print demo.json on stdout.")] = False,
 ) -> None:
-    """The whole chain on a generated dataset: extract, train SA-CT/ProtoNet/TRX, evaluate."""
+    """The whole chain on a generated dataset: extract, train SA-CT and TRX, evaluate."""
     from sact.demo import run_demo
 
     with user_errors():

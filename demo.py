@@ -2,7 +2,7 @@
 
     generate videos (extract/synthetic.py: only the motion defines the class)
         ─▶ sact extract (a small random-init timm backbone)
-        ─▶ sact train: every model kind (SA-CT, ProtoNet, TRX) on the same feature store
+        ─▶ sact train: SA-CT and TRX on the same store (nothing to train for the nearest mean)
         ─▶ sact evaluate: all of them on identical test episodes, SA-CT's paired differences
         ─▶ one table, demo.json, the training curves and an attention figure
 
@@ -34,11 +34,16 @@ from sact.extract.files import write_text_atomic
 from sact.extract.pipeline import ExtractConfig, run_extraction
 from sact.extract.synthetic import ACTION_CLASSES, SyntheticDatasetConfig, make_synthetic_dataset
 from sact.fewshot.evaluation import EvalConfig, evaluate
-from sact.fewshot.kinds import ModelKind, model_kind, model_kinds
+from sact.fewshot.kinds import ModelKind, model_kind
 from sact.fewshot.training import CONFIG_FILE, TrainConfig, train
 
 RESULTS_FILE = "demo.json"
 REFERENCE = "sact"  # the model every other one is compared with
+KINDS = ("sact", "nearest-mean", "trx")  # what the demo trains, the reference first
+
+
+def demo_kinds() -> list[ModelKind]:
+    return [model_kind(name) for name in KINDS]
 
 
 class DemoError(SactError):
@@ -105,7 +110,7 @@ def train_models(
 ) -> dict[str, Path]:
     """One run per model under out/runs/<model>; a run already there is resumed (or kept)."""
     runs = {}
-    for kind in model_kinds():
+    for kind in demo_kinds():
         run_dir = config.out / "runs" / kind.name
         console.print(f"[bold]{kind.display_name}")
         train(
@@ -136,7 +141,7 @@ def train_models(
 
 def compared_kinds() -> list[ModelKind]:
     """The kinds the reference is compared with: every other one."""
-    return [kind for kind in model_kinds() if kind.name != REFERENCE]
+    return [kind for kind in demo_kinds() if kind.name != REFERENCE]
 
 
 def demo_table(evaluation: dict[str, Any]) -> Table:
@@ -149,7 +154,7 @@ def demo_table(evaluation: dict[str, Any]) -> Table:
     table.add_column("setting")
     table.add_column("episodes", justify="right")
     reference = model_kind(REFERENCE).display_name
-    for kind in model_kinds():
+    for kind in demo_kinds():
         table.add_column(kind.display_name, justify="right")
     for kind in compared_kinds():
         table.add_column(f"{reference} − {kind.display_name}", justify="right")
@@ -158,7 +163,7 @@ def demo_table(evaluation: dict[str, Any]) -> Table:
         scores, paired = entry["accuracy"], entry["sact_minus"]
         best = max(score["accuracy"] for score in scores.values())
         row = [f"{setting['way']}-way {setting['shot']}-shot", str(setting["episodes"])]
-        for kind in model_kinds():
+        for kind in demo_kinds():
             score = scores[kind.name]
             text = f"{100 * score['accuracy']:.1f} ± {100 * score['ci95']:.1f}"
             row.append(f"[bold]{text}" if score["accuracy"] == best else text)
@@ -205,7 +210,7 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
     store = extract(config, dataset, console)
     seconds["extract"] = time.perf_counter() - mark
 
-    names = [kind.display_name for kind in model_kinds()]
+    names = [kind.display_name for kind in demo_kinds()]
     _stage(console, f"3/5 train {', '.join(names[:-1])} and {names[-1]} on the same store")
     mark = time.perf_counter()
     runs = train_models(config, dataset, store, console)

@@ -250,7 +250,7 @@ def main() -> None:
             sact_flops(**shape, p=p, tmixer=False),
         ),
         "TRX": ("trx", {"d_k": d_k}, trx_flops(**shape, cardinalities=(2, 3))),
-        "ProtoNet": ("protonet", {}, protonet_flops(n=n, k=k, q=q, t=t, p=p, d=d)),
+        "Nearest mean": ("nearest-mean", {}, protonet_flops(n=n, k=k, q=q, t=t, p=p, d=d)),
     }
 
     rows = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,13 +49,21 @@ def encode_video(path: Path, frames: np.ndarray, *, fps: int = 12) -> Path:
     return path
 
 
-# ---- a synthetic few-shot action dataset: only the motion defines the class ----
+# ---- synthetic few-shot action datasets with known answers ----
 #
-# Every video shows one object (random shape, colour, size and position) moving in the way its
-# class prescribes, over a random textured background with a static distractor shape. Support and
-# query videos of a class therefore share nothing but the motion: where the object sits, what it
-# looks like and what else is in the frame all differ, which is the spatial misalignment SA-CT is
-# built for. Coordinates are fractions of the frame side; y grows downwards.
+# Every video shows one object of random size and position over a random textured background with
+# a static distractor shape. What defines its class depends on the task (TASKS below):
+#
+#   motion      the way the object moves; its shape and colour are random (the demo's task).
+#               Support and query videos of a class share nothing but the motion, which is the
+#               spatial misalignment SA-CT is built for.
+#   appearance  the object's identity (shape and colour); it moves in a random one of the motions.
+#   order       the order in which a static object of random shape takes four colours: every
+#               class shows the same colours for as long, only their order differs.
+#   clutter     the object's identity, as in appearance, among three more moving objects whose
+#               identities are drawn from all the task's classes.
+#
+# Coordinates are fractions of the frame side; y grows downwards.
 
 SHAPES = ("circle", "square", "diamond", "triangle", "cross", "ring")
 # Shapes whose rotation changes the picture; rotating classes draw only these.
@@ -184,11 +193,24 @@ MotionFn = Callable[[np.ndarray, np.random.Generator], Trajectory]
 
 
 @dataclass(frozen=True)
+class Identity:
+    """What an object looks like: a shape and a colour (RGB, 0-255)."""
+
+    shape: str
+    colour: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
 class ActionClass:
+    """One class of a task: what its videos share, and which split part it belongs to."""
+
     name: str
     part: str  # "train", "val" or "test"
-    motion: MotionFn
+    motion: MotionFn | None = None  # None: each video moves in a random one of RANDOM_MOTIONS
     oriented: bool = False  # draw only shapes whose rotation shows
+    identity: Identity | None = None  # None: each video draws a random shape and colour
+    colour_order: tuple[str, ...] = ()  # PHASE_COLOURS the object takes in turn, if any
+    clutter: int = 0  # further moving objects, their identities drawn from CLUTTER_IDENTITIES
 
 
 # Classes are grouped into disjoint parts so that every test motion has relatives among the training
@@ -221,6 +243,71 @@ ACTION_CLASSES = (
     ActionClass("circle-ccw", "test", _circle(1.0)),
     ActionClass("jitter", "test", _jitter),
 )
+# the motions the appearance and clutter tasks draw from, so that motion says nothing of the class
+RANDOM_MOTIONS = tuple(action.motion for action in ACTION_CLASSES if not action.oriented)
+
+# Saturated colours far apart in hue, bright against the dim backgrounds: the order task's
+# phases, and with magenta the identity tasks' colours.
+PHASE_COLOURS = {
+    "red": (230.0, 40.0, 40.0),
+    "green": (40.0, 210.0, 60.0),
+    "blue": (60.0, 100.0, 245.0),
+    "yellow": (235.0, 220.0, 40.0),
+}
+IDENTITY_COLOURS = {**PHASE_COLOURS, "magenta": (220.0, 50.0, 220.0)}
+COLOUR_JITTER = 0.1  # each video scales its identity colour by 1 ± this
+IDENTITIES = {
+    f"{colour}-{shape}": Identity(shape, rgb)
+    for shape in SHAPES
+    for colour, rgb in IDENTITY_COLOURS.items()
+}
+CLUTTER_OBJECTS = 3
+ORDER_PARTS = {"train": 14, "val": 5, "test": 5}
+ORDER_PART_SEED = 0
+
+
+def _identity_part(identity: Identity) -> str:
+    """Shape i and colour j are val when (i - j) mod 6 = 4, test when it is 5, else train: each
+    held-out identity is a new pair of a shape and a colour that training shows in other pairs
+    (30 identities: 20 train, 5 val, 5 test)."""
+    diagonal = SHAPES.index(identity.shape) - list(IDENTITY_COLOURS.values()).index(identity.colour)
+    return {4: "val", 5: "test"}.get(diagonal % len(SHAPES), "train")
+
+
+def _identity_classes(*, clutter: int) -> tuple[ActionClass, ...]:
+    return tuple(
+        ActionClass(name, _identity_part(identity), identity=identity, clutter=clutter)
+        for name, identity in IDENTITIES.items()
+    )
+
+
+def _order_classes() -> tuple[ActionClass, ...]:
+    orders = {
+        "order-" + "".join(colour[0] for colour in order): order
+        for order in itertools.permutations(PHASE_COLOURS)
+    }
+    # which orders are train, val and test: a fixed seeded permutation (every order shows the
+    # same four colours, so nothing is unseen but the order itself)
+    names = list(orders)
+    shuffled = [names[i] for i in np.random.default_rng(ORDER_PART_SEED).permutation(len(names))]
+    bounds = np.cumsum([0, *ORDER_PARTS.values()])
+    part = {
+        name: part
+        for part, start, end in zip(ORDER_PARTS, bounds[:-1], bounds[1:], strict=True)
+        for name in shuffled[start:end]
+    }
+    return tuple(
+        ActionClass(name, part[name], motion=_static, colour_order=order)
+        for name, order in orders.items()
+    )
+
+
+TASKS: dict[str, tuple[ActionClass, ...]] = {
+    "appearance": _identity_classes(clutter=0),
+    "order": _order_classes(),
+    "motion": ACTION_CLASSES,
+    "clutter": _identity_classes(clutter=CLUTTER_OBJECTS),
+}
 
 
 def _shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -284,20 +371,77 @@ def _bright_colour(rng: np.random.Generator) -> np.ndarray:
     return colour
 
 
+@dataclass(frozen=True)
+class Sprite:
+    """One object over all frames of a video."""
+
+    shape: str
+    colours: np.ndarray  # (F, 3)
+    centres: np.ndarray  # (F, 2)
+    radii: np.ndarray  # (F,)
+    angles: np.ndarray  # (F,)
+    visible: np.ndarray  # (F,) bool
+
+
+def _sprite(
+    t: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    motion: MotionFn | None,
+    identity: Identity | None,
+    oriented: bool = False,
+    colour_order: tuple[str, ...] = (),
+) -> Sprite:
+    """An object moving by `motion` (a random one if None) from a random anchor that keeps its
+    whole path inside the frame; looking like `identity` (random if None)."""
+    if motion is None:
+        motion = RANDOM_MOTIONS[rng.integers(len(RANDOM_MOTIONS))]
+    pose = motion(t, rng)
+    if identity is None:
+        shape = str(rng.choice(ORIENTED_SHAPES if oriented else SHAPES))
+        colour = _bright_colour(rng)
+    else:
+        shape = identity.shape
+        jitter = rng.uniform(1 - COLOUR_JITTER, 1 + COLOUR_JITTER)
+        colour = np.clip(np.array(identity.colour) * jitter, 0.0, 255.0)
+    radius = OBJECT_RADIUS * rng.uniform(0.85, 1.15)
+    start_angle = rng.uniform(0.0, 2.0 * np.pi)
+    low_x, high_x = MARGIN - pose.dx.min(), 1.0 - MARGIN - pose.dx.max()
+    low_y, high_y = MARGIN - pose.dy.min(), 1.0 - MARGIN - pose.dy.max()
+    anchor = (rng.uniform(low_x, max(low_x, high_x)), rng.uniform(low_y, max(low_y, high_y)))
+    colours = np.broadcast_to(colour, (len(t), 3)).copy()  # (F, 3)
+    if colour_order:  # equal phases: phase j covers t in [j/n, (j+1)/n)
+        phase = np.minimum((t * len(colour_order)).astype(int), len(colour_order) - 1)
+        colours = np.array([PHASE_COLOURS[colour_order[j]] for j in phase])  # (F, 3)
+    return Sprite(
+        shape=shape,
+        colours=colours,
+        centres=np.stack([anchor[0] + pose.dx, anchor[1] + pose.dy], axis=1),  # (F, 2)
+        radii=radius * pose.scale,
+        angles=start_angle + pose.angle,
+        visible=pose.visible,
+    )
+
+
 def render_action(
     action: ActionClass, *, frames: int, size: int, distractors: int, rng: np.random.Generator
 ) -> np.ndarray:
     """One video of ``action`` as (F, size, size, 3) uint8 RGB; every draw comes from ``rng``."""
     t = np.linspace(0.0, 1.0, frames)
-    pose = action.motion(t, rng)
-    shape = str(rng.choice(ORIENTED_SHAPES if action.oriented else SHAPES))
-    colour = _bright_colour(rng)
-    radius = OBJECT_RADIUS * rng.uniform(0.85, 1.15)
-    start_angle = rng.uniform(0.0, 2.0 * np.pi)
-    # a random anchor such that the whole path stays inside the frame
-    low_x, high_x = MARGIN - pose.dx.min(), 1.0 - MARGIN - pose.dx.max()
-    low_y, high_y = MARGIN - pose.dy.min(), 1.0 - MARGIN - pose.dy.max()
-    anchor = (rng.uniform(low_x, max(low_x, high_x)), rng.uniform(low_y, max(low_y, high_y)))
+    sprites = [
+        _sprite(
+            t,
+            rng,
+            motion=action.motion,
+            identity=action.identity,
+            oriented=action.oriented,
+            colour_order=action.colour_order,
+        )
+    ]
+    others = [name for name, identity in IDENTITIES.items() if identity != action.identity]
+    for _ in range(action.clutter):
+        identity = IDENTITIES[others[rng.integers(len(others))]]
+        sprites.append(_sprite(t, rng, motion=None, identity=identity))
 
     background = _background(size, rng)
     for _ in range(distractors):
@@ -313,15 +457,16 @@ def render_action(
     noise = rng.normal(0.0, 3.0, size=video.shape)
     for index in range(frames):
         canvas = background.copy()
-        if pose.visible[index]:
-            _paint(
-                canvas,
-                shape=shape,
-                colour=colour,
-                centre=(anchor[0] + pose.dx[index], anchor[1] + pose.dy[index]),
-                radius=radius * pose.scale[index],
-                angle=start_angle + pose.angle[index],
-            )
+        for sprite in sprites:
+            if sprite.visible[index]:
+                _paint(
+                    canvas,
+                    shape=sprite.shape,
+                    colour=sprite.colours[index],
+                    centre=tuple(sprite.centres[index]),
+                    radius=sprite.radii[index],
+                    angle=sprite.angles[index],
+                )
         video[index] = np.clip(canvas + noise[index], 0.0, 255.0).astype(np.uint8)
     return video
 
@@ -337,7 +482,8 @@ class SyntheticDatasetConfig:
     distractors: int = 1
     suffix: str = ".mp4"
     seed: int = 0
-    classes: tuple[str, ...] = tuple(action.name for action in ACTION_CLASSES)
+    task: str = "motion"  # one of TASKS: what defines a class
+    classes: tuple[str, ...] | None = None  # None: every class of the task
 
 
 @dataclass(frozen=True)
@@ -347,16 +493,34 @@ class SyntheticDataset:
     parts: dict[str, list[str]]  # part -> "class/video_id" lines
 
 
-def synthetic_video_ids(config: SyntheticDatasetConfig) -> list[tuple[ActionClass, str]]:
-    by_name = {action.name: action for action in ACTION_CLASSES}
+def task_classes(config: SyntheticDatasetConfig) -> tuple[ActionClass, ...]:
+    """The classes of the config's task, all of them or those `classes` names."""
+    if config.task not in TASKS:
+        raise ValueError(f"unknown synthetic task {config.task!r}; known: {', '.join(TASKS)}")
+    by_name = {action.name: action for action in TASKS[config.task]}
+    if config.classes is None:
+        return TASKS[config.task]
     unknown = [name for name in config.classes if name not in by_name]
     if unknown:
         raise ValueError(f"unknown synthetic classes {unknown}; known: {', '.join(by_name)}")
+    return tuple(by_name[name] for name in config.classes)
+
+
+def synthetic_video_ids(config: SyntheticDatasetConfig) -> list[tuple[ActionClass, str]]:
     return [
-        (by_name[name], f"{name}-{index:03d}")
-        for name in config.classes
+        (action, f"{action.name}-{index:03d}")
+        for action in task_classes(config)
         for index in range(config.videos_per_class)
     ]
+
+
+def video_seed(config: SyntheticDatasetConfig, action: ActionClass, index: int) -> list[int]:
+    """The seed of one video's generator: (seed, class, index), and the task for all but motion,
+    so that the motion task keeps the videos it had before there were other tasks."""
+    tasks = list(TASKS)
+    class_number = [a.name for a in TASKS[config.task]].index(action.name)
+    task_number = [] if config.task == "motion" else [tasks.index(config.task)]
+    return [config.seed, class_number, index, *task_number]
 
 
 def make_synthetic_dataset(
@@ -371,13 +535,12 @@ def make_synthetic_dataset(
         raise ValueError("need videos_per_class >= 1, frames >= 2 and an even size >= 16")
     videos = config.root / "videos"
     parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
-    class_index = {action.name: index for index, action in enumerate(ACTION_CLASSES)}
     for action, video_id in synthetic_video_ids(config):
         path = videos / action.name / f"{video_id}{config.suffix}"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             video_index = int(video_id.rsplit("-", 1)[1])
-            rng = np.random.default_rng([config.seed, class_index[action.name], video_index])
+            rng = np.random.default_rng(video_seed(config, action, video_index))
             frames = render_action(
                 action,
                 frames=config.frames,

@@ -16,7 +16,9 @@ _DEFINED_IN = {
     "SACT": "sact.fewshot.model",
     "SACTEmbedding": "sact.fewshot.model",
     "TRX": "sact.fewshot.baselines",
+    "GridTRX": "sact.fewshot.baselines",
     "ProtoNet": "sact.fewshot.baselines",
+    "NearestMean": "sact.fewshot.baselines",
     "ProtoNetEmbedding": "sact.fewshot.baselines",
     "TRXEmbedding": "sact.fewshot.baselines",
     "FewShotHead": "sact.fewshot.heads",
@@ -31,6 +33,8 @@ _DEFINED_IN = {
 
 if TYPE_CHECKING:
     from sact.fewshot.baselines import TRX as TRX
+    from sact.fewshot.baselines import GridTRX as GridTRX
+    from sact.fewshot.baselines import NearestMean as NearestMean
     from sact.fewshot.baselines import ProtoNet as ProtoNet
     from sact.fewshot.baselines import ProtoNetEmbedding as ProtoNetEmbedding
     from sact.fewshot.baselines import TRXEmbedding as TRXEmbedding

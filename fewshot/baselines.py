@@ -1,7 +1,16 @@
-"""Baselines on the same cached features and episodes as SA-CT: ProtoNet and a TRX head.
+"""Baselines on the same cached features and episodes as SA-CT.
 
-Both are few-shot heads like SA-CT (fewshot/heads.py: `embed`, `match`, `forward`, `config`), so
-training and evaluation treat all three alike and report them side by side.
+- `NearestMean`: nearest class mean of the raw frozen features pooled over frames and patches. No
+  parameters: the floor every learned head must beat.
+- `ProtoNet`: the same nearest-class-mean rule on a learned per-patch embedding (an MLP D -> d_k
+  applied to every patch of every frame before pooling), trained episodically like SA-CT.
+- `TRX`: the faithful TRX head (Perrett et al., CVPR 2021) on frame features mean-pooled over
+  patches.
+- `GridTRX`: TRX on frame features that keep where things are: the learned per-patch MLP, then
+  mean-pooled per cell of a coarse grid and the cells concatenated (docs/MODEL.md says why).
+
+All are few-shot heads like SA-CT (fewshot/heads.py: `embed`, `match`, `forward`, `config`), so
+training and evaluation treat them alike and report them side by side.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from itertools import combinations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sact.fewshot.heads import FewShotHead, VideoEmbedding, class_major
@@ -22,8 +32,19 @@ class ProtoNetEmbedding(VideoEmbedding):
     features: Tensor  # (B, D) mean over frames and patches
 
 
-class ProtoNet(FewShotHead[ProtoNetEmbedding]):
-    """Prototypical network on pooled features: logits = −squared Euclidean to class means.
+def nearest_mean_logits(
+    support: ProtoNetEmbedding, support_labels: Tensor, query: ProtoNetEmbedding, way: int | None
+) -> Tensor:
+    """−squared Euclidean distance of each query to each class mean of the support: (Q, N)."""
+    support, way, shot = class_major(support, support_labels, way)
+    # (N*K, D) -> (N, K, D) -> class means (N, D)
+    prototypes = support.features.reshape(way, shot, -1).mean(dim=1)
+    diff = query.features[:, None, :] - prototypes[None, :, :]  # (Q, N, D)
+    return -diff.pow(2).sum(dim=-1)  # (Q, N)
+
+
+class NearestMean(FewShotHead[ProtoNetEmbedding]):
+    """Nearest class mean on pooled features: logits = −squared Euclidean to class means.
 
     It has no parameters: training it is a no-op, and the trainer skips optimisation for
     parameter-free models. `frames` and `grid` are accepted so every model is built the same way.
@@ -42,11 +63,59 @@ class ProtoNet(FewShotHead[ProtoNetEmbedding]):
         *,
         way: int | None = None,
     ) -> Tensor:
-        support, way, shot = class_major(support, support_labels, way)
-        # (N*K, D) -> (N, K, D) -> class means (N, D)
-        prototypes = support.features.reshape(way, shot, -1).mean(dim=1)
-        diff = query.features[:, None, :] - prototypes[None, :, :]  # (Q, N, D)
-        return -diff.pow(2).sum(dim=-1)  # (Q, N)
+        return nearest_mean_logits(support, support_labels, query, way)
+
+
+class PatchMLP(nn.Module):
+    """The same two-layer MLP on every patch of every frame: (B, T, P, D) -> (B, T, P, width),
+    through `hidden` channels.
+
+    The ReLU between the layers matters: pooling after a purely linear map equals the linear map
+    of the pooled features, so only a non-linear map can keep some patches (the object) and
+    suppress others (the background) before the baselines pool.
+    """
+
+    def __init__(self, *, dim: int, hidden: int, width: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden)
+        self.w2 = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.relu(self.w1(x)))  # (B, T, P, width)
+
+
+class ProtoNet(FewShotHead[ProtoNetEmbedding]):
+    """Prototypical network on a learned per-patch embedding, pooled over frames and patches.
+
+    embed: e = mean over (T, P) of PatchMLP(x), (B, d_k); match: logits = −‖e_q − mean_c e_s‖².
+    """
+
+    def __init__(
+        self, *, dim: int, frames: int, grid: tuple[int, int] | int, d_k: int = 1152
+    ) -> None:
+        super().__init__(dim=dim, frames=frames, grid=grid)
+        self.d_k = d_k
+        self.encoder = PatchMLP(dim=dim, hidden=d_k, width=d_k)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "d_k": self.d_k}
+
+    def embed(self, videos: Tensor) -> ProtoNetEmbedding:
+        self.check_videos(videos)
+        x = videos.to(self.encoder.w1.weight.dtype)  # cached features are float16
+        encoded = self.encoder(x)  # (B, T, P, d_k)
+        exact = torch.promote_types(encoded.dtype, torch.float32)  # the mean in float32
+        return ProtoNetEmbedding(features=encoded.to(exact).mean(dim=(1, 2)))  # (B, d_k)
+
+    def match(
+        self,
+        support: ProtoNetEmbedding,
+        support_labels: Tensor,
+        query: ProtoNetEmbedding,
+        *,
+        way: int | None = None,
+    ) -> Tensor:
+        return nearest_mean_logits(support, support_labels, query, way)
 
 
 class PositionalEncoding(nn.Module):
@@ -169,3 +238,75 @@ class TRX(FewShotHead[TRXEmbedding]):
             distance = diff.pow(2).sum(dim=(-2, -1)) / n_tuples  # (N, Q)
             logits.append(-distance.transpose(0, 1))  # (Q, N)
         return torch.stack(logits).mean(dim=0)  # (Q, N)
+
+
+class GridTRX(FewShotHead[TRXEmbedding]):
+    """TRX on frame features that keep where things are (docs/MODEL.md, "GridTRX").
+
+    Each patch goes through a learned PatchMLP (D -> D -> width), the h x w grid is mean-pooled
+    to cells x cells, and the cells are concatenated in row-major order: a frame feature of
+    cells²·width channels, width = D / cells² by default, so the tuple heads are as wide as the
+    faithful TRX's. The faithful TRX head then runs on these frame features unchanged.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        frames: int,
+        grid: tuple[int, int] | int,
+        d_k: int = 1152,
+        cardinalities: tuple[int, ...] | list[int] = (2, 3),
+        dropout: float = 0.1,
+        cells: int = 2,
+        width: int | None = None,
+    ) -> None:
+        super().__init__(dim=dim, frames=frames, grid=grid)
+        if not 1 <= cells <= min(self.grid):
+            raise ValueError(
+                f"cells must lie in 1..{min(self.grid)} for grid {self.grid}, got {cells}"
+            )
+        self.cells, self.width = cells, width or max(1, dim // cells**2)
+        self.encoder = PatchMLP(dim=dim, hidden=dim, width=self.width)
+        self.trx = TRX(
+            dim=cells * cells * self.width,
+            frames=frames,
+            grid=1,
+            d_k=d_k,
+            cardinalities=cardinalities,
+            dropout=dropout,
+        )
+
+    def config(self) -> dict[str, Any]:
+        trx = self.trx.config()
+        return {
+            **super().config(),
+            "d_k": trx["d_k"],
+            "cardinalities": trx["cardinalities"],
+            "dropout": trx["dropout"],
+            "cells": self.cells,
+            "width": self.width,
+        }
+
+    def frame_features(self, videos: Tensor) -> Tensor:
+        """(B, T, P, D) -> (B, T, 1, cells²·width): one position-keeping vector per frame."""
+        b, t, _, _ = videos.shape
+        h, w = self.grid
+        x = self.encoder(videos.to(self.encoder.w1.weight.dtype))  # (B, T, P, width)
+        x = x.reshape(b * t, h, w, self.width).permute(0, 3, 1, 2)  # (B*T, width, h, w)
+        x = F.adaptive_avg_pool2d(x, self.cells)  # (B*T, width, cells, cells)
+        return x.permute(0, 2, 3, 1).reshape(b, t, 1, -1)  # (B, T, 1, cells²·width), row-major
+
+    def embed(self, videos: Tensor) -> TRXEmbedding:
+        self.check_videos(videos)
+        return self.trx.embed(self.frame_features(videos))
+
+    def match(
+        self,
+        support: TRXEmbedding,
+        support_labels: Tensor,
+        query: TRXEmbedding,
+        *,
+        way: int | None = None,
+    ) -> Tensor:
+        return self.trx.match(support, support_labels, query, way=way)

@@ -43,7 +43,7 @@ class TrainConfig:
     shot: int = 5
     query: int = 5
     frames: int | None = None  # frames the model sees; None: all stored frames
-    d_k: int | None = None  # projection width (sact, trx); None: the model's default
+    d_k: int | None = None  # projection width (learned heads); None: the model's default
     tmixer: bool = True
     cpe: bool = True
     iterations: int = 10_000

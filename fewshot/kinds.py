@@ -98,5 +98,13 @@ def one_of(names: Sequence[str]) -> str:
 register_model(
     "sact", display_name="SA-CT", head="sact.fewshot.model:SACT", options=("d_k", "tmixer", "cpe")
 )
-register_model("protonet", display_name="ProtoNet", head="sact.fewshot.baselines:ProtoNet")
+register_model(
+    "protonet", display_name="ProtoNet", head="sact.fewshot.baselines:ProtoNet", options=("d_k",)
+)
+register_model(
+    "nearest-mean", display_name="nearest mean", head="sact.fewshot.baselines:NearestMean"
+)
 register_model("trx", display_name="TRX", head="sact.fewshot.baselines:TRX", options=("d_k",))
+register_model(
+    "trx-grid", display_name="TRX-grid", head="sact.fewshot.baselines:GridTRX", options=("d_k",)
+)

@@ -104,7 +104,7 @@ class TrainResult:
     best_val_accuracy: float
     last_val_accuracy: float
     data: str  # where the train features were served from
-    parameters: int  # trainable parameters; 0: nothing to train (the parameter-free ProtoNet)
+    parameters: int  # trainable parameters; 0: nothing to train (the nearest mean)
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -335,7 +335,7 @@ class Trainer:
 
     @property
     def iterations(self) -> int:
-        """Steps to take: none for a model without parameters (ProtoNet)."""
+        """Steps to take: none for a model without parameters (the nearest mean)."""
         return self.config.iterations if self.optimizer is not None else 0
 
     # -- checkpoints --

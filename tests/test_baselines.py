@@ -1,4 +1,5 @@
-"""ProtoNet and TRX: hand computations, a loop reference for TRX, and the shared model interface."""
+"""The baselines: hand computations, a loop reference for TRX, what the learned ones keep, and the
+shared model interface."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ from itertools import combinations
 import pytest
 import torch
 
-from sact.fewshot import TRX, ProtoNet, ProtoNetEmbedding, TRXEmbedding, create_model, model_kinds
+from sact.fewshot import (
+    TRX,
+    GridTRX,
+    NearestMean,
+    ProtoNet,
+    ProtoNetEmbedding,
+    TRXEmbedding,
+    create_model,
+    model_kinds,
+)
 
 DIM, FRAMES, GRID, D_K = 16, 4, (2, 2), 8
 PATCHES = GRID[0] * GRID[1]
@@ -33,9 +43,9 @@ def make_trx(seed: int = 0) -> TRX:
     return model
 
 
-def test_protonet_equals_hand_computation() -> None:
+def test_nearest_mean_equals_hand_computation() -> None:
     support, labels, query = make_episode()
-    model = ProtoNet(dim=DIM, frames=FRAMES, grid=GRID)
+    model = NearestMean(dim=DIM, frames=FRAMES, grid=GRID)
     assert list(model.parameters()) == []
     logits = model(support, labels, query)
     for q in range(len(query)):
@@ -47,9 +57,9 @@ def test_protonet_equals_hand_computation() -> None:
             assert abs(logits[q, c] - expected) <= 1e-12 * abs(expected)
 
 
-def test_protonet_embed_match_and_float16() -> None:
+def test_nearest_mean_embed_match_and_float16() -> None:
     support, labels, query = make_episode()
-    model = ProtoNet(dim=DIM, frames=FRAMES, grid=2)
+    model = NearestMean(dim=DIM, frames=FRAMES, grid=2)
     pool = torch.cat([support, query])
     embedded = model.embed(pool)
     assert isinstance(embedded, ProtoNetEmbedding) and len(embedded) == 11
@@ -57,7 +67,7 @@ def test_protonet_embed_match_and_float16() -> None:
     torch.testing.assert_close(indexed, model(support, labels, query), rtol=1e-12, atol=1e-12)
     half = model(support.half(), labels, query.half())
     assert half.dtype == torch.float32 and torch.isfinite(half).all()
-    assert create_model("protonet", **model.config()).config() == model.config()
+    assert create_model("nearest-mean", **model.config()).config() == model.config()
 
 
 def reference_trx(model: TRX, support, labels, query) -> torch.Tensor:
@@ -192,3 +202,70 @@ def test_every_model_matches_many_episodes_in_one_call(kind: str) -> None:
                 way=way,
             )
             torch.testing.assert_close(batched[e], one, rtol=1e-5, atol=1e-6)
+
+
+def test_protonet_pools_a_learned_per_patch_embedding() -> None:
+    torch.manual_seed(0)
+    model = ProtoNet(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K).double()
+    support, labels, query = make_episode()
+    with torch.no_grad():
+        logits = model(support, labels, query)
+        embedded = model.embed(torch.cat([support, query]))
+    encoder = model.encoder
+    for q in range(len(query)):
+        pooled = encoder.w2(torch.relu(encoder.w1(query[q]))).mean(dim=(0, 1))  # (d_k,)
+        for c in range(3):
+            shots = [support[k] for k in range(len(labels)) if labels[k] == c]
+            prototype = sum(encoder.w2(torch.relu(encoder.w1(s))).mean(dim=(0, 1)) for s in shots)
+            expected = -((pooled - prototype / len(shots)) ** 2).sum()
+            assert abs(logits[q, c] - expected) <= 1e-9 * abs(expected)
+    assert embedded.features.shape == (11, D_K)
+    assert create_model("protonet", **model.config()).config() == model.config()
+
+
+def test_grid_trx_keeps_where_things_are_and_trx_does_not() -> None:
+    """Moving each frame's patches to other places changes GridTRX's logits, not TRX's."""
+    support, labels, query = make_episode()
+    swapped = query[:, :, torch.tensor([3, 2, 1, 0])]  # the 2x2 grid turned by 180 degrees
+    torch.manual_seed(0)
+    grid_trx = GridTRX(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K).double().eval()
+    with torch.no_grad():
+        trx_change = make_trx()(support, labels, swapped) - make_trx()(support, labels, query)
+        grid_change = grid_trx(support, labels, swapped) - grid_trx(support, labels, query)
+    assert trx_change.abs().max() < 1e-12
+    assert grid_change.abs().max() > 1e-3
+
+
+def test_grid_trx_is_trx_on_pooled_cells() -> None:
+    torch.manual_seed(0)
+    model = GridTRX(dim=DIM, frames=FRAMES, grid=(4, 4), d_k=D_K, cells=2).double().eval()
+    assert model.width == DIM // 4 and model.config()["width"] == DIM // 4
+    videos = torch.randn(3, FRAMES, 16, DIM, dtype=torch.float64)
+    encoded = model.encoder(videos).reshape(3, FRAMES, 4, 4, model.width)  # (B, T, h, w, width)
+    top_left = encoded[:, :, :2, :2].mean(dim=(2, 3))  # (B, T, width)
+    bottom_right = encoded[:, :, 2:, 2:].mean(dim=(2, 3))
+    frames = model.frame_features(videos)  # (B, T, 1, 4·width)
+    torch.testing.assert_close(frames[:, :, 0, : model.width], top_left)
+    torch.testing.assert_close(frames[:, :, 0, -model.width :], bottom_right)
+    rebuilt = create_model("trx-grid", **model.config())
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.config() == model.config()
+    with pytest.raises(ValueError, match=r"cells must lie in 1\.\.2"):
+        GridTRX(dim=DIM, frames=FRAMES, grid=GRID, cells=3)
+
+
+@pytest.mark.parametrize("kind", ["protonet", "trx-grid"])
+def test_learned_baselines_get_gradients_everywhere(kind: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(kind, dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K)
+    support, labels, query = make_episode()
+    support, query = support.float(), query.float()
+    targets = torch.arange(len(query)) % 3
+    torch.nn.functional.cross_entropy(model(support, labels, query), targets).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    model.eval()
+    with torch.no_grad():
+        pool = model.embed(torch.cat([support, query]))
+        indexed = model.match(pool[torch.arange(6)], labels, pool[6:])
+        torch.testing.assert_close(indexed, model(support, labels, query))

@@ -60,7 +60,7 @@ def test_resume_and_compare_through_the_command_line(workdir):
     resumed = runner.invoke(app, ["train", "--out", "runs/a", "--resume", "--device", "cpu"])
     assert resumed.exit_code == 0, resumed.output
     proto = runner.invoke(
-        app, [*TRAIN, "--model", "protonet", "--out", "runs/p", "--device", "cpu"]
+        app, [*TRAIN, "--model", "nearest-mean", "--out", "runs/p", "--device", "cpu"]
     )
     assert proto.exit_code == 0, proto.output
     compared = runner.invoke(
@@ -79,7 +79,10 @@ def test_resume_and_compare_through_the_command_line(workdir):
     [
         (["train"], "missing --feats STORE"),
         (["train", "--feats", "missing.zarr"], "no feature store at missing.zarr"),
-        ([*TRAIN, "--model", "bert"], "--model must be sact, protonet or trx"),
+        (
+            [*TRAIN, "--model", "bert"],
+            "--model must be sact, protonet, nearest-mean, trx or trx-grid",
+        ),
         ([*TRAIN, "--way", "9"], "9-way episodes need 9 classes"),
         (["train", "--out", "runs/none", "--resume"], "nothing to resume"),
         (["evaluate"], "no trained run under runs/"),
@@ -100,7 +103,7 @@ def test_compare_with_a_store_lacking_a_test_class_names_the_class_and_the_run(
     # run b's store holds the same videos, except that none of test class_029's could be read
     lost = [video_id("class_029", n) for n in range(synthetic_store.videos_per_class)]
     synthetic_store.write_like(workdir / "b.zarr", split="split", failed=lost)
-    protonet = ["--model", "protonet", "--device", "cpu"]
+    protonet = ["--model", "nearest-mean", "--device", "cpu"]
     assert runner.invoke(app, [*TRAIN, *protonet, "--out", "runs/a"]).exit_code == 0
     on_b = ["train", "--feats", "b.zarr", *TRAIN[3:], *protonet, "--out", "runs/b"]
     assert runner.invoke(app, on_b).exit_code == 0
@@ -122,7 +125,7 @@ def test_training_at_an_odd_frame_count_names_the_command_line_flags(workdir):
 
 
 def test_an_episodes_file_warns_about_each_option_it_overrides(workdir):
-    assert runner.invoke(app, [*TRAIN, "--model", "protonet", "--out", "runs/p"]).exit_code == 0
+    assert runner.invoke(app, [*TRAIN, "--model", "nearest-mean", "--out", "runs/p"]).exit_code == 0
     evaluate = ["evaluate", "--run", "runs/p", "--way", "3", "--episodes-file", "episodes.json"]
     assert runner.invoke(app, [*evaluate, "--shot", "1", "--episodes", "20"]).exit_code == 0
     again = runner.invoke(app, [*evaluate, "--shot", "2", "--episodes", "30", "--seed", "4"])
@@ -134,7 +137,7 @@ def test_an_episodes_file_warns_about_each_option_it_overrides(workdir):
 
 
 def test_a_model_with_nothing_to_train_says_so(workdir):
-    result = runner.invoke(app, [*TRAIN, "--model", "protonet", "--out", "runs/p"])
+    result = runner.invoke(app, [*TRAIN, "--model", "nearest-mean", "--out", "runs/p"])
     assert result.exit_code == 0, result.output
     assert "nothing to train" in result.stderr
     assert "0/0" not in result.stderr and "0 steps" not in result.stderr
@@ -142,11 +145,11 @@ def test_a_model_with_nothing_to_train_says_so(workdir):
 
 def test_result_tables_are_not_cut_when_the_output_is_not_a_terminal(workdir):
     long_names = [
-        "runs/protonet-on-the-synthetic-store-a",
-        "runs/protonet-on-the-synthetic-store-b",
+        "runs/nearest-mean-on-the-synthetic-store-a",
+        "runs/nearest-mean-on-the-synthetic-store-b",
     ]
     for name in long_names:
-        trained = runner.invoke(app, [*TRAIN, "--model", "protonet", "--out", name])
+        trained = runner.invoke(app, [*TRAIN, "--model", "nearest-mean", "--out", name])
         assert trained.exit_code == 0, trained.output
     compared = runner.invoke(
         app,
@@ -154,6 +157,6 @@ def test_result_tables_are_not_cut_when_the_output_is_not_a_terminal(workdir):
          "--shot", "1", "--episodes", "10"],
     )  # fmt: skip
     assert compared.exit_code == 0, compared.output
-    assert "protonet (protonet-on-the-synthetic-store-a)" in compared.stdout
-    assert "Δ vs protonet-on-the-synthetic-store-b" in compared.stdout
+    assert "nearest-mean (nearest-mean-on-the-synthetic-store-a)" in compared.stdout
+    assert "Δ vs nearest-mean-on-the-synthetic-store-b" in compared.stdout
     assert "…" not in compared.stdout

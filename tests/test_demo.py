@@ -10,11 +10,10 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from sact.demo import DemoConfig, run_demo
+from sact.demo import KINDS, DemoConfig, run_demo
 from sact.extract.claims import CLAIMS_PREFIX
-from sact.fewshot import model_kinds
 
-MODELS = [kind.name for kind in model_kinds()]
+MODELS = list(KINDS)
 
 TINY = {
     "videos_per_class": 2,
@@ -53,13 +52,13 @@ def test_demo_writes_results_for_all_three_models(demo_run) -> None:
     assert set(setting["accuracy"]) == set(MODELS)
     for score in setting["accuracy"].values():
         assert 0.0 <= score["accuracy"] <= 1.0 and score["ci95"] >= 0.0
-    assert set(setting["sact_minus"]) == {"protonet", "trx"}
+    assert set(setting["sact_minus"]) == {"nearest-mean", "trx"}
     # the paired difference is the difference of the means (same episodes for every model)
     for model, diff in setting["sact_minus"].items():
         expected = setting["accuracy"]["sact"]["accuracy"] - setting["accuracy"][model]["accuracy"]
         assert diff["difference"] == pytest.approx(expected)
     assert [column.header for column in result.table.columns][2:] == [
-        "SA-CT", "ProtoNet", "TRX", "SA-CT − ProtoNet", "SA-CT − TRX",
+        "SA-CT", "nearest mean", "TRX", "SA-CT − nearest mean", "SA-CT − TRX",
     ]  # fmt: skip
     progress = (out / "console.txt").read_text()
     assert "5/5" in progress and "extract" in progress

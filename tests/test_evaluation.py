@@ -40,8 +40,8 @@ def runs(tmp_path_factory, synthetic_store):
         "val_episodes": 10,
         "device": "cpu",
     }
-    protonet = folder / "runs/protonet"
-    train(TrainConfig(**common, model="protonet", out=str(protonet)))
+    floor = folder / "runs/floor"
+    train(TrainConfig(**common, model="nearest-mean", out=str(floor)))
     sact = folder / "runs/sact"
     train(
         TrainConfig(**common, d_k=16, iterations=30, lr=3e-3, warmup=5, val_every=10, out=str(sact))
@@ -49,7 +49,7 @@ def runs(tmp_path_factory, synthetic_store):
     # the sact run is the latest one, whatever the file system's timestamp resolution
     later = time.time() + 10
     os.utime(sact / "checkpoints/last/checkpoint.json", (later, later))
-    return folder, location, split, sact, protonet
+    return folder, location, split, sact, floor
 
 
 def config(run, **changes) -> EvalConfig:
@@ -96,9 +96,9 @@ def test_embedding_once_gives_the_logits_of_a_full_forward(runs):
 
 
 def test_episode_files_and_paired_comparisons(runs, tmp_path):
-    _, _, _, sact, protonet = runs
+    _, _, _, sact, floor = runs
     episodes_file = tmp_path / "episodes.json"
-    results = evaluate(config(sact, episodes_file=str(episodes_file), compare=(str(protonet),)))
+    results = evaluate(config(sact, episodes_file=str(episodes_file), compare=(str(floor),)))
     assert episodes_file.is_file()
     again = evaluate(config(sact, episodes_file=str(episodes_file), shots=(5,), episodes=3))
     # the file decides the episodes: its 1- and 2-shot settings, 60 episodes each
@@ -106,8 +106,8 @@ def test_episode_files_and_paired_comparisons(runs, tmp_path):
     for setting, repeated in zip(results["settings"], again["settings"], strict=True):
         assert repeated["runs"][str(sact)] == setting["runs"][str(sact)]
         ours = setting["runs"][str(sact)]["accuracy"]
-        theirs = setting["runs"][str(protonet)]["accuracy"]
-        paired = setting["paired_differences"][str(protonet)]
+        theirs = setting["runs"][str(floor)]["accuracy"]
+        paired = setting["paired_differences"][str(floor)]
         assert paired["difference"] == pytest.approx(ours - theirs)
         assert paired["ci95"] >= 0
     itself = evaluate(config(sact, episodes_file=str(episodes_file), compare=(str(sact),)))

@@ -132,12 +132,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     common = {"feats": store, "split": str(dataset.splits), "way": 2, "shot": 1, "query": 1,
               "iterations": 2, "val_every": 2, "val_episodes": 2, "device": "cpu"}  # fmt: skip
     train(TrainConfig(**common, model="sact", d_k=8, out=str(root / "sact")))
-    train(TrainConfig(**common, model="protonet", out=str(root / "protonet")))
+    train(TrainConfig(**common, model="nearest-mean", out=str(root / "floor")))
     return {
         "root": root,
         "store": Path(store),
         "sact": root / "sact",
-        "protonet": root / "protonet",
+        "floor": root / "floor",
     }
 
 
@@ -168,7 +168,7 @@ def test_explain_cli_and_its_errors(tiny_run: dict[str, Path]) -> None:
         (["explain", "--run", str(tiny_run["sact"])], "needs --run"),
         (["explain", "--run", str(tiny_run["sact"]), "--query", "nope", "--support", "grow-001"],
          "not in feature set"),
-        (["explain", "--run", str(tiny_run["protonet"]), "--query", "grow-000",
+        (["explain", "--run", str(tiny_run["floor"]), "--query", "grow-000",
           "--support", "grow-001"], "needs SA-CT"),
         (["explain", "--run", str(tiny_run["root"] / "missing"), "--query", "a", "--support", "b"],
          "does not exist"),

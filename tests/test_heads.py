@@ -49,11 +49,16 @@ def test_the_built_in_kinds_in_order_with_their_names():
     assert [(kind.name, kind.display_name) for kind in model_kinds()] == [
         ("sact", "SA-CT"),
         ("protonet", "ProtoNet"),
+        ("nearest-mean", "nearest mean"),
         ("trx", "TRX"),
+        ("trx-grid", "TRX-grid"),
     ]
     assert all(issubclass(kind.head_class(), FewShotHead) for kind in model_kinds())
     assert is_model("trx") and not is_model("resnet")
-    with pytest.raises(KeyError, match="unknown model kind 'resnet'; known: sact, protonet, trx"):
+    with pytest.raises(
+        KeyError,
+        match="unknown model kind 'resnet'; known: sact, protonet, nearest-mean, trx, trx-grid",
+    ):
         model_kind("resnet")
 
 
@@ -71,7 +76,7 @@ def test_the_kinds_are_listed_without_importing_torch():
         "print(len(model_kinds()), 'torch' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.stdout.split() == ["3", "False"]
+    assert result.stdout.split() == ["5", "False"]
 
 
 def test_one_line_adds_a_kind(registry):
@@ -86,7 +91,7 @@ def test_one_line_adds_a_kind(registry):
     support, query = torch.randn(6, 4, 4, 6), torch.randn(3, 4, 4, 6)  # (N*K, T, P, D), (Q, ...)
     assert model(support, torch.tensor([0, 1, 2, 0, 1, 2]), query).shape == (3, 3)
     # it takes no model option, so the command line's --d-k is refused for it
-    with pytest.raises(TrainingError, match="--d-k applies to sact, trx only"):
+    with pytest.raises(TrainingError, match="--d-k applies to sact, protonet, trx, trx-grid only"):
         TrainConfig(feats="", model="nearest-frames", d_k=8).model_options()
     with pytest.raises(ValueError, match="already registered"):
         register_model("nearest-frames", display_name="again", head=f"{__name__}:NearestFrames")
@@ -98,8 +103,10 @@ def test_a_kind_that_is_not_a_head_or_not_registered_is_one_clear_error(registry
         build_model("frames", {"dim": 4, "frames": 2, "grid": 1})
     with pytest.raises(CheckpointError, match="unknown model kind 'bert'; known: sact, protonet"):
         build_model("bert", {"dim": 4, "frames": 2, "grid": 1})
-    with pytest.raises(TrainingError, match="--model must be sact, protonet, trx or frames"):
+    with pytest.raises(
+        TrainingError, match="--model must be sact, protonet, nearest-mean, trx, trx-grid or frames"
+    ):
         TrainConfig(feats="", model="bert").check()
     with pytest.raises(TypeError, match="abstract"):
         FewShotHead(dim=4, frames=2, grid=1)
-    assert create_model("protonet", dim=4, frames=2, grid=1).config()["grid"] == [1, 1]
+    assert create_model("nearest-mean", dim=4, frames=2, grid=1).config()["grid"] == [1, 1]

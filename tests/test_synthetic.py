@@ -11,6 +11,9 @@ import pytest
 from sact.extract.splits import load_split
 from sact.extract.synthetic import (
     ACTION_CLASSES,
+    IDENTITIES,
+    PHASE_COLOURS,
+    TASKS,
     SyntheticDatasetConfig,
     make_synthetic_dataset,
     render_action,
@@ -31,13 +34,64 @@ def object_centre(frame: np.ndarray, background: np.ndarray) -> np.ndarray:
     return np.array([xs.mean(), ys.mean()])
 
 
-def test_class_parts_are_disjoint_and_large_enough_for_five_way() -> None:
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_class_parts_are_disjoint_and_large_enough_for_five_way(task: str) -> None:
     parts: dict[str, set[str]] = {}
-    for action in ACTION_CLASSES:
+    for action in TASKS[task]:
         parts.setdefault(action.part, set()).add(action.name)
     assert set(parts) == {"train", "val", "test"}
     assert all(len(names) >= 5 for names in parts.values())
-    assert len({action.name for action in ACTION_CLASSES}) == len(ACTION_CLASSES)
+    assert len({action.name for action in TASKS[task]}) == len(TASKS[task])
+
+
+def test_unseen_identities_combine_seen_shapes_and_colours() -> None:
+    """A test identity is a new pair, never a shape or a colour training never showed."""
+    by_part: dict[str, list] = {}
+    for action in TASKS["appearance"]:
+        by_part.setdefault(action.part, []).append(action.identity)
+    seen_shapes = {identity.shape for identity in by_part["train"]}
+    seen_colours = {identity.colour for identity in by_part["train"]}
+    for identity in by_part["val"] + by_part["test"]:
+        assert identity.shape in seen_shapes and identity.colour in seen_colours
+    assert [a.part for a in TASKS["clutter"]] == [a.part for a in TASKS["appearance"]]
+
+
+def test_order_classes_show_the_same_colours_for_as_long() -> None:
+    """Pooled over time, two videos of different order classes have the same colour histogram of
+    the object: only the order tells them apart."""
+    counts = []
+    for action in TASKS["order"][:2]:
+        video = render_action(
+            action, frames=8, size=32, distractors=0, rng=np.random.default_rng(0)
+        )
+        background = np.median(video[0].reshape(-1, 3), axis=0)
+        object_pixels = [frame[np.abs(frame - background).sum(-1) > 150].mean(0) for frame in video]
+        nearest = [
+            min(PHASE_COLOURS, key=lambda c: np.abs(np.array(PHASE_COLOURS[c]) - rgb).sum())
+            for rgb in object_pixels
+        ]
+        assert nearest == [c for c in action.colour_order for _ in range(2)]
+        counts.append(sorted(nearest))
+    assert counts[0] == counts[1]
+
+
+def test_clutter_adds_moving_objects_of_other_identities() -> None:
+    action = TASKS["clutter"][0]
+    plain = next(a for a in TASKS["appearance"] if a.name == action.name)
+    rng_seed = 3
+    cluttered = render_action(
+        action, frames=4, size=64, distractors=0, rng=np.random.default_rng(rng_seed)
+    )
+    alone = render_action(
+        plain, frames=4, size=64, distractors=0, rng=np.random.default_rng(rng_seed)
+    )
+
+    def painted(video):
+        background = np.median(video[0].reshape(-1, 3), axis=0)
+        return (np.abs(video.astype(float) - background).sum(-1) > 150).mean()
+
+    assert painted(cluttered) > 2 * painted(alone)
+    assert action.identity in IDENTITIES.values() and action.clutter == 3
 
 
 def test_dataset_files_splits_and_reproducibility(tmp_path: Path) -> None:

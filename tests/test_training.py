@@ -79,6 +79,16 @@ def test_training_lifts_val_accuracy_far_above_chance(store, tmp_path):
     assert saved["train"]["lr"] == 3e-3 and saved["model_config"]["d_k"] == 16
 
 
+@pytest.mark.parametrize("model", ["protonet", "trx-grid"])
+def test_learned_baselines_rise_above_the_floor(store, tmp_path, model):
+    """On features whose class signal is hidden under a larger per-video nuisance, the nearest
+    class mean of the raw features stays near chance; the learned baselines learn to see past it."""
+    floor = train(tiny(store, tmp_path / "floor", model="nearest-mean", d_k=None))
+    assert floor.steps == 0 and floor.best_val_accuracy < 0.6  # chance is 1/3
+    learned = train(tiny(store, tmp_path / model, model=model, iterations=200, val_every=100))
+    assert learned.best_val_accuracy >= floor.best_val_accuracy + 0.1
+
+
 def weights(run) -> dict[str, torch.Tensor]:
     return load_file(run / "checkpoints/last/model.safetensors")
 
@@ -144,11 +154,11 @@ def test_checkpoints_survive_a_kill_between_renames_and_refuse_bad_files(store, 
         read_checkpoint(best)
 
 
-def test_protonet_has_nothing_to_train_but_gets_a_checkpoint(store, tmp_path):
-    result = train(tiny(store, tmp_path / "proto", model="protonet", d_k=None))
+def test_the_nearest_mean_has_nothing_to_train_but_gets_a_checkpoint(store, tmp_path):
+    result = train(tiny(store, tmp_path / "proto", model="nearest-mean", d_k=None))
     assert result.steps == 0
     checkpoint = read_checkpoint(tmp_path / "proto/checkpoints/best")
-    assert checkpoint.model == "protonet" and checkpoint.build().config()["frames"] == 4
+    assert checkpoint.model == "nearest-mean" and checkpoint.build().config()["frames"] == 4
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():
@@ -165,10 +175,10 @@ def test_learning_rate_warms_up_then_decays_to_zero():
         ({"optimizer": "lbfgs"}, "--optimizer must be one of"),
         ({"iterations": 0}, "--iterations must be at least 1"),
         ({"lr": 0.0}, "--lr must be positive"),
-        ({"model": "resnet"}, "--model must be sact, protonet or trx"),
+        ({"model": "resnet"}, "--model must be sact, protonet, nearest-mean, trx or trx-grid"),
         ({"frames": 16}, "uses 16 frames but the store holds only 8"),
         ({"frames": 3}, "needs an even T"),
-        ({"model": "protonet"}, "--d-k applies to sact, trx only"),
+        ({"model": "nearest-mean"}, "--d-k applies to sact, protonet, trx, trx-grid only"),
         ({"tmixer": False, "model": "trx"}, "--tmixer applies to sact only"),
         ({"way": 6}, "6-way episodes need 6 classes; val has 5"),
         ({"shot": 5, "query": 2}, "shot \\+ query = 7 videos"),
