@@ -244,7 +244,9 @@ ACTION_CLASSES = (
     ActionClass("jitter", "test", _jitter),
 )
 # the motions the appearance and clutter tasks draw from, so that motion says nothing of the class
-RANDOM_MOTIONS = tuple(action.motion for action in ACTION_CLASSES if not action.oriented)
+RANDOM_MOTIONS: tuple[MotionFn, ...] = tuple(
+    action.motion for action in ACTION_CLASSES if action.motion is not None and not action.oriented
+)
 
 # Saturated colours far apart in hue, bright against the dim backgrounds: the order task's
 # phases, and with magenta the identity tasks' colours.
