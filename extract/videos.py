@@ -1,7 +1,7 @@
 """Find the videos to extract: video files and frame folders under one folder, optionally
 restricted to a split list.
 
-Layouts (DESIGN.md, "Inputs"):
+Layouts (README.md, "The real workflow", stage 1):
 
     DIR/<id>.webm                      flat (SSv2)                       label ""
     DIR/<class>/<id>.mp4               class folders (Kinetics, HMDB)    label <class>

@@ -1,4 +1,4 @@
-"""SACT against a loop-by-index reference written from DESIGN.md; the invariances it promises."""
+"""SACT against a loop-by-index reference written from docs/MODEL.md, and its invariances."""
 
 from __future__ import annotations
 
