@@ -164,6 +164,7 @@ def extract_here(videos: Path, out: Path) -> str:
     return extract_in_this_process(videos, out, shard_size=1)
 
 
+@pytest.mark.slow
 def test_two_extract_runs_at_once_share_the_work(video_folder: Path, tmp_path: Path) -> None:
     alone, shared = tmp_path / "alone.zarr", tmp_path / "shared.zarr"
     extract_here(video_folder, alone)

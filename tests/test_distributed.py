@@ -72,6 +72,7 @@ def shard_holders(store: Path) -> dict[str, list[Claim]]:
     }
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_ranks_equal_one_process(video_folder: Path, tmp_path: Path) -> None:
     single, distributed = tmp_path / "single.zarr", tmp_path / "torchrun.zarr"
     extract_here(video_folder, single)

@@ -285,6 +285,7 @@ def done_count(out: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(
     video_folder: Path, tmp_path: Path
 ) -> None:

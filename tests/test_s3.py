@@ -50,6 +50,7 @@ def extract_config(dataset, out: str, **options) -> ExtractConfig:
     )
 
 
+@pytest.mark.slow
 def test_extract_train_evaluate_on_s3(dataset, s3_bucket: str, tmp_path: Path) -> None:
     url = f"{s3_bucket}/feats.zarr"
     summary = run_extraction(extract_config(dataset, url))
