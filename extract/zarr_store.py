@@ -79,7 +79,12 @@ def _open_group(store: Any, *, read_only: bool) -> zarr.Group:
     if read_only:
         return zarr.open_group(store=store, mode="r")
     try:
-        return zarr.open_group(store=store, mode="a")
+        # A new root is written with its sact attrs in the same zarr.json: zarr checks that no
+        # group exists, then writes, so a process racing this one may overwrite our zarr.json
+        # with its own, which then holds the attrs too (never a root that lost them).
+        return zarr.open_group(
+            store=store, mode="a", attributes={"sact": {"format": FORMAT_VERSION}}
+        )
     except zarr.errors.ContainsGroupError:
         # zarr checked that no group existed, then another process created one before zarr
         # wrote its own: open that one.
