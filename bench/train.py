@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from sact.extract.devices import resolve_device, synchronize
+from sact.extract.devices import autocast_for, resolve_device, synchronize
 from sact.extract.store import open_feature_set
 from sact.fewshot import SACT
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
-from sact.fewshot.features import Prefetcher, SplitFeatures, autocast_for, segment_frames
+from sact.fewshot.features import Prefetcher, SplitFeatures, segment_frames
 from sact.fewshot.training import TrainConfig, read_metrics, train
 from sact.testing.stores import write_split_lists, write_synthetic_store
 

@@ -1,7 +1,9 @@
-"""The `--device` option of every command: "auto", "cpu", "cuda", "cuda:1", ...; and which
-reduced precision a CUDA device computes natively."""
+"""The `--device` option of every command: "auto", "cpu", "cuda", "cuda:1", ...; which reduced
+precision a CUDA device computes natively; and the autocast the few-shot heads run under."""
 
 from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -34,6 +36,17 @@ def bf16_is_native(device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported(including_emulation=False)
     except TypeError:  # a torch without the including_emulation argument
         return torch.cuda.get_device_capability(device) >= NATIVE_BF16_CAPABILITY
+
+
+def autocast_for(device: torch.device) -> tuple[AbstractContextManager, torch.dtype | None]:
+    """The mixed precision of stage 2 (training, evaluation, the benchmarks of the heads) on
+    ``device``, and its dtype: on CUDA autocast to bfloat16 where the GPU has it natively, else
+    float16; float32 (no autocast, dtype None) elsewhere. Extraction never autocasts: it keeps the
+    stored features close to float32 (extract/backbone.py, ComputePlan)."""
+    if device.type != "cuda":
+        return nullcontext(), None
+    dtype = torch.bfloat16 if bf16_is_native(device) else torch.float16
+    return torch.autocast("cuda", dtype=dtype), dtype
 
 
 def synchronize(device: torch.device) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from sact.extract.devices import resolve_device
+from sact.extract.devices import autocast_for, resolve_device
 from sact.extract.files import write_text_atomic
 from sact.extract.store import FeatureSet, open_feature_set
 from sact.fewshot.accuracy import mean_and_interval, score_episodes
@@ -44,7 +44,7 @@ from sact.fewshot.episodes import (
     resolve_split,
     save_episodes,
 )
-from sact.fewshot.features import SplitFeatures, autocast_for
+from sact.fewshot.features import SplitFeatures
 
 RESULTS_FILE = "evaluation.json"
 

@@ -17,7 +17,6 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from typing import TypeVar
 
 import numpy as np
@@ -25,7 +24,6 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sact.extract.devices import bf16_is_native
 from sact.extract.errors import SactError
 from sact.extract.sampling import segment_centers
 from sact.extract.store import FeatureSet
@@ -59,15 +57,6 @@ def available_memory_bytes() -> int:
 
 def default_cache_gb() -> float:
     return DEFAULT_MEMORY_SHARE * available_memory_bytes() / BYTES_PER_GB
-
-
-def autocast_for(device: torch.device) -> tuple[AbstractContextManager, torch.dtype | None]:
-    """Mixed precision on CUDA (bfloat16 where the GPU has it natively, else float16); float32
-    elsewhere."""
-    if device.type != "cuda":
-        return nullcontext(), None
-    dtype = torch.bfloat16 if bf16_is_native(device) else torch.float16
-    return torch.autocast("cuda", dtype=dtype), dtype
 
 
 def segment_frames(

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sact.extract.devices import resolve_device
+from sact.extract.devices import autocast_for, resolve_device
 from sact.extract.feature_set import is_url
 from sact.extract.files import write_text_atomic
 from sact.extract.store import FeatureSet, open_feature_set
@@ -73,7 +73,6 @@ from sact.fewshot.episodes import (
 from sact.fewshot.features import (
     Prefetcher,
     SplitFeatures,
-    autocast_for,
     segment_frames,
 )
 from sact.fewshot.figures import training_curve

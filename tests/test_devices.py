@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sact.extract.devices import bf16_is_native
-from sact.fewshot.features import autocast_for
+from sact.extract.devices import autocast_for, bf16_is_native
 
 CUDA = torch.device("cuda")
 
