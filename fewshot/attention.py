@@ -14,12 +14,9 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
-
-# files only, never a window (headless machines, threads); chosen before pyplot is imported
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 from matplotlib import font_manager
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from sact.extract.files import atomic_path
@@ -111,13 +108,10 @@ def draw_attention(
     if count > len(PATCH_COLOURS):
         raise ValueError(f"at most {len(PATCH_COLOURS)} patches per frame")
     header = 0.4 if title else 0.0
-    figure, axes = plt.subplots(
-        frames,
-        1 + count,
-        figsize=((1 + count) * PANEL_INCHES, frames * PANEL_INCHES + header),
-        dpi=DPI,
-        squeeze=False,
-    )
+    # a figure of its own on the Agg canvas: a file, never a window, whatever pyplot's backend
+    figure = Figure(figsize=((1 + count) * PANEL_INCHES, frames * PANEL_INCHES + header), dpi=DPI)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(frames, 1 + count, squeeze=False)
     for i in range(frames):
         query_axis = axes[i, 0]
         query_axis.imshow(query_frames[i])
@@ -157,5 +151,4 @@ def draw_attention(
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as partial:
         figure.savefig(partial, dpi=DPI, format="png")
-    plt.close(figure)
     return path

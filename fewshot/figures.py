@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-
-# files only, never a window (headless machines, threads); chosen before pyplot is imported
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from sact.extract.files import atomic_path
 
@@ -28,7 +24,10 @@ def training_curve(metrics_path: Path, png_path: Path) -> Path:
             losses.append((record["step"], record["loss"]))
         if "val_accuracy" in record:
             accuracies.append((record["step"], record["val_accuracy"]))
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    # a figure of its own on the Agg canvas: a file, never a window, whatever pyplot's backend
+    figure = Figure(figsize=(10, 4))
+    FigureCanvasAgg(figure)
+    loss_axis, accuracy_axis = figure.subplots(1, 2)
     if losses:
         steps, values = zip(*losses, strict=True)
         window = max(1, min(SMOOTHING_STEPS, len(values) // 10))
@@ -47,5 +46,4 @@ def training_curve(metrics_path: Path, png_path: Path) -> Path:
     figure.tight_layout()
     with atomic_path(png_path) as partial:
         figure.savefig(partial, dpi=100, format="png")
-    plt.close(figure)
     return png_path
