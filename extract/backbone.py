@@ -42,19 +42,26 @@ WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 CHECKPOINT_KEYS = ("state_dict", "model", "module")
 
 
+def denormals_flushed() -> bool:
+    """Whether this thread's CPU flushes float32 denormals to zero (torch sets it, never says)."""
+    smallest_normal = torch.finfo(torch.float32).tiny
+    return bool(torch.tensor(smallest_normal) / 2 == 0)
+
+
 @contextmanager
 def flush_denormals() -> Iterator[None]:
     """Treat float32 denormals as zero on the CPU while the backbone runs.
 
     Randomly initialized (and some trained) networks produce denormal activations, which x86
     CPUs process 10-20× slower. They lie far below float16's smallest value, so the stored
-    features do not change. PyTorch's default (off) is restored afterwards.
+    features do not change. The thread's previous setting is restored afterwards.
     """
+    previous = denormals_flushed()
     torch.set_flush_denormal(True)
     try:
         yield
     finally:
-        torch.set_flush_denormal(False)
+        torch.set_flush_denormal(previous)
 
 
 class BackboneError(SactError):

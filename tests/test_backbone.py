@@ -17,6 +17,7 @@ from sact.extract.backbone import (
     BackboneError,
     ComputePlan,
     FrozenBackbone,
+    denormals_flushed,
     flush_denormals,
     load_backbone,
     state_dict_sha256,
@@ -101,6 +102,21 @@ def test_random_init_is_seeded_and_leaves_the_global_rng_alone() -> None:
     assert first.weights.sha256 == state_dict_sha256(second.features.model)
     torch.manual_seed(123)
     assert torch.equal(torch.rand(3), before)
+
+
+def test_flushing_denormals_gives_back_the_setting_it_found() -> None:
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    with flush_denormals():
+        assert denormals_flushed()
+    assert not denormals_flushed()
+    torch.set_flush_denormal(True)  # as a caller of sact might have set it
+    try:
+        with flush_denormals():
+            assert denormals_flushed()
+        assert denormals_flushed()
+    finally:
+        torch.set_flush_denormal(False)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
