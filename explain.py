@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -33,17 +34,27 @@ class ExplainError(SactError):
     """A figure that cannot be drawn as asked; the message is one line for the user."""
 
 
+def is_positive_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def preprocessing_of(feature_set: FeatureSet) -> Preprocessing:
-    """The resize and crop stage 1 applied, rebuilt from the feature set's attrs."""
+    """The resize and crop stage 1 applied, rebuilt from the feature set's attrs (docs/STORE.md):
+    the numbers `resize_to` and `input_size`; a store written before `resize_to` was recorded
+    has the rule only in words, `resize_crop`."""
     attrs = feature_set.attrs
-    match = RESIZE_CROP.match(str(attrs.get("resize_crop", "")))
-    if match is None:
+    resize_to, size = attrs.get("resize_to"), attrs.get("input_size")
+    if resize_to is None:
+        match = RESIZE_CROP.match(str(attrs.get("resize_crop", "")))
+        if match is not None:
+            resize_to, size = int(match.group(1)), int(match.group(2))
+    if not (is_positive_int(resize_to) and is_positive_int(size)):
         raise ExplainError(
             f"feature set {feature_set.name} does not record its resize/crop rule in a known form"
         )
     return Preprocessing(
-        size=int(match.group(2)),
-        resize_to=int(match.group(1)),
+        size=size,
+        resize_to=resize_to,
         interpolation=str(attrs.get("interpolation", "bicubic")),
         mean=tuple(attrs["mean"]),
         std=tuple(attrs["std"]),

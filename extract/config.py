@@ -149,6 +149,8 @@ def _version(package: str) -> str | None:
 def provenance(config: ExtractConfig, frozen: FrozenBackbone) -> dict[str, Any]:
     """Where the features came from; informative, never compared between runs."""
     return {
+        # resize_crop (in the identity) in words, as a number for readers such as `sact explain`
+        "resize_to": frozen.loaded.preprocessing.resize_to,
         "versions": {package: _version(package) for package in PROVENANCE_PACKAGES},
         "python": platform.python_version(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -197,3 +197,23 @@ def test_a_stored_path_that_leaves_the_videos_folder_is_refused(
         paths[index] = original
         group["path"][:] = paths
     assert not (tmp_path / "x.png").exists()
+
+
+def test_the_crop_rule_is_read_as_numbers_and_from_older_stores_in_words(
+    tiny_run: dict[str, Path], tmp_path: Path
+) -> None:
+    group = zarr.open_group(str(tiny_run["store"]), mode="a")["tiny"]
+    attrs = dict(group.attrs["sact"])
+    assert (attrs["resize_to"], attrs["input_size"]) == (53, 48)  # vit_tiny: crop_pct 0.9
+    assert attrs["resize_crop"] == "resize shorter side to 53, center crop 48x48"
+    figure = {"run": tiny_run["sact"], "query": "grow-000", "support": "grow-001"}
+    from_numbers = explain(ExplainConfig(**figure, out=tmp_path / "numbers.png")).read_bytes()
+    try:
+        group.attrs["sact"] = {key: v for key, v in attrs.items() if key != "resize_to"}
+        from_words = explain(ExplainConfig(**figure, out=tmp_path / "words.png")).read_bytes()
+        assert from_words == from_numbers
+        group.attrs["sact"] = {**attrs, "resize_to": "53"}
+        with pytest.raises(ExplainError, match="does not record its resize/crop rule"):
+            explain(ExplainConfig(**figure, out=tmp_path / "bad.png"))
+    finally:
+        group.attrs["sact"] = attrs
