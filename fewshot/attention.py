@@ -1,10 +1,11 @@
 """SA-CT's spatial cross-attention made visible: where each query patch looks in the support video.
 
 For one query video and one support video (a 1-shot class), `attention_weights` returns ã of
-DESIGN.md: for mixed frame i and query patch p, a distribution over the support's patches m of the
-same frame i, exactly as `SACT.match` computes it. `draw_attention` paints it over frames the
-caller supplies as numpy arrays: this module never decodes a video (fewshot never imports the
-decoder); `explain.py` at the top level reads the frames recorded in the store.
+docs/MODEL.md ("Per episode: match"): for mixed frame i and query patch p, a distribution over the
+support's patches m of the same frame i, exactly as `SACT.match` computes it. `draw_attention`
+paints it over frames the caller supplies as numpy arrays: this module never decodes a video
+(fewshot never imports the decoder); `explain.py` at the top level reads the frames recorded in
+the store.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """SA-CT: the Spatial Alignment Cross Transformer on cached patch features.
 
-The model follows DESIGN.md ("The SA-CT model") formula by formula; docs/MODEL.md maps every
-formula to a parameter name and a tensor shape. Vocabulary: N way, K shot, Q queries, T frames,
+The model follows docs/MODEL.md formula by formula, which also maps every formula to a parameter
+name and a tensor shape. Vocabulary: N way, K shot, Q queries, T frames,
 T' frames after the TMixer, P = h*w patches, D channels, d_k projection width.
 
 Everything before the cross-attention depends on one video only, so the model is split in two:
@@ -29,7 +29,7 @@ class TMixer(nn.Module):
     Y = W6 σ(W5 V)       (frames, T -> T/2, no residual)   Z = Y + W8 σ(W7 Y)   (channels)
 
     The seed writes the last step as Z = Y + W8 σ(W7 U). U has T frames and Y has T/2, so the
-    sum is only defined with Y: this module uses W7 Y (DESIGN.md, docs/MODEL.md).
+    sum is only defined with Y: this module uses W7 Y (docs/MODEL.md, "The TMixer correction").
     """
 
     def __init__(self, *, dim: int, frames: int) -> None:
