@@ -109,9 +109,11 @@ def save_checkpoint(
         torch.save(resume_tensors, partial / RESUME_TENSORS)
     if resume_json is not None:
         _write_json(partial / RESUME_JSON, resume_json)
-    shutil.rmtree(previous, ignore_errors=True)
     if folder.exists():
+        shutil.rmtree(previous, ignore_errors=True)  # older than `folder`: left by a kill
         folder.rename(previous)
+    # Without `folder`, `previous` is the only checkpoint (a kill fell between the renames): it
+    # goes only once the new one is in place.
     partial.rename(folder)
     shutil.rmtree(previous, ignore_errors=True)
 
