@@ -9,6 +9,7 @@ import pytest
 
 from sact.fewshot.checkpoints import read_checkpoint, save_checkpoint
 from sact.fewshot.kinds import create_model
+from sact.testing.faults import RESUMED_EQUAL, kill_extraction, kill_one_writer, kill_training
 
 MODEL_CONFIG = {"dim": 8, "frames": 2, "grid": [1, 1], "d_k": 4}
 
@@ -46,3 +47,26 @@ def test_a_kill_in_the_checkpoint_after_one_between_renames_keeps_the_saved_one(
     assert read_checkpoint(last).step == 8
     assert not last.with_name("last.previous").exists()
     assert not last.with_name("last.partial").exists()
+
+
+@pytest.mark.slow
+def test_extraction_killed_during_a_claim_and_a_shard_write_resumes_equal(tmp_path: Path) -> None:
+    injections = kill_extraction(tmp_path, kills=2, seed=0, good_videos=4)
+    assert {i.moment.split(":")[0] for i in injections} == {
+        "during a claim",
+        "during a features shard write",
+    }
+    assert all(i.outcome == RESUMED_EQUAL and i.lost == 0 for i in injections), injections
+
+
+@pytest.mark.slow
+def test_training_killed_mid_checkpoint_resumes_bit_for_bit(tmp_path: Path) -> None:
+    (injection,) = kill_training(tmp_path, kills=1, seed=0)
+    assert injection.moment.startswith("mid-checkpoint: before op")
+    assert injection.outcome == RESUMED_EQUAL and injection.lost == 0, injection
+
+
+@pytest.mark.slow
+def test_one_of_two_concurrent_writers_killed_loses_nothing(tmp_path: Path) -> None:
+    (injection,) = kill_one_writer(tmp_path, kills=1, seed=0, good_videos=4)
+    assert injection.outcome == RESUMED_EQUAL and injection.lost == 0, injection
