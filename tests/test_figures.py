@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 import matplotlib
-import sact.explain, sact.fewshot.attention, sact.fewshot.figures, sact.fewshot.training
+import sact.fewshot.attention, sact.fewshot.figures
 from sact.fewshot.attention import draw_attention
 from sact.fewshot.figures import training_curve
 
