@@ -379,8 +379,9 @@ def train(
     cache_gb: Annotated[
         float | None,
         typer.Option(
-            help="Keep the split's features in memory up to this size; default: half "
-            "the available memory."
+            help="Cache at most this many GB of the split's features, on the GPU first, then "
+            "in host memory; the rest is read from the store. Default: 75% of the GPU's free "
+            "memory, then half of the host's available memory."
         ),
     ] = TRAIN.cache_gb,
     log: Annotated[

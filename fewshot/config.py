@@ -59,9 +59,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     resume: bool = False
-    cache_gb: float | None = None  # None: half of the available memory
-    workers: int = 4  # reader threads when streaming
-    prefetch: int = 4  # batches read ahead when streaming
+    cache_gb: float | None = None  # GPU + host cache cap; None: memory shares (features.py)
+    workers: int = 4  # loader threads: host memory and store reads ahead of the step
+    prefetch: int = 4  # batches read ahead when not all on the device
     log: str | None = None  # "tensorboard": also TensorBoard event files in the run
 
     def model_options(self) -> dict[str, Any]:

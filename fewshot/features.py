@@ -1,10 +1,16 @@
-"""Cached features of a split, from memory when they fit, streamed with prefetch when they don't.
+"""Cached features of a split in three tiers: the device, host memory, the store.
 
-An episode is ~50 videos (80 MB at ResNet-50 7x7x2048 float16): reading it from disk costs more
-than the model step, so `SplitFeatures` loads a split's videos once into a tensor (on the GPU when
-training there and it fits) when they fit the `cache_gb` budget, and otherwise reads each batch
-from the store. `Prefetcher` runs the reads in a thread pool ahead of the consumer, so the model
-step does not wait for data; bench/train.py measures both paths.
+An episode is ~50 videos (80 MB at ResNet-50 7x7x2048 float16), and a GPU runs an SA-CT step on
+it in milliseconds, so the step must not wait for reads. `SplitFeatures` holds what fits on the
+training device, then what fits in host memory (copied to the GPU through pinned staging buffers),
+and reads the rest from the store on every call; `plan_cache` decides how many videos go where
+from the split's size and the machine's free memory (fewshot/memory.py), and `sact train` prints
+that plan. `Prefetcher` runs the loads in threads ahead of the model step; bench/train.py and
+bench/gpu.py measure each tier against its bound.
+
+The host tier is ordinary memory, not pinned: pinning tens of GB takes long, cannot be swapped,
+and torch's caching host allocator rounds each pinned block up to a power of two; each batch is
+gathered into a small pinned buffer instead, which is also where frames are picked.
 
 When the store holds more frames than the model uses, each video is cut into as many equal
 segments as the model has frames: training takes one random frame per segment, evaluation the
@@ -13,10 +19,12 @@ segment centers (TSN sampling).
 
 from __future__ import annotations
 
-import os
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -28,12 +36,16 @@ from sact.extract.errors import SactError
 from sact.extract.sampling import segment_centers
 from sact.extract.store import FeatureSet
 from sact.fewshot.episodes import VideoPool
+from sact.fewshot.memory import available_host_bytes, free_device_bytes
 
 BYTES_PER_GB = 1024**3
-# Share of the free memory the split cache may take by default: leaves room for the model, the
-# optimiser and the rest of the machine.
-DEFAULT_MEMORY_SHARE = 0.5
+# Shares of the free memory the feature cache may take by default. The GPU keeps a quarter for the
+# model step, the val embeddings and the batches in flight; the host keeps half for everything
+# else on the machine (the val cache, the readers' buffers, other processes).
+DEVICE_MEMORY_SHARE = 0.75
+HOST_MEMORY_SHARE = 0.5
 LOAD_CHUNK_VIDEOS = 64
+
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -41,22 +53,6 @@ Result = TypeVar("Result")
 
 class FeatureError(SactError):
     """Features that cannot be served as asked; the message is one line for the user."""
-
-
-def available_memory_bytes() -> int:
-    """MemAvailable from /proc/meminfo, or the free physical pages where that file is missing."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def default_cache_gb() -> float:
-    return DEFAULT_MEMORY_SHARE * available_memory_bytes() / BYTES_PER_GB
 
 
 def segment_frames(
@@ -123,12 +119,115 @@ class Prefetcher:
                     future.cancel()
 
 
+@dataclass(frozen=True)
+class CachePlan:
+    """Where each video of a split is served from: the tiers of the feature cache.
+
+    In store order, the first `on_device` videos sit on the training device, the next `on_host`
+    in host memory (copied to the GPU through pinned staging buffers), and the rest are read from
+    the store by `readers` threads ahead of the model step. On a CPU the device is the host: there
+    is no separate host tier.
+    """
+
+    part: str
+    videos: int
+    video_bytes: int
+    device: str
+    on_device: int
+    on_host: int
+    readers: int
+    limits: str  # what bounded the tiers, for the printed plan
+
+    @property
+    def from_store(self) -> int:
+        return self.videos - self.on_device - self.on_host
+
+    @property
+    def cached_bytes(self) -> int:
+        return (self.on_device + self.on_host) * self.video_bytes
+
+    def describe(self) -> str:
+        def size(count: int) -> str:
+            return f"{count * self.video_bytes / BYTES_PER_GB:.2f} GB"
+
+        tiers = [f"{self.on_device} on {self.device} ({size(self.on_device)})"]
+        if self.on_host or self.device != "cpu":
+            tiers.append(f"{self.on_host} in host memory ({size(self.on_host)})")
+        tiers.append(
+            f"{self.from_store} read from the store by {self.readers} threads "
+            f"({size(self.from_store)})"
+        )
+        return (
+            f"{self.part} features, {self.videos} videos ({size(self.videos)}): "
+            + ", ".join(tiers)
+            + f"; limits: {self.limits}"
+        )
+
+
+def plan_cache(
+    *,
+    part: str,
+    videos: int,
+    video_bytes: int,
+    device: torch.device,
+    readers: int,
+    cache_gb: float | None = None,
+    device_tier: bool = True,
+) -> CachePlan:
+    """Split `videos` between the tiers: the device first, then host memory, then the store.
+
+    `cache_gb` caps both memory tiers together (None: no cap beyond the memory shares). The GPU's
+    share is of its free memory now; the host's of its available memory as its cgroup allows
+    (fewshot/memory.py). `device_tier=False` keeps the split off the GPU (a split read once per
+    validation).
+    """
+    limits = []
+    budget = math.inf
+    if cache_gb is not None:
+        budget = max(0.0, cache_gb) * BYTES_PER_GB
+        limits.append(f"--cache-gb {cache_gb:g}")
+    available = available_host_bytes()
+    host_room = HOST_MEMORY_SHARE * available
+    limits.append(f"host {HOST_MEMORY_SHARE:.0%} of {available / BYTES_PER_GB:.1f} GB available")
+    if device.type != "cuda":  # the device is the host: one memory tier
+        device_room, host_room = host_room, 0.0
+    elif device_tier:
+        free = free_device_bytes(device)
+        device_room = DEVICE_MEMORY_SHARE * free
+        limits.append(f"{device} {DEVICE_MEMORY_SHARE:.0%} of {free / BYTES_PER_GB:.1f} GB free")
+    else:
+        device_room = 0.0
+    on_device = min(videos, int(min(budget, device_room) // video_bytes))
+    budget -= on_device * video_bytes
+    on_host = min(videos - on_device, int(min(budget, host_room) // video_bytes))
+    return CachePlan(
+        part=part,
+        videos=videos,
+        video_bytes=video_bytes,
+        device=str(device),
+        on_device=on_device,
+        on_host=on_host,
+        readers=readers,
+        limits="; ".join(limits),
+    )
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device`: on a GPU through pinned memory, without blocking the host."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 class SplitFeatures:
     """The features of a pool's videos, served as float16 tensors (n, T, P, D) on `device`.
 
-    In memory when the split fits `cache_gb` (on `device` when that is a GPU with room for it,
-    else on the host); otherwise every call reads from the store. Reads are safe from several
-    threads.
+    Each video is held in the tier its `CachePlan` gives it (`plan_cache` from the machine's memory
+    unless a plan is passed): on the device, in host memory, or read from the store on every call.
+    `videos` may be called from several threads at once (the training loader's readers). On a GPU
+    its gathers and copies run on a side stream, so they overlap the model step; the calling
+    thread waits for them, never the step.
     """
 
     def __init__(
@@ -139,62 +238,150 @@ class SplitFeatures:
         frames: int,
         device: torch.device,
         cache_gb: float | None = None,
+        readers: int = 4,
+        device_tier: bool = True,
+        plan: CachePlan | None = None,
         console: Console | None = None,
     ) -> None:
         segment_frames(feature_set.frames, frames, 0)  # checks frames <= stored frames
         self.feature_set, self.pool, self.frames, self.device = feature_set, pool, frames, device
-        shape = (len(pool), feature_set.frames, feature_set.patches, feature_set.dim)
-        self.nbytes = int(np.prod(shape)) * 2  # float16
-        budget = (default_cache_gb() if cache_gb is None else cache_gb) * BYTES_PER_GB
-        self.cache: torch.Tensor | None = None
-        if self.nbytes <= budget:
-            self.cache = self._load(shape, self._cache_device(), console)
+        self.video_shape = (feature_set.frames, feature_set.patches, feature_set.dim)
+        self.plan = plan or plan_cache(
+            part=pool.part,
+            videos=len(pool),
+            video_bytes=int(np.prod(self.video_shape)) * 2,  # float16
+            device=device,
+            readers=readers,
+            cache_gb=cache_gb,
+            device_tier=device_tier,
+        )
+        # tiers follow store order, so loading them reads the store front to back
+        self.store_order = np.argsort(pool.store_indices, kind="stable")
+        self.rank = np.empty(len(pool), dtype=np.int64)  # pool position -> place in store order
+        self.rank[self.store_order] = np.arange(len(pool))
+        self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        if console is not None:
+            console.print(self.plan.describe())
+        self.on_device = torch.empty(
+            (self.plan.on_device, *self.video_shape), dtype=torch.float16, device=device
+        )
+        self.on_host = torch.empty((self.plan.on_host, *self.video_shape), dtype=torch.float16)
+        self._load(console)
 
     @property
     def in_memory(self) -> bool:
-        return self.cache is not None
+        """Every video on the device: nothing to read ahead."""
+        return self.plan.on_device == self.plan.videos
 
     def where(self) -> str:
-        size = f"{self.nbytes / BYTES_PER_GB:.2f} GB"
-        if self.cache is None:
-            return f"streamed from the store ({size} does not fit the cache budget)"
-        return f"in memory on {self.cache.device} ({size})"
+        return self.plan.describe()
 
-    def _cache_device(self) -> torch.device:
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            if self.nbytes <= DEFAULT_MEMORY_SHARE * free:
-                return self.device
-        return torch.device("cpu")
-
-    def _load(
-        self, shape: tuple[int, ...], device: torch.device, console: Console | None
-    ) -> torch.Tensor:
-        cache = torch.empty(shape, dtype=torch.float16, device=device)  # (V, T_stored, P, D)
-        # chunks follow store order, so each chunk is a few contiguous slice reads
-        by_store_order = np.argsort(self.pool.store_indices, kind="stable")
+    def _load(self, console: Console | None) -> None:
+        cached = self.plan.on_device + self.plan.on_host
         chunks = [
-            by_store_order[start : start + LOAD_CHUNK_VIDEOS]
-            for start in range(0, len(by_store_order), LOAD_CHUNK_VIDEOS)
+            (start, min(start + LOAD_CHUNK_VIDEOS, cached))
+            for start in range(0, cached, LOAD_CHUNK_VIDEOS)
         ]
 
-        def read(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return positions, self.feature_set.read(self.pool.store_indices[positions])
+        def read(chunk: tuple[int, int]) -> tuple[tuple[int, int], np.ndarray]:
+            start, stop = chunk
+            indices = self.pool.store_indices[self.store_order[start:stop]]
+            return chunk, self.feature_set.read(indices)  # (stop - start, T_stored, P, D)
 
         with progress_bar(console) as progress:
-            task = progress.add_task(f"loading {self.pool.part} features", total=len(self.pool))
-            for positions, block in Prefetcher(workers=4, depth=8).map(read, chunks):
-                cache[torch.from_numpy(positions).to(device)] = torch.from_numpy(block).to(device)
-                progress.advance(task, len(positions))
-        return cache
+            task = progress.add_task(f"loading {self.pool.part} features", total=cached)
+            readers = Prefetcher(workers=self.plan.readers, depth=2 * self.plan.readers)
+            for (start, stop), block in readers.map(read, chunks):
+                # ranks [start, stop) in store order: the device tier's first, then the host's
+                split = min(max(self.plan.on_device - start, 0), stop - start)
+                if split:
+                    self.on_device[start : start + split] = to_device(block[:split], self.device)
+                if split < stop - start:
+                    host_start = start + split - self.plan.on_device
+                    host_stop = stop - self.plan.on_device
+                    self.on_host[host_start:host_stop] = torch.from_numpy(block[split:])
+                progress.advance(task, stop - start)
+        if self.copy_stream is not None:  # the loaders' stream reads what this one wrote
+            self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
 
     def videos(self, positions: np.ndarray, frames: np.ndarray) -> torch.Tensor:
-        """Videos at pool `positions`, stored frames `frames` (n, T): (n, T, P, D) float16."""
+        """Videos at pool `positions`, stored frames `frames` (n, T): (n, T, P, D) float16.
+
+        Each video comes from the tier that holds it, bit for bit the same values from any tier.
+        """
         positions = np.asarray(positions, dtype=np.int64)
-        if self.cache is not None:
-            rows = torch.from_numpy(positions).to(self.cache.device)[:, None]  # (n, 1)
-            columns = torch.from_numpy(frames).to(self.cache.device)  # (n, T)
-            return self.cache[rows, columns].to(self.device, non_blocking=True)  # (n, T, P, D)
+        frames = np.asarray(frames, dtype=np.int64)
+        rank = self.rank[positions]
+        in_tier = {
+            "device": rank < self.plan.on_device,
+            "host": (rank >= self.plan.on_device)
+            & (rank < self.plan.on_device + self.plan.on_host),
+        }
+        in_tier["store"] = ~(in_tier["device"] | in_tier["host"])
+        # a batch from the device alone needs no side stream (and no wait for it)
+        side_stream = self.copy_stream is not None and not in_tier["device"].all()
+        with torch.cuda.stream(self.copy_stream) if side_stream else nullcontext():
+            parts = []
+            for tier, selected in in_tier.items():
+                if not selected.any():
+                    continue
+                if tier == "device":
+                    part = self._gather_device(rank[selected], frames[selected])
+                elif tier == "host":
+                    part = self._gather_host(rank[selected] - self.plan.on_device, frames[selected])
+                else:
+                    part = self._read_store(positions[selected], frames[selected])
+                parts.append((selected, part))
+            videos = parts[0][1] if len(parts) == 1 else self._assemble(parts, frames.shape)
+        if side_stream:
+            self._hand_over(videos)
+        return videos
+
+    def _assemble(
+        self, parts: list[tuple[np.ndarray, torch.Tensor]], shape: tuple[int, ...]
+    ) -> torch.Tensor:
+        """One batch from the tiers' parts, each video in its requested place."""
+        videos = torch.empty(
+            (*shape, *self.video_shape[1:]), dtype=torch.float16, device=self.device
+        )  # (n, T, P, D)
+        for selected, part in parts:
+            videos[to_device(np.flatnonzero(selected), self.device)] = part
+        return videos
+
+    def _frame_rows(self, rows: np.ndarray, frames: np.ndarray) -> np.ndarray:
+        """Rows of a tier seen as (videos * T_stored, P, D), one per (video, frame): gathering
+        them is one contiguous copy of P*D values each (index_select), where indexing by
+        (video, frame) pairs copies value by value."""
+        return (rows[:, None] * self.video_shape[0] + frames).ravel()  # (n*T,)
+
+    def _gather_device(self, rows: np.ndarray, frames: np.ndarray) -> torch.Tensor:
+        flat = to_device(self._frame_rows(rows, frames), self.device)  # one non-blocking copy
+        frame_rows = self.on_device.view(-1, *self.video_shape[1:])  # (V*T_stored, P, D)
+        gathered = torch.index_select(frame_rows, 0, flat)  # (n*T, P, D)
+        return gathered.view(*frames.shape, *self.video_shape[1:])  # (n, T, P, D)
+
+    def _gather_host(self, rows: np.ndarray, frames: np.ndarray) -> torch.Tensor:
+        flat = torch.from_numpy(self._frame_rows(rows, frames))
+        staged = torch.empty(
+            (len(flat), *self.video_shape[1:]),
+            dtype=torch.float16,
+            pin_memory=self.device.type == "cuda",
+        )  # (n*T, P, D), pinned on a GPU machine so the copy below does not block
+        torch.index_select(self.on_host.view(-1, *self.video_shape[1:]), 0, flat, out=staged)
+        staged = staged.view(*frames.shape, *self.video_shape[1:])  # (n, T, P, D)
+        return staged.to(self.device, non_blocking=True)
+
+    def _read_store(self, positions: np.ndarray, frames: np.ndarray) -> torch.Tensor:
         block = self.feature_set.read(self.pool.store_indices[positions])  # (n, T_stored, P, D)
         picked = np.take_along_axis(block, frames[:, :, None, None], axis=1)  # (n, T, P, D)
-        return torch.from_numpy(picked).to(self.device)
+        return to_device(picked, self.device)
+
+    def _hand_over(self, videos: torch.Tensor) -> None:
+        """Make a batch built on the side stream safe on the consumer's (default) stream: this
+        loader thread waits for its copies, and the allocator keeps the memory until the
+        consumer's work on it is done."""
+        assert self.copy_stream is not None
+        done = torch.cuda.Event()
+        done.record(self.copy_stream)
+        done.synchronize()
+        videos.record_stream(torch.cuda.default_stream(self.device))

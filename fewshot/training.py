@@ -71,6 +71,7 @@ from sact.fewshot.episodes import (
     resolve_split,
 )
 from sact.fewshot.features import (
+    BYTES_PER_GB,
     Prefetcher,
     SplitFeatures,
     segment_frames,
@@ -316,19 +317,29 @@ class Trainer:
     @cached_property
     def train_features(self) -> SplitFeatures:
         """Read on first use: a finished run that is resumed never loads its split."""
-        return self.split_features(self.data.train_pool)
+        return self.split_features(
+            self.data.train_pool, cache_gb=self.config.cache_gb, device_tier=True
+        )
 
     @cached_property
     def val_features(self) -> SplitFeatures:
-        return self.split_features(self.data.val_pool)
+        """Kept off the GPU (validation reads each val video once), in what --cache-gb leaves."""
+        cache_gb = self.config.cache_gb
+        if cache_gb is not None and "train_features" in self.__dict__:
+            cache_gb = max(0.0, cache_gb - self.train_features.plan.cached_bytes / BYTES_PER_GB)
+        return self.split_features(self.data.val_pool, cache_gb=cache_gb, device_tier=False)
 
-    def split_features(self, pool: VideoPool) -> SplitFeatures:
+    def split_features(
+        self, pool: VideoPool, *, cache_gb: float | None, device_tier: bool
+    ) -> SplitFeatures:
         return SplitFeatures(
             self.data.feature_set,
             pool,
             frames=self.frames,
             device=self.device,
-            cache_gb=self.config.cache_gb,
+            cache_gb=cache_gb,
+            readers=self.config.workers,
+            device_tier=device_tier,
             console=self.console,
         )
 

@@ -1,20 +1,23 @@
-"""Split features: in memory or streamed, the same tensors; segment sampling; ordered prefetch."""
+"""Split features: every tier serves the same tensors, the tiers are planned from the memory there
+is and --cache-gb; segment sampling; ordered prefetch."""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from sact.extract.store import open_feature_set
+from sact.fewshot import features as features_module
 from sact.fewshot.episodes import build_pool, resolve_split
 from sact.fewshot.features import (
     FeatureError,
     Prefetcher,
     SplitFeatures,
-    default_cache_gb,
+    plan_cache,
     segment_frames,
 )
 from sact.testing.stores import write_split_lists, write_synthetic_store
@@ -53,21 +56,59 @@ def test_segment_centers_and_random_offsets_stay_in_their_segment():
         segment_frames(4, 8, 1)
 
 
-def test_memory_and_streaming_serve_the_same_tensors(pool):
+def test_every_tier_and_any_mix_of_them_serve_the_same_tensors(pool):
     feature_set, train_pool = pool
     cpu = torch.device("cpu")
-    in_memory = SplitFeatures(feature_set, train_pool, frames=4, device=cpu)
-    streamed = SplitFeatures(feature_set, train_pool, frames=4, device=cpu, cache_gb=0.0)
-    assert in_memory.in_memory and "in memory" in in_memory.where()
-    assert not streamed.in_memory and "streamed" in streamed.where()
-    positions = np.array([7, 0, 3, 19, 3])
+    everything = SplitFeatures(feature_set, train_pool, frames=4, device=cpu)
+    assert everything.in_memory and everything.plan.on_device == len(train_pool) == 20
+    base = everything.plan
+    mixes = {  # (on the device, in host memory): the rest is read from the store
+        "store": (0, 0),
+        "host": (0, 20),
+        "thirds": (7, 6),
+    }
+    positions = np.array([7, 0, 3, 19, 3, 12, 15])
     frames = segment_frames(STORED_FRAMES, 4, len(positions), np.random.default_rng(1))
-    a, b = in_memory.videos(positions, frames), streamed.videos(positions, frames)
-    assert a.shape == (5, 4, 4, 16) and a.dtype == torch.float16
-    assert torch.equal(a, b)
-    stored = feature_set.read(train_pool.store_indices[positions])  # (5, 8, P, D)
-    expected = np.take_along_axis(stored, frames[:, :, None, None], axis=1)
-    assert np.array_equal(a.numpy(), expected)
+    expected = everything.videos(positions, frames)
+    assert expected.shape == (7, 4, 4, 16) and expected.dtype == torch.float16
+    stored = feature_set.read(train_pool.store_indices[positions])  # (7, 8, P, D)
+    assert np.array_equal(
+        expected.numpy(), np.take_along_axis(stored, frames[:, :, None, None], axis=1)
+    )
+    for name, (on_device, on_host) in mixes.items():
+        plan = replace(base, on_device=on_device, on_host=on_host)
+        tiered = SplitFeatures(feature_set, train_pool, frames=4, device=cpu, plan=plan)
+        assert not tiered.in_memory
+        assert torch.equal(tiered.videos(positions, frames), expected), name
+
+
+def test_the_plan_fills_the_device_then_the_host_within_cache_gb(monkeypatch):
+    gib = 1024**3
+    monkeypatch.setattr(features_module, "available_host_bytes", lambda: 8 * gib)
+    monkeypatch.setattr(features_module, "free_device_bytes", lambda device: 10 * gib)
+    cuda = torch.device("cuda:0")
+    video = gib // 10
+
+    def plan(**options):
+        return plan_cache(part="train", videos=200, video_bytes=video, device=cuda, readers=3,
+                          **options)  # fmt: skip
+
+    # 75% of the GPU's 10 GB free, then half of the host's 8 GB available, then the store
+    assert (plan().on_device, plan().on_host, plan().from_store) == (75, 40, 85)
+    # --cache-gb caps both memory tiers together, the GPU's first
+    capped = plan(cache_gb=2.0)
+    assert (capped.on_device, capped.on_host, capped.from_store) == (20, 0, 180)
+    assert plan(cache_gb=9.0).on_host == 15
+    assert plan(cache_gb=0.0).from_store == 200
+    # a split kept off the GPU (validation) goes to the host
+    assert (plan(device_tier=False).on_device, plan(device_tier=False).on_host) == (0, 40)
+    described = capped.describe()
+    assert "20 on cuda:0 (2.00 GB), 0 in host memory (0.00 GB)" in described
+    assert "180 read from the store by 3 threads" in described and "--cache-gb 2" in described
+    # on the CPU the device is the host: one memory tier, half of what is available
+    on_cpu = plan_cache(part="val", videos=200, video_bytes=video, device=torch.device("cpu"),
+                        readers=1)  # fmt: skip
+    assert (on_cpu.on_device, on_cpu.on_host, on_cpu.from_store) == (40, 0, 160)
 
 
 def test_more_model_frames_than_stored_is_refused(pool):
@@ -100,7 +141,3 @@ def test_prefetcher_passes_worker_errors_on():
 
     with pytest.raises(ValueError, match="bad item"):
         list(Prefetcher(workers=2, depth=2).map(explode, range(10)))
-
-
-def test_default_cache_budget_comes_from_available_memory():
-    assert default_cache_gb() > 0

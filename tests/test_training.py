@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
@@ -11,10 +12,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 from safetensors.torch import load_file
 
 from sact.extract.errors import SactError
 from sact.extract.store import open_feature_set
+from sact.fewshot import features as features_module
 from sact.fewshot.accuracy import embed_videos
 from sact.fewshot.checkpoints import read_checkpoint
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
@@ -286,3 +289,56 @@ def test_bfloat16_autocast_flips_few_sact_predictions(store, tmp_path):
             flips += int((predicted.argmax(dim=1) != reference.argmax(dim=1)).sum())
             queries += len(reference)
     assert queries == 6000 and flips / queries <= 0.005
+
+
+PLAN_CACHE = features_module.plan_cache
+
+
+def three_tiers(**options):
+    """The real plan of a split, then a third of its videos on the device, a third in host memory
+    and the rest read from the store: every tier serves the run."""
+    plan = PLAN_CACHE(**options)
+    third = plan.videos // 3
+    return replace(plan, on_device=third, on_host=third, limits="a third per tier (test)")
+
+
+@pytest.fixture(scope="module")
+def all_in_memory(synthetic_store, tmp_path_factory):
+    """The tiny run with its whole train split in memory, on one thread like the tests."""
+    run = tmp_path_factory.mktemp("all-in-memory") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train(tiny((synthetic_store.location, synthetic_store.split), run))
+    finally:
+        torch.set_num_threads(threads)
+    assert "120 on cpu" in result.data and "0 read from the store" in result.data
+    return run
+
+
+@pytest.mark.parametrize(
+    ("tiers", "plan"),
+    [
+        ("small --cache-gb", "40 on cpu (0.00 GB), 80 read from the store by 4 threads"),
+        ("three tiers", "40 on cpu (0.00 GB), 40 in host memory (0.00 GB), 40 read from the store"),
+    ],
+)
+def test_a_split_beyond_the_cache_trains_to_the_same_weights(
+    store, tmp_path, monkeypatch, all_in_memory, tiers, plan
+):
+    """Bit for bit on the CPU: every tier serves the same values, and the episodes are drawn in
+    the main thread whichever tier (and reader thread) loads them. `sact train` prints the plan."""
+    said = io.StringIO()
+    if tiers == "small --cache-gb":
+        video_bytes = 8 * 4 * 16 * 2  # 8 stored frames x 4 patches x 16 channels, float16
+        config = tiny(store, tmp_path / "run", cache_gb=40 * video_bytes / 1024**3)
+    else:
+        monkeypatch.setattr(features_module, "plan_cache", three_tiers)
+        config = tiny(store, tmp_path / "run")
+    train(config, Console(file=said, width=200))
+    assert f"train features, 120 videos (0.00 GB): {plan}" in said.getvalue()
+    a, b = weights(all_in_memory), weights(tmp_path / "run")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_metrics(all_in_memory / "metrics.jsonl") == read_metrics(
+        tmp_path / "run/metrics.jsonl"
+    )
