@@ -22,10 +22,21 @@ import torch
 from rich.console import Console
 
 from sact.fewshot.episodes import Episode
-from sact.fewshot.features import Prefetcher, SplitFeatures, progress_bar, segment_frames
+from sact.fewshot.features import (
+    Prefetcher,
+    SplitFeatures,
+    progress_bar,
+    segment_frames,
+    to_device,
+)
 from sact.fewshot.heads import FewShotHead, VideoEmbedding
 
 Z_95 = 1.96
+# Episodes per `match_episodes` call: their gathered embeddings take at most this much memory
+# (a GPU: this share of its free memory; it has tens of GB), and never more than this many.
+MATCH_BYTES_ON_HOST = 256 * 1024**2
+MATCH_SHARE_OF_FREE_GPU = 0.125
+MAX_EPISODES_PER_CALL = 256
 
 
 def concat_embeddings(parts: Sequence[VideoEmbedding]) -> VideoEmbedding:
@@ -82,6 +93,49 @@ def embed_videos(
     return concat_embeddings(parts), row_of
 
 
+def episodes_per_call(embedding: VideoEmbedding, videos_per_episode: int) -> int:
+    """How many episodes `match_episodes` takes at once: their gathered embeddings within a fixed
+    share of the memory (on a GPU, of its free memory), so one call's temporaries stay small."""
+    device = embedding.device
+    budget = (
+        torch.cuda.mem_get_info(device)[0] * MATCH_SHARE_OF_FREE_GPU
+        if device.type == "cuda"
+        else MATCH_BYTES_ON_HOST
+    )
+    per_episode = embedding.bytes_per_video() * videos_per_episode
+    return max(1, min(MAX_EPISODES_PER_CALL, int(budget // per_episode)))
+
+
+def episode_groups(
+    episodes: Sequence[Episode], embedding: VideoEmbedding
+) -> Iterator[Sequence[Episode]]:
+    """Runs of consecutive episodes of one N-way K-shot Q-query shape, at most a call's worth."""
+    start = 0
+    while start < len(episodes):
+        first = episodes[start]
+        shape = (first.way, first.shot, first.queries)
+        limit = episodes_per_call(embedding, len(first.support) + len(first.query))
+        stop = start + 1
+        while stop < len(episodes) and stop - start < limit:
+            episode = episodes[stop]
+            if (episode.way, episode.shot, episode.queries) != shape:
+                break
+            stop += 1
+        yield episodes[start:stop]
+        start = stop
+
+
+def match_group(
+    model: FewShotHead, embedding: VideoEmbedding, row_of: np.ndarray, group: Sequence[Episode]
+) -> torch.Tensor:
+    """Logits (E, Q, N) of same-shaped episodes in one `match_episodes` call."""
+    support_rows = np.concatenate([row_of[episode.support] for episode in group])
+    query_rows = np.concatenate([row_of[episode.query] for episode in group])
+    rows = to_device(np.concatenate([support_rows, query_rows]), embedding.device)  # one copy
+    support, query = embedding[rows[: len(support_rows)]], embedding[rows[len(support_rows) :]]
+    return model.match_episodes(support, query, episodes=len(group), way=group[0].way)
+
+
 @torch.no_grad()
 def episode_logits(
     model: FewShotHead,
@@ -91,17 +145,16 @@ def episode_logits(
     *,
     autocast: AbstractContextManager | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Logits (N*Q, N) of each episode, from the embedded videos: only `match` runs here."""
+    """Logits (N*Q, N) of each episode, from the embedded videos: only `match` runs here, for
+    many episodes per call (`episode_groups`)."""
     model.eval()
     autocast = autocast or nullcontext()
-    for episode in episodes:
-        support = embedding[torch.from_numpy(row_of[episode.support])]
-        query = embedding[torch.from_numpy(row_of[episode.query])]
-        labels = torch.from_numpy(episode.support_labels())
+    for group in episode_groups(episodes, embedding):
         with autocast:
-            yield model.match(support, labels, query, way=episode.way)
+            yield from match_group(model, embedding, row_of, group)
 
 
+@torch.no_grad()
 def episode_accuracies(
     model: FewShotHead,
     embedding: VideoEmbedding,
@@ -110,13 +163,21 @@ def episode_accuracies(
     *,
     autocast: AbstractContextManager | None = None,
 ) -> np.ndarray:
-    """Each episode's share of correctly classified queries: (E,)."""
-    accuracies = np.empty(len(episodes))
-    logits = episode_logits(model, embedding, row_of, episodes, autocast=autocast)
-    for number, (episode, episode_logit) in enumerate(zip(episodes, logits, strict=True)):
-        predicted = episode_logit.argmax(dim=1).cpu().numpy()
-        accuracies[number] = float(np.mean(predicted == episode.query_labels()))
-    return accuracies
+    """Each episode's share of correctly classified queries: (E,). The counts stay on the device
+    until every episode is scored, then come back in one copy: no device sync per episode."""
+    model.eval()
+    autocast = autocast or nullcontext()
+    correct = []
+    for group in episode_groups(episodes, embedding):
+        labels = np.stack([episode.query_labels() for episode in group])  # (E, Q)
+        on_device = to_device(labels, embedding.device)
+        with autocast:
+            logits = match_group(model, embedding, row_of, group)  # (E, Q, N)
+        correct.append((logits.argmax(dim=-1) == on_device).sum(dim=-1))  # (E,)
+    if not correct:
+        return np.empty(0)
+    queries = np.array([len(episode.query) for episode in episodes])
+    return torch.cat(correct).cpu().numpy() / queries
 
 
 def score_episodes(

@@ -54,6 +54,13 @@ class VideoEmbedding:
     def to(self, device: torch.device | str) -> Self:
         return self._map(lambda t: t.to(device))
 
+    @property
+    def device(self) -> torch.device:
+        return self._tensors()[0].device
+
+    def bytes_per_video(self) -> int:
+        return sum(t[0].numel() * t.element_size() for t in self._tensors())
+
     def __len__(self) -> int:
         return self._tensors()[0].shape[0]
 

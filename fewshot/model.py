@@ -12,6 +12,7 @@ episode). `forward` is `match` of `embed`, and evaluation can embed a test split
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sact.fewshot.heads import FewShotHead, VideoEmbedding, class_major, episode_shape
+
+
+def autocast_off(device: torch.device) -> AbstractContextManager:
+    """Autocast switched off on `device`; a device type without autocast (meta) has none to."""
+    try:
+        return torch.autocast(device.type, enabled=False)
+    except RuntimeError:
+        return nullcontext()
 
 
 class TMixer(nn.Module):
@@ -177,7 +186,7 @@ class SACT(FewShotHead[SACTEmbedding]):
         # rounding decides close predictions. So match runs in (at least) float32 whatever
         # autocast chose; keys may arrive in bfloat16 (they only shape the attention weights).
         exact = torch.promote_types(support.values.dtype, torch.float32)
-        with torch.autocast(support.values.device.type, enabled=False):
+        with autocast_off(support.values.device):
             # (E*N*K, T', P, d_k) -> (E, N, K, T', P, d_k), class-major
             grouped = (episodes, way, shot, n_frames, n_patches, d_k)
             s_keys = support.support_keys.to(exact).reshape(grouped)

@@ -75,6 +75,7 @@ from sact.fewshot.features import (
     Prefetcher,
     SplitFeatures,
     segment_frames,
+    to_device,
 )
 from sact.fewshot.figures import training_curve
 from sact.fewshot.heads import FewShotHead
@@ -426,15 +427,17 @@ class Trainer:
             yield tasks, self.rng.bit_generator.state
 
     def load(self, plan) -> tuple[list[tuple[torch.Tensor, ...]], RngState]:
+        """An episode's videos on the device, its support labels on the CPU (the model checks
+        them there, no device sync), its query labels on the device (a non-blocking copy)."""
         tasks, rng_state = plan
         loaded: list[tuple[torch.Tensor, ...]] = []
         for episode, support_frames, query_frames in tasks:
             loaded.append(
                 (
                     self.train_features.videos(episode.support, support_frames),
-                    torch.from_numpy(episode.support_labels()).to(self.device),
+                    torch.from_numpy(episode.support_labels()),
                     self.train_features.videos(episode.query, query_frames),
-                    torch.from_numpy(episode.query_labels()).to(self.device),
+                    to_device(episode.query_labels(), self.device),
                 )
             )
         return loaded, rng_state
@@ -455,18 +458,22 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
-        total_loss, correct, count = 0.0, 0, 0
+        # summed on the device and read once, after the step: no device sync per task
+        total_loss = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        count = 0
         for support, support_labels, query, query_labels in tasks:
             with self.autocast:
                 logits = self.model(support, support_labels, query)  # (N*Q, N)
             loss = F.cross_entropy(logits.float(), query_labels) / len(tasks)
             self.scaler.scale(loss).backward()
-            total_loss += float(loss.detach())
-            correct += int((logits.argmax(dim=1) == query_labels).sum())
+            total_loss += loss.detach()
+            correct += (logits.argmax(dim=1) == query_labels).sum()
             count += len(query_labels)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return total_loss, correct / count
+        loss_value, correct_value = torch.stack([total_loss, correct.to(total_loss.dtype)]).tolist()
+        return loss_value, correct_value / count
 
     def validate(self) -> float:
         (accuracies,) = score_episodes(
