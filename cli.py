@@ -52,15 +52,6 @@ def warn(message: str) -> None:
     stderr.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-def typed_options(ctx: typer.Context, *names: str) -> list[str]:
-    """Those of the options `names` given on the command line (not left at their default)."""
-    return [
-        "--" + name.replace("_", "-")
-        for name in names
-        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
-    ]
-
-
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the library's user-facing errors into one line on stderr and exit status 2."""
@@ -532,7 +523,11 @@ def evaluate(
     from sact.fewshot.evaluation import evaluate as run_evaluation
     from sact.fewshot.evaluation import results_table
 
-    ignored = typed_options(ctx, "way", "shot", "query", "episodes", "seed")
+    ignored = [
+        f"--{name}"
+        for name in ("way", "shot", "query", "episodes", "seed")
+        if parameter_given(ctx, name)
+    ]
     if episodes_file is not None and episodes_file.exists() and ignored:
         warn(f"{', '.join(ignored)} ignored: the episodes, with their way, shot and query, come "
              f"from {episodes_file}")  # fmt: skip
