@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sact.extract.errors import SactError
-from sact.extract.sampling import FRAME_SAMPLING
 from sact.extract.splits import load_split
 
 if TYPE_CHECKING:
@@ -103,6 +102,9 @@ def feature_set_identity(
     ``compute_dtype`` is the backbone's arithmetic (``FrozenBackbone.compute_dtype``: float32 on
     the CPU, tfloat32 on CUDA): features computed in two precisions never share a feature set.
     """
+    # imported here: sampling imports numpy, and the command line reads this module at start-up
+    from sact.extract.sampling import FRAME_SAMPLING
+
     prep = loaded.preprocessing
     return {
         "backbone": loaded.name,

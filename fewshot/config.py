@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from sact.extract.errors import SactError
-from sact.extract.feature_set import is_url
 from sact.extract.splits import SPLIT_PARTS, resolve_split_dir
 from sact.fewshot.kinds import is_model, kinds_by_option, model_names, one_of
 
@@ -106,8 +105,12 @@ class TrainConfig:
             )
         if self.split is not None:
             resolve_split_dir(self.split)
-        if not self.resume and not is_url(self.feats) and not Path(self.feats).exists():
-            raise TrainingError(f"no feature store at {self.feats}")
+        if not self.resume:
+            # imported here: numpy, kept off the command line's start-up
+            from sact.extract.feature_set import is_url
+
+            if not is_url(self.feats) and not Path(self.feats).exists():
+                raise TrainingError(f"no feature store at {self.feats}")
 
 
 def read_train_config(path: Path) -> TrainConfig:

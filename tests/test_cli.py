@@ -89,7 +89,7 @@ def test_usage_errors_are_one_line(arguments, message):
 
 
 def test_the_command_line_starts_without_torch():
-    heavy = "('torch', 'timm', 'av')"
+    heavy = "('torch', 'timm', 'av', 'numpy')"
     code = f"import sys, sact.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
     imported = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
