@@ -33,9 +33,10 @@ from sact.fewshot.heads import FewShotHead, VideoEmbedding
 
 Z_95 = 1.96
 # Episodes per `match_episodes` call: their gathered embeddings take at most this much memory
-# (a GPU: this share of its free memory; it has tens of GB), and never more than this many.
+# (a GPU: this share of its free memory; it has tens of GB), and never more than this many. A
+# call's peak is a few times its gathered embeddings (float32 copies of them in `match`).
 MATCH_BYTES_ON_HOST = 256 * 1024**2
-MATCH_SHARE_OF_FREE_GPU = 0.125
+MATCH_SHARE_OF_FREE_GPU = 1 / 16
 MAX_EPISODES_PER_CALL = 256
 
 
@@ -110,11 +111,14 @@ def episode_groups(
     episodes: Sequence[Episode], embedding: VideoEmbedding
 ) -> Iterator[Sequence[Episode]]:
     """Runs of consecutive episodes of one N-way K-shot Q-query shape, at most a call's worth."""
+    limits: dict[tuple[int, int, int], int] = {}  # episodes per call, by shape
     start = 0
     while start < len(episodes):
         first = episodes[start]
         shape = (first.way, first.shot, first.queries)
-        limit = episodes_per_call(embedding, len(first.support) + len(first.query))
+        if shape not in limits:
+            limits[shape] = episodes_per_call(embedding, len(first.support) + len(first.query))
+        limit = limits[shape]
         stop = start + 1
         while stop < len(episodes) and stop - start < limit:
             episode = episodes[stop]

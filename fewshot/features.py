@@ -220,6 +220,16 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+def take_rows(rows: torch.Tensor, index: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """rows[index] of a CPU tensor, with numpy: a memcpy per row, where torch's index_select on
+    float16 goes value by value on a CPU (the device tier's loader 13x faster, bench/RESULTS.md),
+    and without holding the GIL, so reader threads overlap. Bounds are checked here, so numpy
+    writes into `out` directly instead of through a buffer."""
+    if index.size and (index.min() < 0 or index.max() >= len(rows)):
+        raise IndexError(f"row index out of range 0..{len(rows) - 1}")
+    return np.take(rows.numpy(), index, axis=0, out=out, mode="clip")
+
+
 class SplitFeatures:
     """The features of a pool's videos, served as float16 tensors (n, T, P, D) on `device`.
 
@@ -350,24 +360,31 @@ class SplitFeatures:
 
     def _frame_rows(self, rows: np.ndarray, frames: np.ndarray) -> np.ndarray:
         """Rows of a tier seen as (videos * T_stored, P, D), one per (video, frame): gathering
-        them is one contiguous copy of P*D values each (index_select), where indexing by
-        (video, frame) pairs copies value by value."""
+        them copies P*D contiguous values per row."""
         return (rows[:, None] * self.video_shape[0] + frames).ravel()  # (n*T,)
 
     def _gather_device(self, rows: np.ndarray, frames: np.ndarray) -> torch.Tensor:
-        flat = to_device(self._frame_rows(rows, frames), self.device)  # one non-blocking copy
+        flat = self._frame_rows(rows, frames)
         frame_rows = self.on_device.view(-1, *self.video_shape[1:])  # (V*T_stored, P, D)
-        gathered = torch.index_select(frame_rows, 0, flat)  # (n*T, P, D)
+        if self.device.type == "cpu":
+            gathered = torch.from_numpy(take_rows(frame_rows, flat))  # (n*T, P, D)
+        else:  # one non-blocking copy of the indices, the gather on the device
+            gathered = torch.index_select(frame_rows, 0, to_device(flat, self.device))
         return gathered.view(*frames.shape, *self.video_shape[1:])  # (n, T, P, D)
 
     def _gather_host(self, rows: np.ndarray, frames: np.ndarray) -> torch.Tensor:
-        flat = torch.from_numpy(self._frame_rows(rows, frames))
+        flat = self._frame_rows(rows, frames)
+        host_rows = self.on_host.view(-1, *self.video_shape[1:])  # (V*T_stored, P, D)
+        if self.device.type != "cuda":  # numpy's own result (it asks the kernel for huge
+            # pages): taking into a fresh torch tensor of tens of MB was 8x slower here
+            return torch.from_numpy(take_rows(host_rows, flat)).view(
+                *frames.shape, *self.video_shape[1:]
+            )  # (n, T, P, D)
+        # gathered straight into pinned memory, so the copy to the GPU does not block
         staged = torch.empty(
-            (len(flat), *self.video_shape[1:]),
-            dtype=torch.float16,
-            pin_memory=self.device.type == "cuda",
-        )  # (n*T, P, D), pinned on a GPU machine so the copy below does not block
-        torch.index_select(self.on_host.view(-1, *self.video_shape[1:]), 0, flat, out=staged)
+            (len(flat), *self.video_shape[1:]), dtype=torch.float16, pin_memory=True
+        )
+        take_rows(host_rows, flat, out=staged.numpy())  # (n*T, P, D)
         staged = staged.view(*frames.shape, *self.video_shape[1:])  # (n, T, P, D)
         return staged.to(self.device, non_blocking=True)
 
