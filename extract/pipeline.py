@@ -60,11 +60,21 @@ from sact.extract.config import (
 )
 from sact.extract.devices import resolve_device
 from sact.extract.distributed import Job, Rank, device_for, joined, owned_shards, rank_from_env
-from sact.extract.errors import SactError
+from sact.extract.errors import SactError, is_storage_error, storage_error_reason
 from sact.extract.feature_set import VideoFailure, check_feature_set_name
 from sact.extract.shard_writer import ShardWriter
 from sact.extract.videos import VideoList, list_videos
-from sact.extract.zarr_store import FeatureSetWriter, ShardResult, ZarrFeatureSet, open_root
+from sact.extract.zarr_store import (
+    FeatureSetWriter,
+    ShardResult,
+    ZarrFeatureSet,
+    open_root,
+)
+
+
+class ExtractionStopped(SactError):
+    """The store could not be written (no space left, object storage unreachable); one line."""
+
 
 # How long a run waits for another run that is creating or growing the same feature set.
 SETUP_WAIT_S = 600.0
@@ -354,8 +364,18 @@ def run_extraction(config: ExtractConfig, *, console: Console | None = None) -> 
     """
     rank = rank_from_env()
     device = device_for(rank, resolve_device(config.device))
-    with joined(rank, device=device) as job:
-        return _extract_as_rank(config, job, device=device, console=console)
+    try:
+        with joined(rank, device=device) as job:
+            return _extract_as_rank(config, job, device=device, console=console)
+    except Exception as error:
+        if not is_storage_error(error):
+            raise
+        # A full disk, a bucket that stopped answering: what is written stays as it was (a shard
+        # is done only once all of it is written), so the same command picks up from there.
+        raise ExtractionStopped(
+            f"extraction into {config.out} stopped: {storage_error_reason(error)}; the shards "
+            "written before are intact: run the same command again to resume"
+        ) from error
 
 
 def _extract_as_rank(

@@ -27,6 +27,7 @@ import numpy as np
 import zarr
 import zarr.storage
 
+from sact.extract.errors import is_storage_error
 from sact.extract.feature_set import (
     FEATURE_SET_NAME,
     FEATURES,
@@ -122,11 +123,8 @@ def open_root(location: str, *, mode: Literal["r", "a"]) -> zarr.Group:
         raise FeatureStoreError(f"{location} holds a zarr array, not a feature store") from error
     except PermissionError as error:
         raise FeatureStoreError(f"no permission to open store {location}: {error}") from error
-    except OSError as error:  # object storage: bad bucket, endpoint or credentials
-        raise FeatureStoreError(f"cannot open store {location}: {error}") from error
     except Exception as error:
-        # botocore raises its own types (e.g. NoCredentialsError) that are not OSError.
-        if type(error).__module__.startswith(("botocore", "aiobotocore")):
+        if is_storage_error(error):  # object storage: bad bucket, endpoint or credentials
             raise FeatureStoreError(f"cannot open store {location}: {error}") from error
         raise
     sact_attrs = root.attrs.get("sact")

@@ -19,6 +19,7 @@ checkpoint's model reads a feature set.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from sact.extract.errors import SactError
 from sact.extract.store import FeatureSet
@@ -85,8 +86,8 @@ def build_model(kind: str, config: dict[str, Any]) -> FewShotHead:
         raise CheckpointError(f"cannot build a {kind} model from {config}: {error}") from error
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+def _json_bytes(data: dict[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
 def save_checkpoint(
@@ -103,12 +104,22 @@ def save_checkpoint(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     weights = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    save_file(weights, partial / WEIGHTS, metadata={"format": str(CHECKPOINT_FORMAT)})
-    _write_json(partial / DESCRIPTION, {"format": CHECKPOINT_FORMAT, **description})
+    # Serialized here and written by Python, so a full disk is an OSError naming its cause (the
+    # libraries' own writers raise their own types), and the half-written folder goes.
+    files = {WEIGHTS: save(weights, metadata={"format": str(CHECKPOINT_FORMAT)})}
+    files[DESCRIPTION] = _json_bytes({"format": CHECKPOINT_FORMAT, **description})
     if resume_tensors is not None:
-        torch.save(resume_tensors, partial / RESUME_TENSORS)
+        buffer = io.BytesIO()
+        torch.save(resume_tensors, buffer)
+        files[RESUME_TENSORS] = buffer.getvalue()
     if resume_json is not None:
-        _write_json(partial / RESUME_JSON, resume_json)
+        files[RESUME_JSON] = _json_bytes(resume_json)
+    try:
+        for name, data in files.items():
+            (partial / name).write_bytes(data)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if folder.exists():
         shutil.rmtree(previous, ignore_errors=True)  # older than `folder`: left by a kill
         folder.rename(previous)

@@ -48,6 +48,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sact.extract.devices import autocast_for, resolve_device
+from sact.extract.errors import storage_error_reason
 from sact.extract.feature_set import is_url
 from sact.extract.files import write_text_atomic
 from sact.extract.store import FeatureSet, open_feature_set
@@ -225,6 +226,7 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     feature_set = data.feature_set
     frames = config.frames or feature_set.frames
     model = new_model(config, feature_set, frames)
+    description: dict[str, Any] | None = None  # a new run's config.json
     if run_dir is None:
         run_dir = Path(config.out) if config.out else default_run_dir(config, feature_set)
         if (run_dir / CONFIG_FILE).exists():
@@ -244,8 +246,20 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "torch": torch.__version__,
         }
-        (run_dir / CONFIG_FILE).write_text(json.dumps(description, indent=2) + "\n")
-    return Trainer(config, data, model, run_dir, frames, console).run()
+    try:
+        if description is not None:
+            write_text_atomic(run_dir / CONFIG_FILE, json.dumps(description, indent=2) + "\n")
+        return Trainer(config, data, model, run_dir, frames, console).run()
+    except OSError as error:  # a full disk: the checkpoints written before stay as they were
+        again = (
+            f"sact train --out {run_dir} --resume"
+            if (run_dir / CONFIG_FILE).exists()
+            else "the same command"
+        )
+        raise TrainingError(
+            f"run {run_dir} stopped: {storage_error_reason(error)}; what it saved is intact: "
+            f"once that is fixed, continue with {again}"
+        ) from error
 
 
 def new_model(config: TrainConfig, feature_set: FeatureSet, frames: int) -> FewShotHead:
