@@ -7,7 +7,10 @@ that is what sact owes this fault, and how many videos or training steps were lo
 
     kill_extraction      `sact extract` SIGKILLed at seeded file-system operations, then resumed
     kill_training        `sact train` SIGKILLed likewise (mid-checkpoint included), then --resume
+    kill_training_twice  killed between a checkpoint's renames, then again while resuming
     kill_one_writer      one of two concurrent `sact extract` runs SIGKILLed
+
+and, in modules of their own, a full disk (sact.testing.full_disk, in a mount namespace).
 
 Processes run with one torch thread (``OMP_NUM_THREADS=1``), so their float sums happen in the same
 order and stores and weights can be compared bit for bit.

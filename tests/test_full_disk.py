@@ -1,5 +1,6 @@
 """A full disk: extraction and training stop with one line, keep what they wrote, and the same
-command (or --resume) carries on once there is space (writes made to fail here)."""
+command (or --resume) carries on once there is space. On a real small tmpfs where this machine
+lets the suite mount one (sact.testing.full_disk), and everywhere with writes that fail."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sact.extract.store import open_feature_set
 from sact.extract.zarr_store import FeatureSetWriter
 from sact.fewshot.checkpoints import read_checkpoint
 from sact.testing.extraction import tiny_cli_options
+from sact.testing.full_disk import can_mount_tmpfs, in_a_namespace
 
 runner = CliRunner()
 
@@ -83,3 +85,18 @@ def test_training_stopped_by_a_full_disk_keeps_its_checkpoint_and_resumes(
     resumed = runner.invoke(app, ["train", "--out", str(run), "--resume", "--device", "cpu"])
     assert resumed.exit_code == 0, resumed.output
     assert read_checkpoint(run / "checkpoints/last").step == 4
+
+
+needs_a_tmpfs = pytest.mark.skipif(
+    not can_mount_tmpfs(Path("/tmp")), reason="this machine lets no one mount a tmpfs"
+)
+
+
+@pytest.mark.slow
+@needs_a_tmpfs
+@pytest.mark.parametrize("command", ["extract", "train"])
+def test_on_a_real_full_disk_one_line_then_resumed_equal(command: str, tmp_path: Path) -> None:
+    (injection,) = in_a_namespace(command, tmp_path, [0.5])
+    assert injection.expected and injection.lost == 0, injection
+    assert "No space left on device" in injection.outcome
+    assert injection.outcome.endswith("resumed equal")
