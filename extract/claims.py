@@ -166,7 +166,8 @@ class ClaimBook:
                 sync(self.store.fs._pipe_file(path, data, mode="create"))
                 return True
             except FileExistsError:
-                return False
+                # Perhaps our own: a PUT that reached the bucket, whose answer was lost, retried.
+                return self._read(claim.topic, claim.generation) == claim
             except (TypeError, NotImplementedError):
                 pass  # no exclusive create here: fall back to zarr's, read back below
         buffer = default_buffer_prototype().buffer.from_bytes(data)
