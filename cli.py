@@ -345,6 +345,12 @@ def train(
         bool, typer.Option(help="SA-CT's TMixer (ablation: --no-tmixer).")
     ] = TRAIN.tmixer,
     cpe: Annotated[bool, typer.Option(help="SA-CT's CPE (ablation: --no-cpe).")] = TRAIN.cpe,
+    input_norm: Annotated[
+        bool, typer.Option(help="SA-CT: LayerNorm on the input features (seed: --no-input-norm).")
+    ] = TRAIN.input_norm,
+    distance: Annotated[
+        str, typer.Option(help="SA-CT's distance scale: sum (frame sums) or seed (the seed's).")
+    ] = TRAIN.distance,
     iterations: Annotated[int, typer.Option(help="Optimiser steps.")] = TRAIN.iterations,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = TRAIN.lr,
     optimizer: Annotated[str, typer.Option(help="adamw, adam or sgd.")] = TRAIN.optimizer,
@@ -410,6 +416,8 @@ def train(
         d_k=d_k,
         tmixer=tmixer,
         cpe=cpe,
+        input_norm=input_norm,
+        distance=distance,
         iterations=iterations,
         lr=lr,
         optimizer=optimizer,

@@ -23,6 +23,8 @@ CHECKPOINTS = ("best", "last")  # the checkpoints a run keeps
 # a run directory holds this file once its first checkpoint is written
 LAST_CHECKPOINT = "checkpoints/last/checkpoint.json"
 OPTIMIZERS = ("adamw", "adam", "sgd")
+# how SA-CT's match scales its distance: "seed" as the seed writes it, "sum" without its 1/T'²
+DISTANCES = ("seed", "sum")
 LOGGERS = ("tensorboard",)  # besides metrics.jsonl, which every run writes
 
 
@@ -45,6 +47,10 @@ class TrainConfig:
     d_k: int | None = None  # projection width (learned heads); None: the model's default
     tmixer: bool = True
     cpe: bool = True
+    # SA-CT deviations from the seed that make it train (docs/MODEL.md, "Training at the seed's
+    # scale"); input_norm=False with distance="seed" is the seed's formula
+    input_norm: bool = True
+    distance: str = "sum"
     iterations: int = 10_000
     lr: float = 1e-3
     optimizer: str = "adamw"
@@ -64,18 +70,20 @@ class TrainConfig:
     log: str | None = None  # "tensorboard": also TensorBoard event files in the run
 
     def model_options(self) -> dict[str, Any]:
-        """The model options given away from their defaults; the model kind must take each."""
+        """Every model option the kind takes (None: the model's default), passed even at its
+        default here, which need not be the model's (SA-CT's input_norm and distance). An option
+        given away from its default to a kind that does not take it is refused."""
         defaults = {f.name: f.default for f in fields(self)}
         options = {}
         for name, kinds in kinds_by_option().items():
             value = getattr(self, name)
-            if value == defaults[name]:
-                continue
-            if self.model not in kinds:
+            if self.model in kinds:
+                if value is not None:
+                    options[name] = value
+            elif value != defaults[name]:
                 raise TrainingError(
                     f"--{name.replace('_', '-')} applies to {', '.join(kinds)} only"
                 )
-            options[name] = value
         return options
 
     def check(self) -> None:
@@ -83,6 +91,8 @@ class TrainConfig:
             raise TrainingError(f"--model must be {one_of(model_names())}, got {self.model!r}")
         if self.optimizer not in OPTIMIZERS:
             raise TrainingError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.distance not in DISTANCES:
+            raise TrainingError(f"--distance must be one of {', '.join(DISTANCES)}")
         positive = {
             "iterations": self.iterations,
             "tasks-per-batch": self.tasks_per_batch,

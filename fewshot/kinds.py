@@ -96,7 +96,10 @@ def one_of(names: Sequence[str]) -> str:
 
 
 register_model(
-    "sact", display_name="SA-CT", head="sact.fewshot.model:SACT", options=("d_k", "tmixer", "cpe")
+    "sact",
+    display_name="SA-CT",
+    head="sact.fewshot.model:SACT",
+    options=("d_k", "tmixer", "cpe", "input_norm", "distance"),
 )
 register_model(
     "protonet", display_name="ProtoNet", head="sact.fewshot.baselines:ProtoNet", options=("d_k",)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sact.fewshot.config import DISTANCES
 from sact.fewshot.heads import FewShotHead, VideoEmbedding, class_major, episode_shape
 
 
@@ -91,9 +92,16 @@ class SACT(FewShotHead[SACTEmbedding]):
         d_k: int = 1152,
         tmixer: bool = True,
         cpe: bool = True,
+        input_norm: bool = False,
+        distance: str = "seed",
     ) -> None:
         super().__init__(dim=dim, frames=frames, grid=grid)
-        self.d_k = d_k
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
+        self.d_k, self.distance = d_k, distance
+        # Two deviations from the seed, off here and on in `sact train` by default: without them
+        # training can stall or collapse (docs/MODEL.md, "Training at the seed's scale").
+        self.input_norm = nn.LayerNorm(dim) if input_norm else None
         self.tmixer = TMixer(dim=dim, frames=frames) if tmixer else None
         self.cpe = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim) if cpe else None
         self.to_support = nn.Linear(dim, d_k)
@@ -108,6 +116,8 @@ class SACT(FewShotHead[SACTEmbedding]):
             "d_k": self.d_k,
             "tmixer": self.tmixer is not None,
             "cpe": self.cpe is not None,
+            "input_norm": self.input_norm is not None,
+            "distance": self.distance,
         }
 
     def positional(self, phi: Tensor) -> Tensor:
@@ -125,6 +135,8 @@ class SACT(FewShotHead[SACTEmbedding]):
         """Per-video part: TMixer, CPE and the three projections. videos (B, T, P, D)."""
         self.check_videos(videos)
         x = videos.to(self.to_value.weight.dtype)  # cached features are float16
+        if self.input_norm is not None:
+            x = self.input_norm(x)  # (B, T, P, D), each patch over its D channels
         phi = self.tmixer(x) if self.tmixer is not None else x  # (B, T', P, D)
         f = self.positional(phi)  # (B, T', P, D)
         return SACTEmbedding(
@@ -199,7 +211,12 @@ class SACT(FewShotHead[SACTEmbedding]):
             summed_query = summed_query.sum(dim=2)  # (E, Q, P, d_k)
             diff = (summed_prototype - summed_query[:, None]) / n_frames**2  # (E, N, Q, P, d_k)
             distance = diff.pow(2).sum(dim=-1).mean(dim=-1)  # (E, N, Q)
-        return -distance.transpose(1, 2)  # (E, Q, N)
+        return -distance.transpose(1, 2) * self.distance_scale(n_frames)  # (E, Q, N)
+
+    def distance_scale(self, n_frames: int) -> int:
+        """1 for the seed's distance; T'^4 for "sum", which undoes the seed's 1/T'² inside the
+        square: the squared distance of the frame sums themselves."""
+        return 1 if self.distance == "seed" else n_frames**4
 
     @classmethod
     def prototypes(cls, s_keys: Tensor, s_values: Tensor, q_keys: Tensor) -> Tensor:

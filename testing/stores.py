@@ -7,7 +7,10 @@ chance; a head that learns to project the nuisance away separates the classes, a
 since every class shares the same informative channels. Training has something to learn.
 
 With `relu` the features are clipped at 0 like a CNN's last activations (about half of the values
-are 0), so a benchmark's compressed chunks are about as large as real ones.
+are 0), so a benchmark's compressed chunks are about as large as real ones. With `scale` and
+`shared` they become scale·f + shared·s, s a fixed positive vector over the channels that every
+video shares: the small activations dominated by a common component that a random-init CNN gives
+(on which SA-CT at the seed's formula does not train, docs/MODEL.md).
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def synthetic_features(
     nuisance: float,
     noise: float,
     relu: bool = False,
+    scale: float = 1.0,
+    shared: np.ndarray | None = None,
 ) -> np.ndarray:
     """(n, T, P, D) float16 features of videos of classes `labels` (rows of `signatures`)."""
     count, signal_dims = len(labels), signatures.shape[1]
@@ -50,6 +55,9 @@ def synthetic_features(
     features[..., signal_dims:] += per_video  # (n, T, P, D - signal)
     if relu:
         np.maximum(features, 0, out=features)
+    features *= scale
+    if shared is not None:
+        features += shared  # (D,), the same for every video, frame and patch
     return features.astype(np.float16)
 
 
@@ -71,6 +79,8 @@ def write_synthetic_store(
     pending_shards: Sequence[int] = (),
     split: str | None = None,
     relu: bool = False,
+    scale: float = 1.0,
+    shared: float = 0.0,
 ) -> str:
     """Write a labelled feature set of `classes` x `videos_per_class` synthetic videos.
 
@@ -88,6 +98,8 @@ def write_synthetic_store(
     ]
     signal_dims = min(signal_dims, dim)
     signatures = rng.standard_normal((classes, signal_dims)).astype(np.float32)
+    # its own generator, so that stores without it keep the features they always had
+    common = shared * (0.5 + np.random.default_rng([seed, 1]).random(dim, dtype=np.float32))
     root = open_root(str(location), mode="a")
     identity = {"backbone": "synthetic", "frames": frames, "dim": dim, "seed": seed}
     provenance = {"split": split} if split else {}
@@ -116,6 +128,8 @@ def write_synthetic_store(
             nuisance=nuisance,
             noise=noise,
             relu=relu,
+            scale=scale,
+            shared=common if shared else None,
         )
         if shard in pending_shards:
             continue

@@ -15,15 +15,18 @@ PATCHES = GRID[0] * GRID[1]
 CONFIGS = [(True, True), (True, False), (False, True), (False, False)]  # (tmixer, cpe)
 
 
-def make_model(*, tmixer: bool = True, cpe: bool = True, seed: int = 0) -> SACT:
+def make_model(*, tmixer: bool = True, cpe: bool = True, seed: int = 0, **options) -> SACT:
     """A SACT with every parameter random, LayerNorm affine parameters included."""
     torch.manual_seed(seed)
-    model = SACT(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K, tmixer=tmixer, cpe=cpe)
+    model = SACT(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K, tmixer=tmixer, cpe=cpe, **options)
     generator = torch.Generator().manual_seed(seed)
+    norms = [model.norm_support, model.norm_query]
+    if model.input_norm is not None:
+        norms.append(model.input_norm)
     with torch.no_grad():
-        for norm in (model.norm_support, model.norm_query):
-            norm.weight.copy_(1 + 0.5 * torch.randn(D_K, generator=generator))
-            norm.bias.copy_(torch.randn(D_K, generator=generator))
+        for norm in norms:
+            norm.weight.copy_(1 + 0.5 * torch.randn(norm.weight.shape, generator=generator))
+            norm.bias.copy_(torch.randn(norm.bias.shape, generator=generator))
     return model
 
 
@@ -97,6 +100,9 @@ def reference_cpe(model: SACT, phi: torch.Tensor) -> torch.Tensor:
 
 def reference_video(model: SACT, x: torch.Tensor):
     """Per patch vectors: support keys, query keys, values, each indexed [frame][patch]."""
+    if model.input_norm is not None:
+        x = torch.stack([torch.stack([layer_norm(model.input_norm, token) for token in frame])
+                         for frame in x])  # fmt: skip
     phi = reference_tmixer(model, x) if model.tmixer is not None else x
     f = reference_cpe(model, phi) if model.cpe is not None else phi
     frames, patches = phi.shape[:2]
@@ -132,7 +138,8 @@ def reference_logits(model: SACT, support, labels, query) -> torch.Tensor:
                     )
                     summed += t_ip - q_value[i, p]
                 distance += torch.sum((summed / frames**2) ** 2)
-            logits[q, c] = -distance / patches
+            scale = 1 if model.distance == "seed" else frames**4  # "sum": Σ_i without 1/T'²
+            logits[q, c] = -scale * distance / patches
     return logits
 
 
@@ -150,6 +157,48 @@ def test_agrees_with_loop_reference(tmixer: bool, cpe: bool) -> None:
     assert logits.dtype == torch.float64
     relative = (logits - expected).abs().max() / expected.abs().max()
     assert relative < 1e-9, f"relative error {relative:.2e}"
+
+
+@pytest.mark.parametrize("options", [{"input_norm": True}, {"distance": "sum"}])
+def test_the_deviations_from_the_seed_agree_with_the_loop_reference(options) -> None:
+    model = make_model(**options).double()
+    support, labels, query = (t.double() if t.is_floating_point() else t for t in make_episode())
+    with torch.no_grad():
+        logits = model(support, labels, query)
+        expected = reference_logits(model, support, labels, query)
+    relative = (logits - expected).abs().max() / expected.abs().max()
+    assert relative < 1e-9, f"relative error {relative:.2e}"
+    assert create_model("sact", **model.config()).config() == model.config()
+
+
+def test_at_the_seed_formula_small_features_give_flat_logits() -> None:
+    """Why SA-CT at the seed's formula can stall or collapse (docs/MODEL.md, "Training at the
+    seed's scale"). Features like a random-init CNN's (small, a component shared by every video
+    3.4x their spread) leave the TMixer dominated by its biases, the shared part 40x the
+    per-video one, and the distance's 1/T'^4 flattens the rest: untrained logits differ by ~1e-6,
+    the loss is ln N whatever the weights, and training steps follow noise. The input norm and
+    the frame-sum distance give logits that differ by ~0.2 on the same features."""
+    generator = torch.Generator().manual_seed(0)
+    dim, frames = 32, 8
+    shared = 0.1 * (0.5 + torch.rand(dim, generator=generator))  # (D,) every video's
+
+    def videos(count: int) -> torch.Tensor:
+        return 0.03 * torch.randn(count, frames, PATCHES, dim, generator=generator) + shared
+
+    support, query = videos(15), videos(10)
+    labels = torch.arange(5).repeat_interleave(3)
+    spread, shared_share = {}, {}
+    for name, options in {"seed": {}, "default": {"input_norm": True, "distance": "sum"}}.items():
+        torch.manual_seed(0)
+        model = SACT(dim=dim, frames=frames, grid=GRID, d_k=32, **options)
+        with torch.no_grad():
+            logits = model(support, labels, query)  # (Q, N)
+            values = model.embed(torch.cat([support, query])).values  # (B, T', P, d_k)
+        spread[name] = float((logits.max(dim=1).values - logits.min(dim=1).values).mean())
+        common = values.mean(dim=0)  # (T', P, d_k): what every video shares
+        shared_share[name] = float(common.norm() / (values - common).norm() * len(values) ** 0.5)
+    assert spread["seed"] < 1e-5 and spread["default"] > 0.05
+    assert shared_share["seed"] > 20 and shared_share["default"] < 5
 
 
 def test_fused_attention_and_episode_batches_give_the_reference_logits() -> None:
@@ -337,6 +386,8 @@ def test_square_grid_from_an_int_and_config_rebuilds_the_model() -> None:
         "d_k": D_K,
         "tmixer": True,
         "cpe": True,
+        "input_norm": False,
+        "distance": "seed",
     }
     rebuilt = create_model("sact", **config)
     rebuilt.load_state_dict(model.state_dict())
