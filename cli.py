@@ -501,7 +501,8 @@ def evaluate(
         EVAL.batch_size
     ),
     out: Annotated[
-        Path | None, typer.Option(help="Results JSON; default: evaluation.json in the run.")
+        Path | None,
+        typer.Option(help="Also write the results here (every run keeps its own: evaluations/)."),
     ] = EVAL.out,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
@@ -545,6 +546,38 @@ def evaluate(
     stderr.print(f"results in {results['path']}", highlight=False)
     if json_out:
         typer.echo(json.dumps(results, indent=2))
+
+
+# -- report (fewshot/report.py) --
+
+
+@app.command(
+    epilog=examples(
+        "sact report runs/sact runs/trx runs/protonet",
+        "sact report sact-demo/motion/runs --markdown results.md --json",
+    )
+)
+def report(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run directories, or folders searched for runs.")
+    ],
+    markdown: Annotated[
+        Path | None, typer.Option(help="Also write the table as markdown to this file.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """One table over many runs: mean and spread over seeds, paired differences on same episodes."""
+    from sact.extract.files import write_text_atomic
+    from sact.fewshot.report import build_report, report_json, report_markdown, report_table
+
+    with user_errors():
+        data = report_json(build_report(runs))
+    print_table(stderr if json_out else Console(), report_table(data))
+    if markdown is not None:
+        write_text_atomic(markdown, report_markdown(data))
+        stderr.print(f"markdown in {markdown}", highlight=False)
+    if json_out:
+        typer.echo(json.dumps(data, indent=2))
 
 
 # -- demo, explain (demo.py, explain.py) --

@@ -170,7 +170,7 @@ class EvalConfig:
     batch_size: int = 32  # videos per embedding forward
     workers: int = 4  # reader threads
     runs_dir: str = "runs"  # where "the latest run" is looked for
-    out: str | None = None  # results JSON; None: evaluation.json in the run directory
+    out: str | None = None  # also the results here; every run keeps its own (evaluations/)
 
     def check(self) -> None:
         """The options and the paths they name, checked before torch is imported."""

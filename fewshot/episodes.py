@@ -10,6 +10,7 @@ can be read against the other: files name videos by id, not by store index.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -276,6 +277,13 @@ def episodes_to_json(pool: VideoPool, settings: Sequence[EpisodeSet], **info: An
             for setting in settings
         ],
     }
+
+
+def episodes_digest(pool: VideoPool, setting: EpisodeSet) -> str:
+    """sha256 of a setting's episodes by class name and video id (what its episode file holds):
+    the same episodes give the same digest whatever store or pool they were drawn from."""
+    content = episodes_to_json(pool, [setting])["settings"][0]
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def save_episodes(path: Path, pool: VideoPool, settings: Sequence[EpisodeSet], **info: Any) -> None:

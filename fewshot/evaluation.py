@@ -8,6 +8,11 @@ confidence interval 1.96·std/√n over the episodes' accuracies. Episodes are a
 (split videos, N, K, Q, seed) and can be written to and read from a file, so several runs
 (`compare`) are scored on identical episodes and their difference is reported as a paired one,
 with its own confidence interval.
+
+Every evaluation is kept: each run scored gets a record in its own `evaluations/` folder, keyed by
+its checkpoint and the episodes (fewshot/records.py), holding every episode's result, which
+`sact report` reads. `--out` also writes this evaluation's results (all runs, paired differences)
+to one file.
 """
 
 from __future__ import annotations
@@ -40,13 +45,13 @@ from sact.fewshot.episodes import (
     EpisodeSet,
     VideoPool,
     build_pool,
+    episodes_digest,
     load_episodes,
     resolve_split,
     save_episodes,
 )
 from sact.fewshot.features import SplitFeatures
-
-RESULTS_FILE = "evaluation.json"
+from sact.fewshot.records import record_name, weights_digest, write_record
 
 
 @dataclass
@@ -219,11 +224,67 @@ def evaluate(config: EvalConfig, console: Console | None = None) -> dict[str, An
         }
         for name, scored in [(main.name, main), *((o.name, o) for o in others)]
     }
-    out = Path(config.out) if config.out else run_dir_of(checkpoint) / RESULTS_FILE
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, json.dumps(results, indent=2) + "\n")
-    results["path"] = str(out)
+    digests = [episodes_digest(main.pool, setting) for setting in settings]
+    compared = {
+        other.name: [entry["paired_differences"][other.name] for entry in results["settings"]]
+        for other in others
+    }
+    results["records"] = {}
+    for scored in [main, *others]:
+        mine = compared if scored is main else {}
+        path = keep(scored, accuracies[scored.name], settings, digests, config, compared=mine)
+        results["records"][scored.name] = str(path)
+    if config.out:
+        out = Path(config.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, json.dumps(results, indent=2) + "\n")
+    results["path"] = config.out or results["records"][main.name]
     return results
+
+
+def keep(
+    scored: Scored,
+    accuracies: list[np.ndarray],
+    settings: list[EpisodeSet],
+    digests: list[str],
+    config: EvalConfig,
+    *,
+    compared: dict[str, list[dict[str, float]]],
+) -> Path:
+    """The run's record of this evaluation, in its evaluations/ folder (fewshot/records.py)."""
+    checkpoint = scored.checkpoint
+    weights = weights_digest(checkpoint)
+    data = {
+        "created": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "run": str(run_dir_of(checkpoint).resolve()),
+        "model": checkpoint.model,
+        "model_config": checkpoint.model_config,
+        "checkpoint": checkpoint.folder.name,
+        "step": checkpoint.step,
+        "weights": weights,
+        "feature_set": scored.feature_set.name,
+        "store": scored.feature_set.location,
+        "split": config.split,
+        "settings": [
+            {
+                "way": setting.way,
+                "shot": setting.shot,
+                "query": setting.queries,
+                "episodes": len(setting.episodes),
+                "episodes_digest": digest,
+                "accuracy": mean_and_interval(per_episode)[0],
+                "ci95": mean_and_interval(per_episode)[1],
+                # each episode's correct queries: its accuracy times its N·Q queries
+                "correct": np.rint(per_episode * setting.way * setting.queries)
+                .astype(int)
+                .tolist(),
+            }
+            for setting, digest, per_episode in zip(settings, digests, accuracies, strict=True)
+        ],
+        "compared": compared,
+        "config": asdict(config),
+    }
+    return write_record(run_dir_of(checkpoint), record_name(checkpoint, weights, digests), data)
 
 
 def results_table(results: dict[str, Any]) -> Table:

@@ -46,7 +46,7 @@ def test_train_then_evaluate_the_latest_run_with_no_arguments(workdir):
     assert [s["shot"] for s in results["settings"]] == [1, 5]
     assert list(results["runs"]) == [result["run_dir"]]
     assert results["runs"][result["run_dir"]]["store"] == str(workdir / "feats.zarr")
-    assert (run_dir / "evaluation.json").is_file()
+    assert len(list((run_dir / "evaluations").glob("best-step*.json"))) == 1
 
     table = runner.invoke(app, ["evaluate", "--way", "3", "--shot", "1", "--episodes", "20"])
     assert table.exit_code == 0 and "5-way" not in table.stdout and "3-way 1-shot" in table.stdout

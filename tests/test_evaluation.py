@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from sact.fewshot.checkpoints import read_checkpoint
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.evaluation import EvalConfig, evaluate, results_table
 from sact.fewshot.features import SplitFeatures, segment_frames
+from sact.fewshot.records import read_record
 from sact.fewshot.training import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -72,9 +74,37 @@ def test_the_same_evaluation_twice_gives_identical_numbers(runs, tmp_path):
 def test_results_land_in_the_run_directory_by_default(runs):
     _, _, _, sact, _ = runs
     results = evaluate(config(sact, shots=(1,), episodes=10))
-    assert results["path"] == str(sact / "evaluation.json")
-    assert json.loads((sact / "evaluation.json").read_text())["runs"][str(sact)]["model"] == "sact"
+    record = Path(results["path"])
+    assert record.parent == sact / "evaluations" and not (sact / "evaluation.json").exists()
+    assert json.loads(record.read_text())["model"] == "sact"
     assert results_table(results).row_count == 1
+
+
+def test_every_evaluation_of_a_run_is_kept(runs):
+    """One record per (checkpoint, episodes): the same evaluation again rewrites its own record
+    with the same numbers, other episodes or another checkpoint add one; none is lost."""
+    _, _, _, sact, floor = runs
+    first = evaluate(config(sact, shots=(1,), episodes=12, seed=3, compare=(str(floor),)))
+    again = evaluate(config(sact, shots=(1,), episodes=12, seed=3))
+    other = evaluate(config(sact, shots=(1,), episodes=12, seed=4))
+    last = evaluate(config(sact, shots=(1,), episodes=12, seed=3, checkpoint="last"))
+    paths = {first["path"], again["path"], other["path"], last["path"]}
+    assert first["path"] == again["path"] and len(paths) == 3
+    assert {Path(p).name.split("-")[0] for p in paths} == {"best", "last"}
+    records = {path: read_record(Path(path)) for path in [first["path"], other["path"]]}
+    for results in (first, other):
+        record = records[results["path"]]
+        (setting,) = record.settings
+        expected = results["settings"][0]["runs"][str(sact)]["accuracy"]
+        assert setting.accuracies.mean() == pytest.approx(expected) and len(setting.correct) == 12
+        assert record.data["step"] == read_checkpoint(sact / "checkpoints/best").step
+    assert records[first["path"]].settings[0].episodes_digest != (
+        records[other["path"]].settings[0].episodes_digest
+    )
+    # the compared run keeps its own record, on the same episodes
+    (theirs,) = read_record(Path(first["records"][str(floor)])).settings
+    assert theirs.episodes_digest == records[first["path"]].settings[0].episodes_digest
+    assert str(floor) in records[first["path"]].data["compared"]
 
 
 def test_embedding_once_gives_the_logits_of_a_full_forward(runs):
