@@ -17,6 +17,8 @@ class DemoConfig:
 
     out: Path = Path("sact-demo")
     seed: int = 0
+    task: str = "motion"  # a task of extract/synthetic.py, or "all"
+    seeds: int = 1  # training seeds per variant: seed, seed + 1, ...
     # the dataset
     videos_per_class: int = 20
     video_frames: int = 16
@@ -32,7 +34,7 @@ class DemoConfig:
     workers: int = 1
     # stage 2
     d_k: int = 128
-    iterations: int = 300
+    iterations: int = 200
     lr: float = 3e-3
     warmup: int = 20
     tasks_per_batch: int = 1

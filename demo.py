@@ -1,25 +1,30 @@
-"""`sact demo`: the whole chain on a synthetic dataset, offline, in minutes on a laptop CPU.
+"""`sact demo`: a suite of synthetic few-shot tasks with known answers, offline, on a laptop CPU.
 
-    generate videos (extract/synthetic.py: only the motion defines the class)
-        ─▶ sact extract (a small random-init timm backbone)
-        ─▶ sact train: SA-CT and TRX on the same store (nothing to train for the nearest mean)
-        ─▶ sact evaluate: all of them on identical test episodes, SA-CT's paired differences
-        ─▶ one table, demo.json, the training curves and an attention figure
+For each task (extract/synthetic.py, TASKS):
+
+    generate videos ─▶ sact extract (a small random-init timm backbone)
+        ─▶ sact train: every variant of VARIANTS, once per training seed, on the same store
+        ─▶ sact evaluate: every run on identical test episodes (kept in each run's evaluations/)
+        ─▶ sact report: mean over seeds, spread between seeds, paired differences to SA-CT,
+           beside the ranking the task's structure predicts (TASKS_PREDICTED, written before the
+           first run)
 
 Every stage is the library's own entry point, called as the command line calls it, and every stage
 resumes: run the same command again after a kill and finished work is skipped.
 
-The defaults were chosen so the demo finishes in minutes on two CPU cores (README.md holds the
-measured table): 64-pixel videos and a ViT-Tiny at 64 px (a 4×4 patch grid, D = 192) with seeded
-random weights, since a demo cannot download pretrained ones; a small projection width (d_k = 128)
-and a higher learning rate with a short warm-up than `sact train`'s defaults, so 300 steps suffice.
+The defaults were chosen so a task (8 variants, 7 of them trained, one seed each) finishes in a
+few minutes on two CPU cores, and all four tasks with three seeds in about an hour (README.md holds
+the measured tables): 64-pixel videos and a ViT-Tiny at 64 px (a 4×4 patch grid, D = 192) with
+seeded random weights, since a demo cannot download pretrained ones; a small projection width
+(d_k = 128) and a higher learning rate with a short warm-up than `sact train`'s defaults, so 200
+steps suffice. Every learned variant gets the same steps, learning rate, episodes and seeds.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +37,13 @@ from sact.explain import explain
 from sact.extract.errors import SactError
 from sact.extract.files import write_text_atomic
 from sact.extract.pipeline import ExtractConfig, run_extraction
-from sact.extract.synthetic import ACTION_CLASSES, SyntheticDatasetConfig, make_synthetic_dataset
+from sact.extract.synthetic import TASKS, SyntheticDatasetConfig, make_synthetic_dataset
 from sact.fewshot.evaluation import EvalConfig, evaluate
-from sact.fewshot.kinds import ModelKind, model_kind
+from sact.fewshot.report import Report, build_report, report_json
 from sact.fewshot.training import CONFIG_FILE, TrainConfig, train
 
 RESULTS_FILE = "demo.json"
-REFERENCE = "sact"  # the model every other one is compared with
-KINDS = ("sact", "nearest-mean", "trx")  # what the demo trains, the reference first
-
-
-def demo_kinds() -> list[ModelKind]:
-    return [model_kind(name) for name in KINDS]
+MARKDOWN_FILE = "demo.md"
 
 
 class DemoError(SactError):
@@ -51,36 +51,141 @@ class DemoError(SactError):
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One model the suite trains: a model kind and what its training config changes."""
+
+    name: str  # its runs' folder
+    label: str
+    model: str
+    changes: tuple[tuple[str, Any], ...] = ()  # TrainConfig fields
+
+
+# SA-CT first: the reference of every paired difference.
+VARIANTS = (
+    Variant("sact", "SA-CT", "sact"),
+    Variant("sact-no-tmixer", "SA-CT −TMixer", "sact", (("tmixer", False),)),
+    Variant("sact-no-cpe", "SA-CT −CPE", "sact", (("cpe", False),)),
+    Variant(
+        "sact-seed-formula",
+        "SA-CT, seed's formula",
+        "sact",
+        (("input_norm", False), ("distance", "seed")),
+    ),
+    Variant("protonet", "ProtoNet", "protonet"),
+    Variant("trx", "TRX", "trx"),
+    Variant("trx-grid", "TRX-grid", "trx-grid"),
+    Variant("nearest-mean", "nearest mean", "nearest-mean"),
+)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a task's structure predicts, written down before it was run: tiers of variants, best
+    first (variants of one tier are expected within each other's confidence intervals)."""
+
+    tiers: tuple[tuple[str, ...], ...]
+    why: str
+
+    def tier(self, variant: str) -> int:
+        return next(number for number, tier in enumerate(self.tiers) if variant in tier)
+
+
+TASKS_PREDICTED = {
+    "appearance": Prediction(
+        tiers=(
+            ("sact", "sact-no-tmixer", "sact-no-cpe", "protonet", "trx-grid"),
+            ("sact-seed-formula", "trx"),
+            ("nearest-mean",),
+        ),
+        why="the class is what the object looks like, wherever it is and however it moves: every "
+        "head that can single out the object's patches before pooling does well, and SA-CT must "
+        "not lose to them. TRX sees only the patch mean, where the object is 1/16 of the frame; "
+        "the raw mean is dominated by the random background. At the seed's formula SA-CT starts "
+        "from flat logits and spends much of the 200 steps getting out of them.",
+    ),
+    "order": Prediction(
+        tiers=(
+            ("sact", "sact-no-cpe", "trx", "trx-grid"),
+            ("sact-no-tmixer", "sact-seed-formula"),
+            ("protonet", "nearest-mean"),
+        ),
+        why="every class shows the same four colours for as long, only their order differs: "
+        "anything that averages over time is at chance (ProtoNet, nearest mean). The TMixer "
+        "mixes frames in order and TRX compares ordered frame tuples. Without the TMixer, "
+        "SA-CT sums the values over frames before the distance, so only its frame-aligned "
+        "attention can tell orders apart; at the seed's formula it starts from flat logits.",
+    ),
+    "motion": Prediction(
+        tiers=(
+            ("sact", "sact-no-cpe"),
+            ("trx-grid", "sact-seed-formula"),
+            ("sact-no-tmixer", "trx"),
+            ("protonet", "nearest-mean"),
+        ),
+        why="the class is only the motion, at a random place: SA-CT aligns patches across "
+        "videos by attention; TRX-grid keeps a coarse layout of each frame; the faithful TRX's "
+        "patch mean keeps almost nothing of where the object is (an information limit of the "
+        "pooling); without the TMixer SA-CT loses the order of frames in its values. Pooling over "
+        "time erases the order of the motion: ProtoNet and the nearest mean near chance. At the "
+        "seed's formula SA-CT learns the same model from flat logits, slower (val 32% against "
+        "56% after 300 steps in one earlier run).",
+    ),
+    "clutter": Prediction(
+        tiers=(
+            ("sact", "sact-no-tmixer", "sact-no-cpe"),
+            ("sact-seed-formula", "protonet", "trx", "trx-grid"),
+            ("nearest-mean",),
+        ),
+        why="the class object moves among three others whose identities are those of other "
+        "classes: matching patches finds the one object a query shares with a class's support "
+        "videos, while pooling mixes it with three random identities (worst at 1 shot); the "
+        "seed's formula starts from flat logits.",
+    ),
+}
+
+
+@dataclass(frozen=True)
 class DemoResult:
     results: dict[str, Any]  # what demo.json holds
-    table: Table
+    tables: list[Table]
+    markdown: str
     path: Path
+    markdown_path: Path
 
 
 def _stage(console: Console, title: str) -> None:
     console.rule(f"[bold]{title}")
 
 
-def generate(config: DemoConfig, console: Console) -> Path:
-    """The synthetic dataset under out/dataset; videos already written are kept."""
+def task_names(config: DemoConfig) -> tuple[str, ...]:
+    if config.task == "all":
+        return tuple(TASKS)
+    if config.task not in TASKS:
+        raise DemoError(f"--task must be all or one of {', '.join(TASKS)}, got {config.task!r}")
+    return (config.task,)
+
+
+def generate(config: DemoConfig, task: str, folder: Path, console: Console) -> Path:
+    """The task's synthetic dataset under folder/dataset; videos already written are kept."""
     dataset_config = SyntheticDatasetConfig(
-        root=config.out / "dataset",
+        root=folder / "dataset",
         videos_per_class=config.videos_per_class,
         frames=config.video_frames,
         size=config.video_size,
         suffix=config.video_suffix,
         seed=config.seed,
+        task=task,
     )
-    total = len(ACTION_CLASSES) * config.videos_per_class
+    total = len(TASKS[task]) * config.videos_per_class
     columns = (TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("generate", total=total)
-        make_synthetic_dataset(dataset_config, on_video=lambda _: progress.advance(task))
+        bar = progress.add_task("generate", total=total)
+        make_synthetic_dataset(dataset_config, on_video=lambda _: progress.advance(bar))
     return dataset_config.root
 
 
-def extract(config: DemoConfig, dataset: Path, console: Console) -> str:
-    store = str(config.out / "feats.zarr")
+def extract(config: DemoConfig, dataset: Path, folder: Path, console: Console) -> str:
+    store = str(folder / "feats.zarr")
     summary = run_extraction(
         ExtractConfig(
             videos=dataset / "videos",
@@ -105,87 +210,158 @@ def extract(config: DemoConfig, dataset: Path, console: Console) -> str:
     return store
 
 
-def train_models(
-    config: DemoConfig, dataset: Path, store: str, console: Console
-) -> dict[str, Path]:
-    """One run per model under out/runs/<model>; a run already there is resumed (or kept)."""
-    runs = {}
-    for kind in demo_kinds():
-        run_dir = config.out / "runs" / kind.name
-        console.print(f"[bold]{kind.display_name}")
-        train(
-            TrainConfig(
-                feats=store,
-                split=str(dataset),
-                model=kind.name,
-                way=config.way,
-                shot=config.train_shot,
-                query=config.train_query,
-                d_k=config.d_k if "d_k" in kind.options else None,
-                iterations=config.iterations,
-                lr=config.lr,
-                warmup=config.warmup,
-                tasks_per_batch=config.tasks_per_batch,
-                val_every=config.val_every,
-                val_episodes=config.val_episodes,
-                out=str(run_dir),
-                seed=config.seed,
-                device=config.device,
-                resume=(run_dir / CONFIG_FILE).exists(),
-            ),
-            console=console,
-        )
-        runs[kind.name] = run_dir
+def run_folder(folder: Path, variant: Variant, seed: int) -> Path:
+    return folder / "runs" / variant.name / f"seed{seed}"
+
+
+def train_config(
+    config: DemoConfig, variant: Variant, seed: int, dataset: Path, store: str, run_dir: Path
+) -> TrainConfig:
+    """The same budget, learning rate and episodes for every variant; only the seed differs
+    between a variant's runs."""
+    base = TrainConfig(
+        feats=store,
+        split=str(dataset),
+        model=variant.model,
+        way=config.way,
+        shot=config.train_shot,
+        query=config.train_query,
+        d_k=config.d_k if variant.model != "nearest-mean" else None,
+        iterations=config.iterations,
+        lr=config.lr,
+        warmup=config.warmup,
+        tasks_per_batch=config.tasks_per_batch,
+        val_every=config.val_every,
+        val_episodes=config.val_episodes,
+        out=str(run_dir),
+        seed=config.seed + seed,
+        device=config.device,
+        resume=(run_dir / CONFIG_FILE).exists(),
+    )
+    return replace(base, **dict(variant.changes))
+
+
+def seeds_of(config: DemoConfig, variant: Variant) -> range:
+    """A model with nothing to train gives the same run for every seed: one is enough."""
+    return range(1) if variant.model == "nearest-mean" else range(config.seeds)
+
+
+def train_variants(
+    config: DemoConfig, dataset: Path, store: str, folder: Path, console: Console
+) -> list[Path]:
+    """Every variant, once per seed; a run already there is resumed (or kept)."""
+    runs = []
+    for variant in VARIANTS:
+        for seed in seeds_of(config, variant):
+            run_dir = run_folder(folder, variant, seed)
+            console.print(f"[bold]{variant.label}[/], seed {config.seed + seed}")
+            train(train_config(config, variant, seed, dataset, store, run_dir), console=console)
+            runs.append(run_dir)
     return runs
 
 
-def compared_kinds() -> list[ModelKind]:
-    """The kinds the reference is compared with: every other one."""
-    return [kind for kind in demo_kinds() if kind.name != REFERENCE]
+def evaluate_runs(config: DemoConfig, runs: list[Path], folder: Path, console: Console) -> None:
+    """Every run on the task's test episodes, drawn once and kept in test_episodes.json."""
+    for run_dir in runs:
+        evaluate(
+            EvalConfig(
+                run=str(run_dir),
+                way=config.way,
+                shots=config.shots,
+                episodes=config.episodes,
+                seed=config.seed,
+                device=config.device,
+                episodes_file=str(folder / "test_episodes.json"),
+            ),
+            console=console,
+        )
 
 
-def demo_table(evaluation: dict[str, Any]) -> Table:
-    """Accuracy ± 95% CI of each model, then the reference's paired difference to each other."""
-    way = evaluation["settings"][0]["way"]
+def variant_of(row: dict[str, Any]) -> Variant:
+    """The variant whose runs a report row holds (the runs' folder names it)."""
+    name = Path(row["runs"][0]).parent.name
+    return next(variant for variant in VARIANTS if variant.name == name)
+
+
+def compare_to_prediction(report: Report, rows: list[dict[str, Any]], task: str) -> dict:
+    """Measured ranks (by the last shot setting's accuracy) and the pairs the prediction got
+    wrong: a variant predicted in a better tier that measured significantly worse."""
+    prediction = TASKS_PREDICTED[task]
+    names = [variant_of(row).name for row in rows]
+    last = len(report.settings) - 1
+    accuracy = [row["scores"][last]["accuracy"] for row in rows]
+    order = sorted(range(len(rows)), key=lambda number: -accuracy[number])
+    ranks = {names[number]: rank + 1 for rank, number in enumerate(order)}
+    disagreements = []
+    for a, first in enumerate(names):
+        for b, second in enumerate(names):
+            if prediction.tier(first) >= prediction.tier(second):
+                continue
+            difference, interval = report.paired(a, b, last)
+            if difference < -interval:
+                disagreements.append(
+                    {
+                        "predicted_better": first,
+                        "measured_better": second,
+                        "difference": difference,
+                        "ci95": interval,
+                    }
+                )
+    return {"ranks": ranks, "disagreements": disagreements}
+
+
+def task_table(task: str, data: dict[str, Any], ranking: dict[str, Any]) -> Table:
+    settings = data["settings"]
+    way = settings[0]["way"]
     table = Table(
-        title=f"sact demo: {way}-way accuracy on unseen test classes (%, ± 95% CI), "
-        f"chance {100 / way:.0f}%"
+        title=f"sact demo --task {task}: {way}-way accuracy on unseen test classes "
+        f"(%, mean over seeds ± 95% CI), chance {100 / way:.0f}%"
     )
-    table.add_column("setting")
-    table.add_column("episodes", justify="right")
-    reference = model_kind(REFERENCE).display_name
-    for kind in demo_kinds():
-        table.add_column(kind.display_name, justify="right")
-    for kind in compared_kinds():
-        table.add_column(f"{reference} − {kind.display_name}", justify="right")
-    for setting in evaluation["settings"]:
-        entry = by_model(setting, evaluation)
-        scores, paired = entry["accuracy"], entry["sact_minus"]
-        best = max(score["accuracy"] for score in scores.values())
-        row = [f"{setting['way']}-way {setting['shot']}-shot", str(setting["episodes"])]
-        for kind in demo_kinds():
-            score = scores[kind.name]
-            text = f"{100 * score['accuracy']:.1f} ± {100 * score['ci95']:.1f}"
-            row.append(f"[bold]{text}" if score["accuracy"] == best else text)
-        for kind in compared_kinds():
-            diff = paired[kind.name]
-            significant = abs(diff["difference"]) > diff["ci95"]
-            text = f"{100 * diff['difference']:+.1f} ± {100 * diff['ci95']:.1f}"
-            row.append(text if significant else f"[dim]{text}")
-        table.add_row(*row)
+    for column in ("variant", "predicted tier", "seeds"):
+        table.add_column(column)
+    for s in settings:
+        table.add_column(f"{s['shot']}-shot", justify="right")
+        table.add_column("seed range", justify="right")
+        table.add_column("Δ vs SA-CT", justify="right")
+    table.add_column("measured rank", justify="right")
+    prediction = TASKS_PREDICTED[task]
+    for number, row in enumerate(data["rows"]):
+        variant = variant_of(row)
+        cells = [variant.label, str(prediction.tier(variant.name) + 1), str(len(row["seeds"]))]
+        for score in row["scores"]:
+            cells.append(f"{100 * score['accuracy']:.1f} ± {100 * score['ci95']:.1f}")
+            seeds = score["seed_accuracies"]
+            spread = f"{100 * min(seeds):.1f}–{100 * max(seeds):.1f}" if len(seeds) > 1 else ""
+            cells.append(spread)
+            difference = f"{100 * score['difference']:+.1f} ± {100 * score['difference_ci95']:.1f}"
+            cells.append("" if number == 0 else difference)
+        cells.append(str(ranking["ranks"][variant.name]))
+        table.add_row(*cells)
     return table
 
 
-def by_model(setting: dict[str, Any], evaluation: dict[str, Any]) -> dict[str, Any]:
-    """One shot setting of the evaluation, keyed by model kind instead of run directory."""
-    kind = {name: run["model"] for name, run in evaluation["runs"].items()}
-    return {
-        "way": setting["way"],
-        "shot": setting["shot"],
-        "episodes": setting["episodes"],
-        "accuracy": {kind[name]: score for name, score in setting["runs"].items()},
-        "sact_minus": {kind[name]: diff for name, diff in setting["paired_differences"].items()},
-    }
+def task_markdown(task: str, data: dict[str, Any], ranking: dict[str, Any]) -> str:
+    """The task's table for README.md and bench/RESULTS.md."""
+    table = task_table(task, data, ranking)
+    columns = [str(column.header) for column in table.columns]
+    lines = [
+        f"**{task}** ({TASKS_PREDICTED[task].why})",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "| " + " | ".join("---" if n < 3 else "---:" for n in range(len(columns))) + " |",
+    ]
+    rows = zip(*(column.cells for column in table.columns), strict=True)
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    if ranking["disagreements"]:
+        wrong = "; ".join(
+            f"{d['measured_better']} above {d['predicted_better']} "
+            f"({100 * d['difference']:+.1f} ± {100 * d['ci95']:.1f})"
+            for d in ranking["disagreements"]
+        )
+        lines += ["", f"Measured against the prediction: {wrong}."]
+    else:
+        lines += ["", "No variant measured significantly below one predicted in a lower tier."]
+    return "\n".join(lines) + "\n"
 
 
 def pick_explained_pair(dataset: Path) -> tuple[str, str]:
@@ -194,70 +370,84 @@ def pick_explained_pair(dataset: Path) -> tuple[str, str]:
     return first.split("/", 1)[1], second.split("/", 1)[1]
 
 
-def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
-    """Generate, extract, train every model kind, evaluate them on the same episodes, draw."""
-    console = console or Console(stderr=True)
-    config.out.mkdir(parents=True, exist_ok=True)
+def run_task(config: DemoConfig, task: str, console: Console) -> dict[str, Any]:
+    folder = config.out / task
+    folder.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 
-    _stage(console, "1/5 generate a synthetic few-shot action dataset")
-    dataset = generate(config, console)
+    _stage(console, f"{task} 1/5 generate the task's few-shot dataset")
+    dataset = generate(config, task, folder, console)
     seconds["generate"] = time.perf_counter() - started
 
-    _stage(console, f"2/5 extract features ({config.backbone}, random init, {config.size} px)")
+    _stage(
+        console, f"{task} 2/5 extract features ({config.backbone}, random init, {config.size} px)"
+    )
     mark = time.perf_counter()
-    store = extract(config, dataset, console)
+    store = extract(config, dataset, folder, console)
     seconds["extract"] = time.perf_counter() - mark
 
-    names = [kind.display_name for kind in demo_kinds()]
-    _stage(console, f"3/5 train {', '.join(names[:-1])} and {names[-1]} on the same store")
+    _stage(console, f"{task} 3/5 train {len(VARIANTS)} variants × {config.seeds} seed(s)")
     mark = time.perf_counter()
-    runs = train_models(config, dataset, store, console)
+    runs = train_variants(config, dataset, store, folder, console)
     seconds["train"] = time.perf_counter() - mark
 
-    _stage(console, f"4/5 evaluate all {len(names)} on identical test episodes")
+    _stage(console, f"{task} 4/5 evaluate every run on identical test episodes")
     mark = time.perf_counter()
-    evaluation = evaluate(
-        EvalConfig(
-            run=str(runs[REFERENCE]),
-            compare=tuple(str(runs[kind.name]) for kind in compared_kinds()),
-            way=config.way,
-            shots=config.shots,
-            episodes=config.episodes,
-            seed=config.seed,
-            device=config.device,
-            episodes_file=str(config.out / "test_episodes.json"),
-            out=str(config.out / "evaluation.json"),
-        ),
-        console=console,
-    )
+    evaluate_runs(config, runs, folder, console)
+    report = build_report(runs)
+    data = report_json(report)
+    ranking = compare_to_prediction(report, data["rows"], task)
     seconds["evaluate"] = time.perf_counter() - mark
 
-    _stage(console, "5/5 draw SA-CT's attention")
+    _stage(console, f"{task} 5/5 draw SA-CT's attention")
     mark = time.perf_counter()
     query, support = pick_explained_pair(dataset)
+    sact_run = run_folder(folder, VARIANTS[0], 0)
     attention_png = explain(
-        ExplainConfig(
-            run=runs[REFERENCE], query=query, support=support, out=config.out / "attention.png"
-        )
+        ExplainConfig(run=sact_run, query=query, support=support, out=folder / "attention.png")
     )
     seconds["explain"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - started
-
-    table = demo_table(evaluation)
-    results = {
-        "config": config.to_json(),
+    return {
         "dataset": str(dataset),
         "store": store,
-        "runs": {model: str(run) for model, run in runs.items()},
-        "settings": [by_model(setting, evaluation) for setting in evaluation["settings"]],
+        "predicted": {
+            "tiers": [list(tier) for tier in TASKS_PREDICTED[task].tiers],
+            "why": TASKS_PREDICTED[task].why,
+        },
+        "report": data,
+        "measured": ranking,
         "figures": {
             "attention": str(attention_png),
-            **{f"training_curve_{m}": str(runs[m] / "training_curve.png") for m in runs},
+            **{
+                f"training_curve_{Path(run).parent.name}": str(Path(run) / "training_curve.png")
+                for run in runs
+                if Path(run).name == "seed0"
+            },
         },
         "seconds": {stage: round(value, 1) for stage, value in seconds.items()},
     }
+
+
+def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
+    """Every asked task: generate, extract, train every variant per seed, evaluate, report."""
+    console = console or Console(stderr=True)
+    if config.seeds < 1:
+        raise DemoError(f"--seeds must be at least 1, got {config.seeds}")
+    tasks = task_names(config)
+    config.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results: dict[str, Any] = {"config": config.to_json(), "tasks": {}}
+    for task in tasks:
+        results["tasks"][task] = run_task(config, task, console)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    tables, markdown = [], []
+    for task, outcome in results["tasks"].items():
+        tables.append(task_table(task, outcome["report"], outcome["measured"]))
+        markdown.append(task_markdown(task, outcome["report"], outcome["measured"]))
     path = config.out / RESULTS_FILE
     write_text_atomic(path, json.dumps(results, indent=2) + "\n")
-    return DemoResult(results=results, table=table, path=path)
+    markdown_path = config.out / MARKDOWN_FILE
+    write_text_atomic(markdown_path, "\n".join(markdown))
+    return DemoResult(results, tables, "\n".join(markdown), path, markdown_path)

@@ -1,4 +1,5 @@
-"""`sact demo` end to end on a tiny config: the real entry points, generated videos, 3 models."""
+"""`sact demo` end to end on a tiny config: the real entry points, generated videos, every model
+variant with two seeds, the report and the prediction beside it."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from sact.demo import KINDS, DemoConfig, run_demo
+from sact.demo import TASKS_PREDICTED, VARIANTS, DemoConfig, DemoError, run_demo
 from sact.extract.claims import CLAIMS_PREFIX
-
-MODELS = list(KINDS)
+from sact.extract.synthetic import TASKS
 
 TINY = {
     "videos_per_class": 2,
@@ -30,6 +30,8 @@ TINY = {
     "train_query": 1,
     "shots": (1,),
     "workers": 0,
+    "seeds": 2,
+    "task": "order",
 }
 
 
@@ -42,41 +44,59 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory):
     return result, out
 
 
-def test_demo_writes_results_for_all_three_models(demo_run) -> None:
+@pytest.mark.slow
+def test_every_variant_and_seed_is_trained_evaluated_and_reported(demo_run) -> None:
     result, out = demo_run
     saved = json.loads(result.path.read_text())
-    assert saved == result.results
-    assert saved["config"]["iterations"] == 2
-    (setting,) = saved["settings"]
-    assert (setting["way"], setting["shot"], setting["episodes"]) == (5, 1, 30)
-    assert set(setting["accuracy"]) == set(MODELS)
-    for score in setting["accuracy"].values():
-        assert 0.0 <= score["accuracy"] <= 1.0 and score["ci95"] >= 0.0
-    assert set(setting["sact_minus"]) == {"nearest-mean", "trx"}
-    # the paired difference is the difference of the means (same episodes for every model)
-    for model, diff in setting["sact_minus"].items():
-        expected = setting["accuracy"]["sact"]["accuracy"] - setting["accuracy"][model]["accuracy"]
-        assert diff["difference"] == pytest.approx(expected)
-    assert [column.header for column in result.table.columns][2:] == [
-        "SA-CT", "nearest mean", "TRX", "SA-CT − nearest mean", "SA-CT − TRX",
-    ]  # fmt: skip
+    assert saved == result.results and set(saved["tasks"]) == {"order"}
+    task = saved["tasks"]["order"]
+    rows = task["report"]["rows"]
+    names = [Path(row["runs"][0]).parent.name for row in rows]
+    assert names == [variant.name for variant in VARIANTS]  # SA-CT first: the reference
+    for name, row in zip(names, rows, strict=True):
+        assert row["seeds"] == ([0] if name == "nearest-mean" else [0, 1])
+        (score,) = row["scores"]
+        assert 0.0 <= score["accuracy"] <= 1.0 and len(score["seed_accuracies"]) == len(
+            row["seeds"]
+        )
+    assert task["report"]["settings"][0]["episodes"] == 30
+    # every run kept its evaluation, on the same episodes
+    digests = {
+        json.loads(path.read_text())["settings"][0]["episodes_digest"]
+        for path in (out / "demo/order/runs").rglob("evaluations/*.json")
+    }
+    assert len(digests) == 1
+    # the prediction is written beside the measurement, every variant in one tier
+    assert task["predicted"]["tiers"] == [list(t) for t in TASKS_PREDICTED["order"].tiers]
+    assert sorted(task["measured"]["ranks"].values()) == list(range(1, len(VARIANTS) + 1))
+    assert "predicted tier" in [column.header for column in result.tables[0].columns]
+    assert "| SA-CT |" in result.markdown and (out / "demo/demo.md").read_text() == result.markdown
     progress = (out / "console.txt").read_text()
-    assert "5/5" in progress and "extract" in progress
+    assert "order 5/5" in progress and "extract" in progress
 
 
+def test_every_task_predicts_a_tier_for_every_variant() -> None:
+    assert set(TASKS_PREDICTED) == set(TASKS)
+    for prediction in TASKS_PREDICTED.values():
+        listed = [name for tier in prediction.tiers for name in tier]
+        assert sorted(listed) == sorted(variant.name for variant in VARIANTS)
+
+
+@pytest.mark.slow
 def test_demo_draws_its_figures(demo_run) -> None:
     result, _ = demo_run
-    figures = result.results["figures"]
-    assert set(figures) == {"attention", *(f"training_curve_{m}" for m in MODELS)}
+    figures = result.results["tasks"]["order"]["figures"]
+    assert "attention" in figures and "training_curve_sact" in figures
     for path in figures.values():
         image = np.asarray(Image.open(path).convert("RGB"))
         assert image.shape[0] > 100 and image.shape[1] > 100
         assert image.std() > 5  # something drawn
 
 
+@pytest.mark.slow
 def test_demo_test_classes_are_unseen_in_training(demo_run) -> None:
     result, _ = demo_run
-    dataset = Path(result.results["dataset"])
+    dataset = Path(result.results["tasks"]["order"]["dataset"])
     classes = {
         part: {line.split("/")[0] for line in (dataset / f"{part}list.txt").read_text().split()}
         for part in ("train", "val", "test")
@@ -84,12 +104,12 @@ def test_demo_test_classes_are_unseen_in_training(demo_run) -> None:
     assert not classes["train"] & classes["test"] and not classes["val"] & classes["test"]
 
 
-def finished_work(demo_dir: Path) -> dict[str, int]:
-    """Modification times of the videos, features and checkpoints the demo wrote."""
+def finished_work(task_dir: Path) -> dict[str, int]:
+    """Modification times of the videos, features, checkpoints and evaluations the demo wrote."""
     written = [
-        *(demo_dir / "dataset").rglob(f"*{DemoConfig.video_suffix}"),
-        *(demo_dir / "feats.zarr").rglob("*"),
-        *(demo_dir / "runs").glob("*/checkpoints/*/*"),
+        *(task_dir / "dataset").rglob(f"*{DemoConfig.video_suffix}"),
+        *(task_dir / "feats.zarr").rglob("*"),
+        *(task_dir / "runs").glob("*/*/checkpoints/*/*"),
     ]
     return {
         str(path): path.stat().st_mtime_ns
@@ -98,9 +118,17 @@ def finished_work(demo_dir: Path) -> dict[str, int]:
     }
 
 
+@pytest.mark.slow
 def test_demo_again_resumes_and_gives_the_same_numbers(demo_run) -> None:
     result, out = demo_run
-    before = finished_work(out / "demo")
+    before = finished_work(out / "demo/order")
     again = run_demo(DemoConfig(out=out / "demo", **TINY), console=Console(quiet=True))
-    assert again.results["settings"] == result.results["settings"]
-    assert finished_work(out / "demo") == before  # nothing generated, extracted or trained again
+    assert again.results["tasks"]["order"]["report"] == result.results["tasks"]["order"]["report"]
+    assert finished_work(out / "demo/order") == before  # nothing generated, extracted or trained
+
+
+def test_an_unknown_task_or_no_seed_is_refused(tmp_path) -> None:
+    with pytest.raises(DemoError, match="--task must be all or one of appearance, order"):
+        run_demo(DemoConfig(out=tmp_path, task="dance"), console=Console(quiet=True))
+    with pytest.raises(DemoError, match="--seeds must be at least 1"):
+        run_demo(DemoConfig(out=tmp_path, seeds=0), console=Console(quiet=True))
