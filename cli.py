@@ -349,7 +349,7 @@ def train(
         bool, typer.Option(help="SA-CT: LayerNorm on the input features (seed: --no-input-norm).")
     ] = TRAIN.input_norm,
     distance: Annotated[
-        str, typer.Option(help="SA-CT's distance scale: sum (frame sums) or seed (the seed's).")
+        str, typer.Option(help="SA-CT's distance of frame sums (sum), means (mean) or the seed's.")
     ] = TRAIN.distance,
     iterations: Annotated[int, typer.Option(help="Optimiser steps.")] = TRAIN.iterations,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = TRAIN.lr,

@@ -23,8 +23,9 @@ CHECKPOINTS = ("best", "last")  # the checkpoints a run keeps
 # a run directory holds this file once its first checkpoint is written
 LAST_CHECKPOINT = "checkpoints/last/checkpoint.json"
 OPTIMIZERS = ("adamw", "adam", "sgd")
-# how SA-CT's match scales its distance: "seed" as the seed writes it, "sum" without its 1/T'²
-DISTANCES = ("seed", "sum")
+# how SA-CT's match scales its distance: "seed" as the seed writes it (the frame sum over T'²),
+# "mean" (the frame sum over T'), "sum" (the frame sum itself); docs/MODEL.md
+DISTANCES = ("seed", "mean", "sum")
 LOGGERS = ("tensorboard",)  # besides metrics.jsonl, which every run writes
 
 

@@ -214,9 +214,9 @@ class SACT(FewShotHead[SACTEmbedding]):
         return -distance.transpose(1, 2) * self.distance_scale(n_frames)  # (E, Q, N)
 
     def distance_scale(self, n_frames: int) -> int:
-        """1 for the seed's distance; T'^4 for "sum", which undoes the seed's 1/T'² inside the
-        square: the squared distance of the frame sums themselves."""
-        return 1 if self.distance == "seed" else n_frames**4
+        """The seed divides the frame sum by T'² inside the square: "seed" keeps it (1), "mean"
+        divides by T' instead (T'²: the distance of the frame means), "sum" not at all (T'^4)."""
+        return {"seed": 1, "mean": n_frames**2, "sum": n_frames**4}[self.distance]
 
     @classmethod
     def prototypes(cls, s_keys: Tensor, s_values: Tensor, q_keys: Tensor) -> Tensor:
