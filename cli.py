@@ -246,6 +246,14 @@ def extract(
             "(not extracted)",
             highlight=False,
         )
+    if summary.unnamable:
+        from sact.extract.videos import NOT_UTF8
+
+        stderr.print(
+            f"[yellow]{len(summary.unnamable)} files skipped[/]: {NOT_UTF8}; e.g. "
+            + ", ".join(summary.unnamable[:3]),
+            highlight=False,
+        )
     print_table(stderr, summary_table(summary))
     if summary.failures:
         print_table(stderr, failures_table(summary))

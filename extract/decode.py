@@ -12,7 +12,10 @@ Two ways to reach the frames, chosen per video:
   decoding everything.
 
 Per-video problems raise ``DecodeError`` with a one-line reason: the pipeline records it in the
-store and carries on with the other videos.
+store and carries on with the other videos. A header claiming frames larger than
+``MAX_FRAME_PIXELS`` is refused before anything is decoded, so a corrupt or hostile file cannot
+make a worker allocate gigabytes. Frames come out as a viewer sees them: a rotation tag (a phone
+held upright) turns them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ from sact.extract.videos import is_frame_file
 SEEK_MIN_FRAMES_PER_SAMPLE = 64
 
 Strategy = Literal["auto", "decode_all", "seek"]
+
+# The largest frame sact decodes: 8192 x 8192, above 8K UHD (7680 x 4320). One RGB frame of this
+# size is 192 MiB; a header claiming more is corrupt or hostile, not a dataset's video.
+MAX_FRAME_PIXELS = 8192 * 8192
 
 
 class DecodeError(Exception):
@@ -91,6 +98,30 @@ def _reason(error: Exception) -> str:
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 
+# The first bytes of the containers datasets ship, to tell a damaged video from a file that is no
+# video at all when FFmpeg cannot open either: (offset, bytes, container).
+CONTAINER_SIGNATURES = (
+    (4, b"ftyp", "MP4/QuickTime"),
+    (0, b"\x1a\x45\xdf\xa3", "Matroska/WebM"),
+    (8, b"AVI ", "AVI"),
+    (0, b"FLV", "FLV"),
+    (0, b"\x00\x00\x01\xba", "MPEG program stream"),
+)
+
+
+def _container_of(path: Path) -> str | None:
+    """The container the file's first bytes announce, if one of CONTAINER_SIGNATURES."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(16)
+    except OSError:
+        return None
+    for offset, signature, container in CONTAINER_SIGNATURES:
+        if head[offset : offset + len(signature)] == signature:
+            return container
+    return None
+
+
 def _open_video(path: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     try:
         size = path.stat().st_size
@@ -103,13 +134,29 @@ def _open_video(path: Path) -> tuple[av.container.InputContainer, av.video.strea
     except av.EOFError as error:
         raise DecodeError("no frames: the file ends right after its header") from error
     except (av.FFmpegError, OSError, UnicodeDecodeError) as error:
+        announced = _container_of(path)
+        if announced is not None:
+            raise DecodeError(
+                f"a damaged or truncated {announced} file: {_reason(error)}"
+            ) from error
         raise DecodeError(f"not a readable video: {_reason(error)}") from error
     if not container.streams.video:
         kinds = sorted({stream.type for stream in container.streams})
         container.close()
         holds = f"only {', '.join(kinds)}" if kinds else "no streams, no frames"
         raise DecodeError(f"no video stream (the file holds {holds})")
-    return container, container.streams.video[0]
+    stream = container.streams.video[0]
+    context = stream.codec_context
+    if context is None:
+        container.close()
+        raise DecodeError("no decoder for its video stream: a codec FFmpeg does not know")
+    if context.width * context.height > MAX_FRAME_PIXELS:
+        container.close()
+        raise DecodeError(
+            f"its header claims frames of {context.width}x{context.height}, more than the "
+            f"{MAX_FRAME_PIXELS} pixels sact decodes (8K is 7680x4320): not decoded"
+        )
+    return container, stream
 
 
 def _announced_frames(stream: av.video.stream.VideoStream) -> int:
@@ -123,11 +170,14 @@ def _announced_frames(stream: av.video.stream.VideoStream) -> int:
 
 def _decode_all(path: Path) -> list[av.VideoFrame]:
     container, stream = _open_video(path)
+    decoded: list[av.VideoFrame] = []
     with container:
         try:
-            decoded = list(container.decode(stream))
+            decoded.extend(container.decode(stream))
         except (av.FFmpegError, OSError) as error:
-            raise DecodeError(f"decoding failed: {_reason(error)}") from error
+            raise DecodeError(
+                f"decoding failed after {len(decoded)} frames: {_reason(error)}"
+            ) from error
     if not decoded:
         raise DecodeError("no decodable video frames")
     return decoded
@@ -171,8 +221,16 @@ def _seeks(announced: int, samples: int, strategy: Strategy) -> bool:
     return strategy == "seek" or announced >= SEEK_MIN_FRAMES_PER_SAMPLE * samples
 
 
+def _upright_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """(H, W, 3) uint8 RGB, turned as the frame's display matrix says (frame.rotation: degrees
+    counterclockwise; np.rot90 turns counterclockwise too)."""
+    pixels = frame.to_ndarray(format="rgb24")
+    quarter_turns = round(frame.rotation / 90) % 4
+    return np.rot90(pixels, k=quarter_turns) if quarter_turns else pixels
+
+
 def _to_rgb(frames: list[av.VideoFrame]) -> np.ndarray:
-    return np.stack([frame.to_ndarray(format="rgb24") for frame in frames])  # (T, H, W, 3)
+    return np.stack([_upright_rgb(frame) for frame in frames])  # (T, H, W, 3)
 
 
 def num_frames(path: Path) -> int:
@@ -219,7 +277,7 @@ def sample_clip(path: Path, frames: int, *, strategy: Strategy = "auto") -> Samp
     if path.is_dir():
         files = frame_files(path)
         if not files:
-            raise DecodeError("frame folder holds no images")
+            raise DecodeError("a folder, not a video file, and it holds no frame images")
         indices = segment_centers(len(files), frames)
         return SampledClip(read_frames(path, indices), indices, len(files))
     container, stream = _open_video(path)

@@ -94,6 +94,7 @@ class ExtractSummary:
     failures: list[VideoFailure]
     unmatched: list[str]  # split lines that named no file
     unlisted: int  # videos in the folder that the split does not list (not extracted)
+    unnamable: list[str]  # files skipped because their names are not UTF-8 (escaped)
     split_format: str | None  # the split list format detected, if a split was given
     seconds: float  # the whole run: listing, backbone loading, extraction
     work_seconds: float  # decoding, inference and writing only
@@ -332,6 +333,7 @@ def summarize(
     shard_writer: ShardWriter,
     unmatched: list[str],
     unlisted: int,
+    unnamable: list[str],
     split_format: str | None,
     seconds: float,
     work_seconds: float,
@@ -349,6 +351,7 @@ def summarize(
         failures=feature_set.failures(),
         unmatched=unmatched,
         unlisted=unlisted,
+        unnamable=unnamable,
         split_format=split_format,
         seconds=round(seconds, 3),
         work_seconds=round(work_seconds, 3),
@@ -429,6 +432,7 @@ def _extract_as_rank(
         shard_writer=shard_writer,
         unmatched=video_list.unmatched,
         unlisted=video_list.unlisted,
+        unnamable=video_list.unnamable,
         split_format=video_list.split_format,
         seconds=finished - started,
         work_seconds=finished - work_started,

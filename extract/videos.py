@@ -20,6 +20,7 @@ if the folder is laid out differently, the file is looked up like an id, in its 
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from collections import defaultdict
@@ -60,6 +61,7 @@ class VideoList:
     unmatched: list[str] = field(default_factory=list)  # split lines that name no file
     unlisted: int = 0  # videos found in the folder that the split does not list
     split_format: str | None = None  # which split list format was read, if any
+    unnamable: list[str] = field(default_factory=list)  # NOT_UTF8 files, their names escaped
 
 
 def is_frame_file(path: Path) -> bool:
@@ -78,6 +80,43 @@ def is_frame_folder(path: Path) -> bool:
     return path.is_dir() and any(is_frame_file(child) for child in path.iterdir())
 
 
+def is_broken_video_entry(path: Path) -> bool:
+    """A dangling symbolic link, or a folder named like a video file (``x.mp4/``) that holds
+    neither videos nor frames. Listed as videos, so that extraction records why they have no
+    features instead of passing over them in silence."""
+    if path.suffix.lower() not in VIDEO_SUFFIXES or path.name.startswith("."):
+        return False
+    if path.is_symlink() and not path.exists():
+        return True
+    return path.is_dir() and not any(
+        is_video_file(child) or is_frame_file(child) for child in path.iterdir()
+    )
+
+
+def is_video_entry(path: Path) -> bool:
+    return is_video_file(path) or is_broken_video_entry(path)
+
+
+# Why a file whose name is not UTF-8 is not extracted: ids and paths are stored as UTF-8 text.
+NOT_UTF8 = "its name is not valid UTF-8, so the store cannot name it: rename it to extract it"
+
+
+def escaped_name(path: str) -> str:
+    """A file name as UTF-8 text, its undecodable bytes written as \\xNN."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def _nameable(found: list[FoundVideo]) -> tuple[list[FoundVideo], list[str]]:
+    """``found`` split into the videos whose paths are UTF-8 and the escaped paths of the rest."""
+    nameable, unnamable = [], []
+    for video in found:
+        if escaped_name(video.path) == video.path:
+            nameable.append(video)
+        else:
+            unnamable.append(escaped_name(video.path))
+    return nameable, unnamable
+
+
 def _visible_children(folder: Path) -> list[Path]:
     return sorted(child for child in folder.iterdir() if not child.name.startswith("."))
 
@@ -88,7 +127,7 @@ def find_videos(videos_dir: Path) -> list[FoundVideo]:
         raise VideoDiscoveryError(f"videos folder {videos_dir} does not exist or is not a folder")
     found: list[FoundVideo] = []
     for child in _visible_children(videos_dir):
-        if is_video_file(child):
+        if is_video_entry(child):
             found.append(FoundVideo(path=child.name, label="", stem=child.stem))
         elif child.is_dir():
             grandchildren = _visible_children(child)
@@ -96,7 +135,7 @@ def find_videos(videos_dir: Path) -> list[FoundVideo]:
                 found.append(FoundVideo(path=child.name, label="", stem=child.name))
                 continue
             for entry in grandchildren:
-                if is_video_file(entry):
+                if is_video_entry(entry):
                     found.append(
                         FoundVideo(
                             path=f"{child.name}/{entry.name}", label=child.name, stem=entry.stem
@@ -168,8 +207,12 @@ class _SplitMatcher:
         self.videos_dir = videos_dir
 
     @cached_property
+    def found_and_unnamable(self) -> tuple[list[FoundVideo], list[str]]:
+        return _nameable(find_videos(self.videos_dir))
+
+    @property
     def found(self) -> list[FoundVideo]:
-        return find_videos(self.videos_dir)
+        return self.found_and_unnamable[0]
 
     @cached_property
     def by_id(self) -> _Matcher:
@@ -205,7 +248,7 @@ def list_videos(videos_dir: Path, split: str | None = None) -> VideoList:
     file are returned in ``unmatched``.
     """
     if split is None:
-        found = find_videos(videos_dir)
+        found, unnamable = _nameable(find_videos(videos_dir))
         if not found:
             raise VideoDiscoveryError(
                 f"no videos found in {videos_dir} (looked for "
@@ -213,7 +256,7 @@ def list_videos(videos_dir: Path, split: str | None = None) -> VideoList:
                 "class/video/00001.jpg frame folders)"
             )
         records = [VideoRecord(video_id=v.stem, path=v.path, label=v.label) for v in found]
-        return VideoList(records=_check_unique(records))
+        return VideoList(records=_check_unique(records), unnamable=unnamable)
     loaded = load_split(split)
     matcher = _SplitMatcher(videos_dir)
     records, unmatched = [], []
@@ -248,6 +291,7 @@ def list_videos(videos_dir: Path, split: str | None = None) -> VideoList:
         unmatched=unmatched,
         unlisted=unlisted,
         split_format=loaded.format.name,
+        unnamable=matcher.found_and_unnamable[1],
     )
 
 
@@ -261,6 +305,11 @@ def resolve_video_path(videos_dir: Path, relative: str) -> Path:
     if not relative or relative.startswith("/") or "\\" in relative or ".." in parts:
         raise VideoDiscoveryError(f"stored video path {relative!r} leaves the videos folder")
     candidate = videos_dir.joinpath(*parts)
+    if candidate.is_symlink() and not candidate.exists():
+        raise VideoDiscoveryError(
+            f"dangling symbolic link: {relative} points to {os.readlink(candidate)}, which does "
+            "not exist"
+        )
     if not candidate.resolve().is_relative_to(videos_dir.resolve()):
         raise VideoDiscoveryError(f"stored video path {relative!r} leaves the videos folder")
     return candidate

@@ -3,6 +3,7 @@
 
     sact.testing.stores      synthetic feature stores with class structure, and their split lists
     sact.testing.videos      small synthetic videos, a frame folder, broken files (PyAV)
+    sact.testing.bad_videos  the zoo of bad and unusual videos, and what extraction owes each
     sact.testing.extraction  the one tiny extraction config, in-process or as `sact extract` options
     sact.testing.s3          a local S3-compatible server (moto) and its environment
 

@@ -139,7 +139,7 @@ def test_auto_seeks_only_long_videos(long_video: Path, monkeypatch: pytest.Monke
     ("kind", "reason"),
     [
         ("empty", "empty file"),
-        ("truncated", "not a readable video"),
+        ("truncated", "a damaged or truncated MP4/QuickTime file"),
         ("not_a_video", "not a readable video"),
         ("audio_only", "no video stream (the file holds only audio)"),
         ("zero_frames", "no frames"),

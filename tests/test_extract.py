@@ -34,7 +34,7 @@ from sact.testing.extraction import tiny_cli_options, tiny_config
 AT_64_PX = {"size": 64, "name": None}
 CORRUPT_REASONS = {
     "empty": "empty file",
-    "truncated": "not a readable video",
+    "truncated": "a damaged or truncated MP4/QuickTime file",
     "not_a_video": "not a readable video",
     "audio_only": "no video stream",
     "zero_frames": "no frames",
