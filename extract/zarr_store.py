@@ -66,7 +66,11 @@ def _zarr_store(location: str, *, read_only: bool) -> Any:
     """
     if is_url(location) and not location.startswith("file://"):
         try:
-            return zarr.storage.FsspecStore.from_url(location, read_only=read_only)
+            # fsspec keeps one filesystem per set of options for the whole process, and its
+            # listings cache would hide, forever, a feature set created after the first look.
+            return zarr.storage.FsspecStore.from_url(
+                location, read_only=read_only, storage_options={"use_listings_cache": False}
+            )
         except ImportError as error:
             raise FeatureStoreError(
                 f"cannot open store {location}: {error} (install the extra: pip install 'sact[s3]')"

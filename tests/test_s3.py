@@ -5,6 +5,8 @@ train and evaluate from it, list it with ``sact info`` and copy it to HDF5 with 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from sact.extract.config import ExtractConfig
 from sact.extract.pipeline import run_extraction
 from sact.extract.store import list_feature_sets, open_feature_set
 from sact.extract.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
+from sact.extract.zarr_store import zarr_feature_set_names
 from sact.fewshot.evaluation import EvalConfig, evaluate
 from sact.fewshot.training import TrainConfig, train
 from sact.testing.extraction import tiny_config
@@ -137,3 +140,22 @@ def test_bad_bucket_is_one_line(s3_server: str) -> None:
     assert shown.exit_code == 2
     assert "no feature store at s3://sact-missing-bucket/feats.zarr" in shown.output
     assert "Traceback" not in shown.output
+
+
+def test_a_feature_set_created_later_is_seen_by_a_process_that_looked_before(
+    s3_bucket: str,
+) -> None:
+    # Found by the flaky-storage scenario's readers (sact.testing.shared_store): fsspec kept the
+    # first listing of the store, so a process that had looked at it before a feature set was
+    # created (a notebook, a reader polling a store being extracted) never saw that feature set.
+    location = f"{s3_bucket}/feats.zarr"
+
+    def another_process_writes(name: str) -> None:
+        write = "from sact.testing.stores import write_synthetic_store as write; import sys; "
+        write += "write(sys.argv[1], name=sys.argv[2], classes=2, videos_per_class=2)"
+        subprocess.run([sys.executable, "-c", write, location, name], check=True, timeout=120)
+
+    another_process_writes("first")
+    assert zarr_feature_set_names(location) == ["first"]
+    another_process_writes("second")
+    assert zarr_feature_set_names(location) == ["first", "second"]
