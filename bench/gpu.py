@@ -619,6 +619,7 @@ def report(results: dict, console: Console) -> None:
 
 
 PARTS = ("extraction", "loader", "training", "evaluation")
+TARGET_OF = {"extraction": "a", "loader": "b", "training": "b", "evaluation": "c"}
 
 
 def main() -> None:
@@ -663,21 +664,29 @@ def main() -> None:
         "torch": torch.__version__,
         "load_average_before": os.getloadavg()[0],
     }
+
+    def measured(part: str, measure: Callable[[], dict]) -> None:
+        """One part's numbers, or its error: a GPU slot is too scarce to lose the other parts to
+        one failure. The JSON is rewritten after each part, so a run cut short keeps what it has."""
+        console.print(f"({TARGET_OF[part]}) {part} ...")
+        try:
+            results[part] = measure()
+        except Exception as error:  # reported; the exit status says so
+            console.print_exception()
+            results.setdefault("errors", {})[part] = f"{type(error).__name__}: {error}"
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         if "extraction" in parts:
-            console.print("(a) extraction ...")
-            results["extraction"] = extraction(scale, device, workers, Path(scratch) / "a")
-        if set(parts) & {"loader", "training", "evaluation"}:
+            measured("extraction", lambda: extraction(scale, device, workers, Path(scratch) / "a"))
+        stage2_parts = [part for part in ("loader", "training", "evaluation") if part in parts]
+        if stage2_parts:
             console.print("(b) writing the synthetic store ...")
             data = stage2(scale, device, readers, Path(scratch) / "b")
-            for part, measure in (
-                ("loader", loader_tiers),
-                ("training", training),
-                ("evaluation", evaluation),
-            ):
-                if part in parts:
-                    console.print(f"({'c' if part == 'evaluation' else 'b'}) {part} ...")
-                    results[part] = measure(scale, device, readers, data)
+            measures = {"loader": loader_tiers, "training": training, "evaluation": evaluation}
+            for part in stage2_parts:
+                measured(part, lambda part=part: measures[part](scale, device, readers, data))
     results["seconds"] = time.perf_counter() - started
     results["load_average_after"] = os.getloadavg()[0]
     report(results, console)
@@ -686,6 +695,9 @@ def main() -> None:
     )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
+    for part, error in results.get("errors", {}).items():
+        console.print(f"{part} failed: {error}")
+    sys.exit(1 if results.get("errors") else 0)
 
 
 if __name__ == "__main__":
