@@ -453,7 +453,7 @@ def train(
         result = run_training(config, console=stderr)
     trained = (
         f"{result.steps} steps; best val accuracy {100 * result.best_val_accuracy:.2f}% at step "
-        f"{result.best_step}; train features {result.data}"
+        f"{result.best_step}; {result.data}"
         if result.parameters
         else f"nothing to train; val accuracy {100 * result.best_val_accuracy:.2f}%"
     )
