@@ -1,8 +1,9 @@
 """What stage 2 reads, whatever holds it: the ``FeatureSet`` interface and what its backends share.
 
 A feature set (docs/STORE.md) is N videos' patch features ``(N, T, P, D)`` float16 plus small
-per-video arrays (video_id, path, label, error, done, num_frames, frame_index) and its attrs. The
-backends implement ``FeatureSet`` on their storage:
+per-video arrays (video_id, path, label, error, done, num_frames, frame_index) and its attrs: the
+canonical view. Format 2 adds augmented views (extract/views.py), each with its own features,
+frame_index, crop_origin, error and done. The backends implement ``FeatureSet`` on their storage:
 
     extract/zarr_store.py  the zarr v3 store that `sact extract` writes (local path or fsspec URL)
     extract/hdf5.py        a read-only HDF5 copy made by `sact export`
@@ -23,12 +24,20 @@ import numpy as np
 
 from sact.extract.errors import SactError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # format 1: no views, no checksums; read as is, upgraded when written to
 FEATURE_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 FEATURES = "features"
 PER_VIDEO_ARRAYS = ("video_id", "path", "label", "num_frames", "frame_index", "error", "done")
+VIEWS = "views"  # the subgroup of a feature set holding its augmented views
+CANONICAL = "canonical"  # the view at the feature set's top level, the one evaluation uses
+VIEW_ARRAYS = ("frame_index", "crop_origin", "error", "done")  # per video, besides features
+RECORD_ARRAYS = ("video_id", "path", "label")  # what a video is; the same for every view
 HDF5_SUFFIXES = (".h5", ".hdf5")
+# What a backend raises on a chunk that does not decode: zarr on a crc32c mismatch or a damaged
+# shard index (ValueError), a codec on a corrupt compressed stream (RuntimeError).
+DAMAGED_CHUNK_ERRORS = (ValueError, RuntimeError)
 
 
 class FeatureStoreError(SactError):
@@ -62,6 +71,18 @@ def shard_bounds(shard: int, *, shard_size: int, videos: int) -> tuple[int, int]
     """The videos ``[start, end)`` of ``shard``."""
     start = shard * shard_size
     return start, min(start + shard_size, videos)
+
+
+@dataclass
+class StoredView:
+    """One view of a feature set as read: its features and per-video state."""
+
+    name: str
+    attrs: dict[str, Any]  # {"view": the spec (extract/views.py), provenance}; {} for canonical
+    features: Any  # zarr.Array or h5py.Dataset, (N, T, P, D) float16
+    frame_index: np.ndarray  # (N, T) int64
+    done: np.ndarray  # (N,) bool
+    errors: list[str]
 
 
 def is_url(location: str) -> bool:
@@ -105,6 +126,13 @@ def as_text(values: np.ndarray) -> list[str]:
     return [str(value.decode() if isinstance(value, bytes) else value) for value in values]
 
 
+def damaged(what: str, location: str, error: Exception) -> FeatureStoreError:
+    return FeatureStoreError(
+        f"{what} in {location} is damaged ({error}); `sact info --verify {location}` lists the "
+        "damaged videos and marks them for `sact extract` to redo"
+    )
+
+
 def gather_rows(array: Any, indices: Sequence[int] | np.ndarray, *, dtype: Any) -> np.ndarray:
     """``array[indices]`` along the first axis, in the given order, for a zarr array or an h5py
     dataset: contiguous runs of sorted indices become one slice read each, far fewer requests
@@ -126,9 +154,9 @@ def gather_rows(array: Any, indices: Sequence[int] | np.ndarray, *, dtype: Any) 
 class FeatureSet(ABC):
     """Read access to one feature set; stage 2 sees a store only through this interface.
 
-    A backend opens its storage and hands the per-video arrays and the attrs to this constructor,
-    which reads the small arrays once; ``read`` (the features) and ``size_bytes`` are the
-    backend's own.
+    A backend opens its storage and hands the per-video arrays, the attrs and each augmented
+    view to this constructor, which reads the small arrays once; ``size_bytes`` is the backend's
+    own, and ``read`` reads the arrays the backend handed over.
     """
 
     def __init__(
@@ -138,29 +166,88 @@ class FeatureSet(ABC):
         *,
         name: str,
         location: str,
-        shape: tuple[int, ...],
+        views: Mapping[str, tuple[Mapping[str, Any], dict[str, Any]]] | None = None,
     ) -> None:
-        """``arrays`` maps each name of ``PER_VIDEO_ARRAYS`` to an array that slices like numpy
-        (a zarr array, an h5py dataset); ``shape`` is the features' (N, T, P, D)."""
+        """``arrays`` maps ``features`` and each name of ``PER_VIDEO_ARRAYS`` to an array that
+        slices like numpy (a zarr array, an h5py dataset); ``views`` maps each augmented view's
+        name to its arrays (``features`` and ``VIEW_ARRAYS``) and its attrs."""
         self.name = name
         self.location = location
         self.attrs: dict[str, Any] = attrs
-        count, self.frames, self.patches, self.dim = (int(n) for n in shape)
+        self.features: Any = arrays[FEATURES]
+        count, self.frames, self.patches, self.dim = (int(n) for n in self.features.shape)
         self.grid: tuple[int, int] = tuple(self.attrs["grid"])
         self.shard_size: int = int(self.attrs["shard_size"])
-        self.video_ids = as_text(arrays["video_id"][:])
-        self.paths = as_text(arrays["path"][:])
-        self.labels = as_text(arrays["label"][:])
-        self.errors = as_text(arrays["error"][:])
-        self.done: np.ndarray = np.asarray(arrays["done"][:], dtype=bool)
-        self.num_frames: np.ndarray = np.asarray(arrays["num_frames"][:], dtype=np.int64)
-        self.frame_index: np.ndarray = np.asarray(arrays["frame_index"][:], dtype=np.int64)
+        self.video_ids = as_text(self._small(arrays, "video_id"))
+        self.paths = as_text(self._small(arrays, "path"))
+        self.labels = as_text(self._small(arrays, "label"))
+        self.errors = as_text(self._small(arrays, "error"))
+        self.done: np.ndarray = np.asarray(self._small(arrays, "done"), dtype=bool)
+        self.num_frames: np.ndarray = np.asarray(self._small(arrays, "num_frames"), dtype=np.int64)
+        self.frame_index: np.ndarray = np.asarray(
+            self._small(arrays, "frame_index"), dtype=np.int64
+        )
         if len(self.video_ids) != count:
             raise FeatureStoreError(f"feature set {self.name} is inconsistent: arrays differ in N")
+        self.views: dict[str, StoredView] = {
+            CANONICAL: StoredView(
+                CANONICAL, {}, self.features, self.frame_index, self.done, self.errors
+            )
+        }
+        for view_name, (view_arrays, view_attrs) in sorted((views or {}).items()):
+            where = f"{VIEWS}/{view_name}/"
+            view = StoredView(
+                name=view_name,
+                attrs=view_attrs,
+                features=view_arrays[FEATURES],
+                frame_index=np.asarray(
+                    self._small(view_arrays, "frame_index", where), dtype=np.int64
+                ),
+                done=np.asarray(self._small(view_arrays, "done", where), dtype=bool),
+                errors=as_text(self._small(view_arrays, "error", where)),
+            )
+            if tuple(view.features.shape) != tuple(self.features.shape):
+                raise FeatureStoreError(
+                    f"view {view_name} of feature set {self.name} is inconsistent: its features "
+                    f"are {tuple(view.features.shape)}, the canonical ones {self.shape}"
+                )
+            self.views[view_name] = view
 
-    @abstractmethod
-    def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Features of the given videos, in the given order: (n, T, P, D) float16."""
+    def _small(self, arrays: Mapping[str, Any], array: str, where: str = "") -> np.ndarray:
+        """A whole per-video array; a damaged chunk is one line naming the array."""
+        try:
+            return arrays[array][:]
+        except DAMAGED_CHUNK_ERRORS as error:
+            what = f"array {where}{array} of feature set {self.name}"
+            raise damaged(what, self.location, error) from error
+
+    def read(self, indices: Sequence[int] | np.ndarray, view: str = CANONICAL) -> np.ndarray:
+        """Features of the given videos in ``view``, in the given order: (n, T, P, D) float16.
+
+        A chunk that fails its checksum (or does not decode) stops the read with one line naming
+        the video, rather than handing damaged features to training.
+        """
+        array = self.view(view).features
+        try:
+            return gather_rows(array, indices, dtype=np.float16)
+        except DAMAGED_CHUNK_ERRORS as error:
+            found = self._damaged_video(array, indices, view)
+            if found is None:
+                raise
+            raise found from error
+
+    def _damaged_video(
+        self, array: Any, indices: Sequence[int] | np.ndarray, view: str
+    ) -> FeatureStoreError | None:
+        """The error naming the first of ``indices`` whose chunk does not read, if any does."""
+        for row in sorted({int(index) for index in np.asarray(indices).ravel()}):
+            try:
+                array[row]
+            except DAMAGED_CHUNK_ERRORS as error:
+                in_view = "" if view == CANONICAL else f", view {view}"
+                what = f"features of video {self.video_ids[row]!r} (row {row}{in_view})"
+                return damaged(f"{what} of feature set {self.name}", self.location, error)
+        return None
 
     @abstractmethod
     def size_bytes(self) -> int | None:
@@ -179,6 +266,25 @@ class FeatureSet(ABC):
         """Videos whose features are written and valid: done and without an error."""
         return self.done & (np.array([error == "" for error in self.errors], dtype=bool))
 
+    def view_names(self) -> list[str]:
+        """The canonical view first, then the augmented views by name."""
+        return list(self.views)
+
+    def view(self, name: str) -> StoredView:
+        if name not in self.views:
+            raise FeatureStoreError(
+                f"feature set {self.name} has no view {name!r}; it has: "
+                + ", ".join(self.view_names())
+            )
+        return self.views[name]
+
+    def usable_in(self, view: str) -> np.ndarray:
+        """Videos usable in ``view``: usable in the canonical view, and done there without
+        an error."""
+        stored = self.view(view)
+        valid = stored.done & np.array([error == "" for error in stored.errors], dtype=bool)
+        return self.usable & valid
+
     def index_of(self) -> dict[str, int]:
         return {video_id: index for index, video_id in enumerate(self.video_ids)}
 
@@ -191,14 +297,16 @@ class FeatureSet(ABC):
     def num_shards(self) -> int:
         return num_shards(len(self), self.shard_size)
 
-    def counts(self) -> dict[str, int]:
-        """Videos in all, done (usable), failed (done with an error), pending (not done)."""
-        failed = int(np.sum(self.done & ~self.usable))
+    def counts(self, view: str = CANONICAL) -> dict[str, int]:
+        """Videos in all, done (usable), failed (done with an error), pending (not done), in
+        ``view``."""
+        stored = self.view(view)
+        usable = self.usable_in(view)
         return {
             "videos": len(self),
-            "done": int(np.sum(self.usable)),
-            "failed": failed,
-            "pending": int(np.sum(~self.done)),
+            "done": int(np.sum(usable)),
+            "failed": int(np.sum(stored.done & ~usable)),
+            "pending": int(np.sum(~stored.done)),
         }
 
     def failures(self) -> list[VideoFailure]:

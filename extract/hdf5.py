@@ -7,10 +7,12 @@ video per chunk like the zarr store. ``open_feature_set("feats.h5")`` reads it b
 ``evaluate`` and ``info`` take an HDF5 file wherever they take a store. An HDF5 copy is read-only
 for sact: extraction always writes zarr.
 
-    feats.h5                 attrs sact = '{"format": 1}'
+    feats.h5                 attrs sact = the store's root attrs as JSON ('{"format": 2}')
       <feature-set>/         attrs sact = the feature set's attrs as JSON
         features (N, T, P, D) float16, chunk (1, T, P, D)
         frame_index, num_frames, done, video_id, path, label, error: as in the zarr store
+        views/<view>/        attrs sact = the view's attrs as JSON
+          features, frame_index, crop_origin, error, done: as in the zarr store
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sact.extract.feature_set import (
+    CANONICAL,
+    FEATURE_SET_NAME,
     FEATURES,
-    FORMAT_VERSION,
     PER_VIDEO_ARRAYS,
+    READABLE_FORMATS,
+    VIEW_ARRAYS,
+    VIEWS,
     FeatureSet,
     FeatureStoreError,
     choose_feature_set,
-    gather_rows,
 )
 from sact.extract.files import atomic_path
 from sact.extract.zarr_store import ZarrFeatureSet, feature_set_names, open_root
@@ -41,6 +46,7 @@ STRING_ARRAYS = ("video_id", "path", "label", "error")
 DIMENSION_NAMES = {
     FEATURES: ["video", "frame", "patch", "channel"],
     "frame_index": ["video", "frame"],
+    "crop_origin": ["video", "axis"],
 }
 
 
@@ -62,11 +68,12 @@ def _open_file(path: str) -> h5py.File:
     except OSError as error:
         raise FeatureStoreError(f"cannot read {path} as HDF5: {error}") from None
     attrs = _file_attrs(handle)
-    if attrs is None or attrs.get("format") != FORMAT_VERSION:
+    if attrs is None or attrs.get("format") not in READABLE_FORMATS:
         handle.close()
         raise FeatureStoreError(
-            f"{path} is not a sact feature store in HDF5 (format {FORMAT_VERSION}); "
-            "make one with sact export"
+            f"{path} is not a sact feature store in HDF5 (formats "
+            + ", ".join(str(version) for version in READABLE_FORMATS)
+            + "); make one with sact export"
         )
     return handle
 
@@ -78,6 +85,18 @@ def _names_in(handle: h5py.File) -> list[str]:
 def hdf5_feature_set_names(path: str) -> list[str]:
     with _open_file(path) as handle:
         return _names_in(handle)
+
+
+def _view_groups(group: h5py.Group) -> list[tuple[str, h5py.Group, dict[str, Any]]]:
+    """(name, group, attrs) of each augmented view in a feature set's group, by name."""
+    if VIEWS not in group:
+        return []
+    found = []
+    for name, view in sorted(group[VIEWS].items()):
+        attrs = _file_attrs(view)
+        if attrs is not None and FEATURE_SET_NAME.match(name):
+            found.append((name, view, attrs))
+    return found
 
 
 class HDF5FeatureSet(FeatureSet):
@@ -96,20 +115,29 @@ class HDF5FeatureSet(FeatureSet):
         if not isinstance(group, h5py.Group) or attrs is None or FEATURES not in group:
             raise FeatureStoreError(f"{name} in {path} is not a sact feature set")
         self.group = group
-        self.features: h5py.Dataset = group[FEATURES]
-        super().__init__(group, attrs, name=name, location=path, shape=self.features.shape)
+        views = {name: (view, view_attrs) for name, view, view_attrs in _view_groups(group)}
+        super().__init__(group, attrs, name=name, location=path, views=views)
 
-    def read(self, indices: Any) -> np.ndarray:
+    def read(self, indices: Any, view: str = CANONICAL) -> np.ndarray:
         if os.getpid() != self._pid:
             self._handle = h5py.File(self.path, "r")
             self._pid = os.getpid()
             self.group = self._handle[self.name]
-            self.features = self.group[FEATURES]
-        return gather_rows(self.features, indices, dtype=np.float16)
+            self.features = self.views[CANONICAL].features = self.group[FEATURES]
+            for name, group, _ in _view_groups(self.group):
+                self.views[name].features = group[FEATURES]
+        return super().read(indices, view)
 
     def size_bytes(self) -> int:
-        """Bytes the feature set's datasets take in the file."""
-        return sum(int(self.group[key].id.get_storage_size()) for key in self.group)
+        """Bytes the feature set's datasets take in the file, its views' included."""
+        sizes: list[int] = []
+
+        def add(_: str, item: Any) -> None:
+            if isinstance(item, h5py.Dataset):
+                sizes.append(int(item.id.get_storage_size()))
+
+        self.group.visititems(add)
+        return sum(sizes)
 
     def close(self) -> None:
         self._handle.close()
@@ -181,23 +209,43 @@ def export_hdf5(
     return summary
 
 
-def _export_feature_set(feature_set: ZarrFeatureSet, handle: h5py.File, progress: Progress) -> dict:
-    group = handle.create_group(feature_set.name)
-    group.attrs["sact"] = json.dumps(feature_set.attrs)
-    count = len(feature_set)
-    source = feature_set.group
-    row_chunk = max(1, min(feature_set.shard_size, count))
-    for name in PER_VIDEO_ARRAYS:
+def _copy_view(
+    feature_set: FeatureSet,
+    source: Any,
+    destination: h5py.Group,
+    arrays: tuple[str, ...],
+    *,
+    progress: Progress,
+    task: Any,
+) -> None:
+    """Copy one view: its per-video ``arrays`` whole, then its features one store shard at a
+    time (bounded memory, each shard file read once), chunked one video per chunk."""
+    row_chunk = max(1, min(feature_set.shard_size, len(feature_set)))
+    for name in arrays:
         values = np.asarray(source[name][:])
         if name in STRING_ARRAYS:
             values = values.astype(object)
-        _create_dataset(group, name, values, chunks=(row_chunk, *values.shape[1:]))[...] = values
-    shape = feature_set.features.shape
-    features = _create_dataset(group, FEATURES, feature_set.features, chunks=(1, *shape[1:]))
-    task = progress.add_task(feature_set.name, total=count)
-    # One store shard at a time: bounded memory, and each shard file is read once.
+        chunks = (row_chunk, *values.shape[1:])
+        _create_dataset(destination, name, values, chunks=chunks)[...] = values
+    features = source[FEATURES]
+    copy = _create_dataset(destination, FEATURES, features, chunks=(1, *features.shape[1:]))
     for shard in range(feature_set.num_shards()):
         start, end = feature_set.shard_bounds(shard)
-        features[start:end] = feature_set.features[start:end]
+        copy[start:end] = features[start:end]
         progress.advance(task, end - start)
-    return feature_set.counts()
+
+
+def _export_feature_set(feature_set: ZarrFeatureSet, handle: h5py.File, progress: Progress) -> dict:
+    """The canonical view as in the store, then each augmented view under views/<name>."""
+    group = handle.create_group(feature_set.name)
+    group.attrs["sact"] = json.dumps(feature_set.attrs)
+    views = [name for name in feature_set.view_names() if name != CANONICAL]
+    task = progress.add_task(feature_set.name, total=len(feature_set) * (1 + len(views)))
+    source = feature_set.group
+    _copy_view(feature_set, source, group, PER_VIDEO_ARRAYS, progress=progress, task=task)
+    for name in views:
+        view_group = group.require_group(VIEWS).create_group(name)
+        view_group.attrs["sact"] = json.dumps(feature_set.views[name].attrs)
+        view_source = source[VIEWS][name]
+        _copy_view(feature_set, view_source, view_group, VIEW_ARRAYS, progress=progress, task=task)
+    return {**feature_set.counts(), "views": views}

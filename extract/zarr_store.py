@@ -1,7 +1,8 @@
 """The zarr v3 feature store that `sact extract` writes: its reader and its writer.
 
-Format 1 (docs/STORE.md): a zarr v3 group whose attrs hold ``{"sact": {"format": 1}}``, with one
-subgroup per feature set (one extraction config). Inside a feature set:
+Format 2 (docs/STORE.md): a zarr v3 group whose attrs hold ``{"sact": {"format": 2}}``, with one
+subgroup per feature set (one extraction config). Inside a feature set, the canonical view (segment
+centers, center crop) exactly as in format 1:
 
     features    (N, T, P, D) float16  chunk = 1 video, shard = S videos
     frame_index (N, T) int32          which source frames were sampled
@@ -9,10 +10,15 @@ subgroup per feature set (one extraction config). Inside a feature set:
     video_id, path, label, error  (N,) str
     done        (N,) bool             commit markers, written last, one chunk per shard
 
-The shard is the unit of work, of writing and of resume: a shard's arrays are written in one call
-each, then its ``done`` chunk. A run killed at any moment leaves either a done shard or one that the
-next run redoes. Every chunk write is atomic on local disk (zarr writes a temporary file and renames
-it) and on object storage (a PUT is atomic), so a reader never sees half a chunk.
+and, in ``views/<name>/``, each augmented view (extract/views.py) with its own ``features``,
+``frame_index``, ``crop_origin``, ``error`` and ``done``. Every chunk of a format-2 array ends with
+a crc32c checksum, so a damaged chunk is detected on read instead of being trained on. A format-1
+store (no views, no checksums) reads as a format-2 store without views.
+
+The shard is the unit of work, of writing and of resume, per view: a shard's arrays are written in
+one call each, then its ``done`` chunk. A run killed at any moment leaves either a done shard or one
+that the next run redoes. Every chunk write is atomic on local disk (zarr writes a temporary file
+and renames it) and on object storage (a PUT is atomic), so a reader never sees half a chunk.
 """
 
 from __future__ import annotations
@@ -26,13 +32,19 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 import zarr.storage
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from sact.extract.errors import is_storage_error
 from sact.extract.feature_set import (
+    CANONICAL,
     FEATURE_SET_NAME,
     FEATURES,
     FORMAT_VERSION,
     PER_VIDEO_ARRAYS,
+    READABLE_FORMATS,
+    RECORD_ARRAYS,
+    VIEW_ARRAYS,
+    VIEWS,
     FeatureSet,
     FeatureStoreError,
     VideoRecord,
@@ -46,6 +58,12 @@ from sact.extract.feature_set import (
     shard_bounds,
 )
 
+# Chunk codecs of format 2 (bench/chunk_codecs.py, bench/RESULTS.md): zstd at level 1, as small as
+# format 1's level 3 on post-ReLU features and twice as fast to write; then a crc32c of the
+# compressed chunk, checked on every read.
+FEATURE_CODECS = (ZstdCodec(level=1), Crc32cCodec())
+SMALL_ARRAY_CODECS = (ZstdCodec(level=1), Crc32cCodec())
+
 
 @dataclass(frozen=True)
 class ShardResult:
@@ -55,6 +73,7 @@ class ShardResult:
     frame_index: np.ndarray  # (n, T) int32
     num_frames: np.ndarray  # (n,) int32
     errors: list[str]  # "" where the video succeeded
+    crop_origin: np.ndarray | None = None  # (n, 2) int32 (top, left); augmented views only
 
 
 def _zarr_store(location: str, *, read_only: bool) -> Any:
@@ -141,11 +160,15 @@ def open_root(location: str, *, mode: Literal["r", "a"]) -> zarr.Group:
         if read_only or len(list(root.keys())) > 0:
             raise FeatureStoreError(f"{location} is a zarr group but not a sact feature store")
         root.attrs["sact"] = {"format": FORMAT_VERSION}
-    elif sact_attrs.get("format") != FORMAT_VERSION:
+    elif sact_attrs.get("format") not in READABLE_FORMATS:
         raise FeatureStoreError(
-            f"{location} has store format {sact_attrs.get('format')!r}; this sact reads format "
-            f"{FORMAT_VERSION}"
+            f"{location} has store format {sact_attrs.get('format')!r}; this sact reads formats "
+            + ", ".join(str(version) for version in READABLE_FORMATS)
         )
+    elif sact_attrs.get("format") != FORMAT_VERSION and not read_only:
+        # Format 2 adds to format 1 (views, checksums in new arrays) without changing what is
+        # there, so writing into a format-1 store only raises its version.
+        root.attrs["sact"] = {**sact_attrs, "format": FORMAT_VERSION}
     return root
 
 
@@ -177,6 +200,18 @@ def _local_size(path: Path) -> int:
     return total
 
 
+def view_groups(group: zarr.Group) -> dict[str, zarr.Group]:
+    """The augmented views of a feature set whose creation finished, by name."""
+    if VIEWS not in group:
+        return {}
+    views: zarr.Group = group[VIEWS]
+    return {
+        name: view
+        for name, view in sorted(views.groups())
+        if "sact" in view.attrs and FEATURE_SET_NAME.match(name)
+    }
+
+
 class ZarrFeatureSet(FeatureSet):
     """A feature set in a zarr store: a local path, a ``file://`` URL or any fsspec URL."""
 
@@ -185,13 +220,10 @@ class ZarrFeatureSet(FeatureSet):
         if attrs is None or FEATURES not in group:
             raise FeatureStoreError(f"{group.name} is not a sact feature set")
         self.group = group
-        self.features: zarr.Array = group[FEATURES]
-        super().__init__(
-            group, dict(attrs), name=group.basename, location=location, shape=self.features.shape
-        )
-
-    def read(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        return gather_rows(self.features, indices, dtype=np.float16)
+        views = {
+            name: (view, dict(view.attrs["sact"])) for name, view in view_groups(group).items()
+        }
+        super().__init__(group, dict(attrs), name=group.basename, location=location, views=views)
 
     def size_bytes(self) -> int | None:
         """Its files on disk, or its objects under an fsspec URL (None where that fails)."""
@@ -229,17 +261,75 @@ def _differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     ]
 
 
+def _create_arrays(
+    group: zarr.Group,
+    names: Sequence[str],
+    *,
+    count: int,
+    frames: int,
+    patches: int,
+    dim: int,
+    shard_size: int,
+    feature_codecs: Sequence[Any],
+) -> None:
+    """Create the named arrays of a view (or of the canonical feature set) for ``count`` videos:
+    features chunked one video per chunk in shards of ``shard_size``, the rest one shard per
+    chunk; every chunk checksummed (crc32c)."""
+    video = ["video"]
+    by_shard = {"chunks": (shard_size,), "compressors": SMALL_ARRAY_CODECS}
+    definitions: dict[str, dict[str, Any]] = {
+        FEATURES: {
+            "shape": (count, frames, patches, dim),
+            "dtype": "float16",
+            "chunks": (1, frames, patches, dim),
+            "shards": (shard_size, frames, patches, dim),
+            "fill_value": 0,
+            "dimension_names": [*video, "frame", "patch", "channel"],
+            "compressors": feature_codecs,
+        },
+        "frame_index": {
+            "shape": (count, frames),
+            "dtype": "int32",
+            "chunks": (shard_size, frames),
+            "fill_value": -1,
+            "dimension_names": [*video, "frame"],
+            "compressors": SMALL_ARRAY_CODECS,
+        },
+        "crop_origin": {  # (top, left) of the crop in the resized frames
+            "shape": (count, 2),
+            "dtype": "int32",
+            "chunks": (shard_size, 2),
+            "fill_value": -1,
+            "dimension_names": [*video, "axis"],
+            "compressors": SMALL_ARRAY_CODECS,
+        },
+        "num_frames": {"dtype": "int32", "fill_value": 0, **by_shard},
+        "done": {"dtype": bool, "fill_value": False, **by_shard},
+        **{
+            name: {"dtype": str, "fill_value": "", **by_shard} for name in (*RECORD_ARRAYS, "error")
+        },
+    }
+    for name in names:
+        definition = {"shape": (count,), "dimension_names": video, **definitions[name]}
+        group.create_array(name, **definition)
+
+
 class FeatureSetWriter:
-    """Write access to one feature set, shard by shard.
+    """Write access to one view of a feature set (by default the canonical one), shard by shard.
 
     ``identity`` is everything that decides the features' values (backbone, weights hash, input
     size, frames, grid, ...). Opening an existing feature set with a different identity is refused:
-    its features would silently mix two configs.
+    its features would silently mix two configs. Augmented views are added with ``add_view``; each
+    has its own done markers, so it is extracted, resumed and shared between runs on its own.
     """
 
-    def __init__(self, group: zarr.Group) -> None:
-        self.group = group
-        self.features: zarr.Array = group[FEATURES]
+    def __init__(self, group: zarr.Group, *, view: str = CANONICAL) -> None:
+        self.group = group  # the feature set
+        self.view = view
+        # the group holding this view's arrays
+        target = group if view == CANONICAL else group[VIEWS][view]
+        self.target: zarr.Group = target
+        self.features: zarr.Array = self.target[FEATURES]
         self.shard_size = int(self.features.shards[0])
 
     @classmethod
@@ -256,6 +346,7 @@ class FeatureSetWriter:
         dim: int,
         grid: tuple[int, int],
         shard_size: int,
+        feature_codecs: Sequence[Any] = FEATURE_CODECS,
     ) -> FeatureSetWriter:
         check_feature_set_name(name)
         if shard_size < 1:
@@ -282,42 +373,16 @@ class FeatureSetWriter:
             "grid": list(grid),
             "shard_size": shard_size,
         }
-        count = len(videos)
-        video_chunk = (shard_size,)
-        group.create_array(
-            FEATURES,
-            shape=(count, frames, patches, dim),
-            dtype="float16",
-            chunks=(1, frames, patches, dim),
-            shards=(shard_size, frames, patches, dim),
-            fill_value=0,
-            dimension_names=["video", "frame", "patch", "channel"],
+        _create_arrays(
+            group,
+            (FEATURES, *PER_VIDEO_ARRAYS),
+            count=len(videos),
+            frames=frames,
+            patches=patches,
+            dim=dim,
+            shard_size=shard_size,
+            feature_codecs=feature_codecs,
         )
-        group.create_array(
-            "frame_index",
-            shape=(count, frames),
-            dtype="int32",
-            chunks=(shard_size, frames),
-            fill_value=-1,
-            dimension_names=["video", "frame"],
-        )
-        for array_name in ("video_id", "path", "label", "error"):
-            group.create_array(
-                array_name,
-                shape=(count,),
-                dtype=str,
-                chunks=video_chunk,
-                fill_value="",
-                dimension_names=["video"],
-            )
-        group.create_array(
-            "num_frames", shape=(count,), dtype="int32", chunks=video_chunk, fill_value=0,
-            dimension_names=["video"],
-        )  # fmt: skip
-        group.create_array(
-            "done", shape=(count,), dtype=bool, chunks=video_chunk, fill_value=False,
-            dimension_names=["video"],
-        )  # fmt: skip
         writer = cls(group)
         writer._write_records(0, videos)
         # The attrs go last: a group without them is not yet a feature set (FeatureSet refuses it).
@@ -329,6 +394,50 @@ class FeatureSetWriter:
         attrs = self.group.attrs["sact"]
         return {key: attrs[key] for key in attrs["identity"]}
 
+    # ---- views ----
+
+    def view_names(self) -> list[str]:
+        """The augmented views whose creation finished, by name."""
+        if VIEWS not in self.group:
+            return []
+        views: zarr.Group = self.group[VIEWS]
+        return sorted(name for name, group in views.groups() if "sact" in group.attrs)
+
+    def add_view(
+        self, name: str, *, spec: dict[str, Any], provenance: dict[str, Any]
+    ) -> FeatureSetWriter:
+        """The writer of view ``name``, created (empty, all pending) if the feature set does not
+        hold it yet. Creating a view writes new arrays only: no chunk of the canonical view or of
+        another view is touched. ``spec`` (extract/views.py) must match a stored view's."""
+        check_feature_set_name(name)
+        views = require_group(self.group, VIEWS)
+        if name in views:
+            stored = views[name].attrs.get("sact")
+            if stored is not None:
+                if stored.get("view") != spec:
+                    raise FeatureStoreError(
+                        f"view {name!r} of feature set {self.group.basename} was stored as "
+                        f"{stored.get('view')}, asked {spec}"
+                    )
+                return FeatureSetWriter(self.group, view=name)
+            del views[name]  # its creation was interrupted: nothing was extracted into it yet
+        group = views.create_group(name)
+        count, frames, patches, dim = self.features.shape
+        _create_arrays(
+            group,
+            (FEATURES, *VIEW_ARRAYS),
+            count=count,
+            frames=frames,
+            patches=patches,
+            dim=dim,
+            shard_size=self.shard_size,
+            feature_codecs=FEATURE_CODECS,
+        )
+        group.attrs["sact"] = {"view": spec, **provenance}  # last: now the view exists
+        return FeatureSetWriter(self.group, view=name)
+
+    # ---- videos ----
+
     def _write_records(self, start: int, videos: Sequence[VideoRecord]) -> None:
         end = start + len(videos)
         self.group["video_id"][start:end] = np.array([v.video_id for v in videos], dtype=object)
@@ -339,17 +448,20 @@ class FeatureSetWriter:
         return as_text(self.group["video_id"][:])
 
     def append(self, videos: Iterable[VideoRecord]) -> int:
-        """Add the videos this feature set does not hold yet; done shards stay untouched."""
+        """Add the videos this feature set does not hold yet, to every view; done shards stay
+        untouched."""
         known = set(self.video_ids())
         new = [video for video in videos if video.video_id not in known]
         if not new:
             return 0
         start = self.features.shape[0]
         end = start + len(new)
-        for array_name in (FEATURES, *PER_VIDEO_ARRAYS):
-            array = self.group[array_name]
+        arrays = [self.group[name] for name in (FEATURES, *PER_VIDEO_ARRAYS)]
+        for view in self.view_names():
+            arrays += [self.group[VIEWS][view][name] for name in (FEATURES, *VIEW_ARRAYS)]
+        for array in arrays:
             array.resize((end, *array.shape[1:]))
-        self.features = self.group[FEATURES]
+        self.features = self.target[FEATURES]
         self._write_records(start, new)
         return len(new)
 
@@ -363,20 +475,21 @@ class FeatureSetWriter:
         return shard_bounds(shard, shard_size=self.shard_size, videos=len(self))
 
     def shards_to_do(self, *, retry_failed: bool = True) -> list[int]:
-        """Shards with a video not done yet, or (``retry_failed``) with a video that failed."""
-        done = np.asarray(self.group["done"][:], dtype=bool)
+        """Shards of this view with a video not done yet, or (``retry_failed``) with a video
+        that failed."""
+        done = np.asarray(self.target["done"][:], dtype=bool)
         needs_work = ~done
         if retry_failed:
-            needs_work |= np.array([e != "" for e in as_text(self.group["error"][:])], dtype=bool)
+            needs_work |= np.array([e != "" for e in as_text(self.target["error"][:])], dtype=bool)
         return sorted({int(index) // self.shard_size for index in np.flatnonzero(needs_work)})
 
     def shard_needs_work(self, shard: int, *, retry_failed: bool = True) -> bool:
         """Whether ``shard`` still has a video not done (or, ``retry_failed``, one that failed),
         read fresh from the store: another run may have finished it since ``shards_to_do``."""
         start, end = self.shard_bounds(shard)
-        if not np.all(self.group["done"][start:end]):
+        if not np.all(self.target["done"][start:end]):
             return True
-        errors = as_text(self.group["error"][start:end])
+        errors = as_text(self.target["error"][start:end])
         return retry_failed and any(error != "" for error in errors)
 
     def records(self, shard: int) -> list[VideoRecord]:
@@ -390,32 +503,40 @@ class FeatureSetWriter:
         """Write one shard's arrays, each in one call, then its commit markers.
 
         Videos of the shard that are already done without an error keep their stored values
-        bitwise (a partly filled last shard that grew, or a shard redone for one failed video):
-        their stored rows replace the recomputed ones before the write.
+        bitwise (a partly filled last shard that grew, or a shard redone for one failed or
+        damaged video): their stored rows replace the recomputed ones before the write. Only
+        those rows are read, so a damaged chunk marked for redo is never read again.
         """
         start, end = self.shard_bounds(shard)
         count = end - start
         if result.features.shape[0] != count or len(result.errors) != count:
             raise ValueError(f"shard {shard} holds {count} videos, got {result.features.shape[0]}")
-        done = self.group["done"]
+        target = self.target
+        done = target["done"]
         was_done = np.asarray(done[start:end], dtype=bool)
-        stored_errors = as_text(self.group["error"][start:end])
+        stored_errors = as_text(target["error"][start:end])
         keep = was_done & np.array([error == "" for error in stored_errors], dtype=bool)
         features = result.features.astype(np.float16, copy=True)
-        frame_index = result.frame_index.astype(np.int32, copy=True)
-        num_frames = result.num_frames.astype(np.int32, copy=True)
         errors = np.array(result.errors, dtype=object)
+        per_video = {"frame_index": result.frame_index.astype(np.int32, copy=True)}
+        if self.view == CANONICAL:
+            per_video["num_frames"] = result.num_frames.astype(np.int32, copy=True)
+        else:
+            if result.crop_origin is None:
+                raise ValueError(f"view {self.view}: shard {shard} comes without crop origins")
+            per_video["crop_origin"] = result.crop_origin.astype(np.int32, copy=True)
         if keep.any():
-            features[keep] = self.features[start:end][keep]
-            frame_index[keep] = self.group["frame_index"][start:end][keep]
-            num_frames[keep] = self.group["num_frames"][start:end][keep]
-            errors[keep] = ""
+            kept = np.flatnonzero(keep)
+            features[kept] = gather_rows(self.features, start + kept, dtype=np.float16)
+            for name, values in per_video.items():
+                values[kept] = np.asarray(target[name][start:end])[kept]
+            errors[kept] = ""
         # Videos being redone are first marked not done, so a kill in the middle of the rewrite
         # leaves them pending rather than done with mixed contents.
         if np.any(was_done & ~keep):
             done[start:end] = keep
         self.features[start:end] = features
-        self.group["frame_index"][start:end] = frame_index
-        self.group["num_frames"][start:end] = num_frames
-        self.group["error"][start:end] = errors
+        for name, values in per_video.items():
+            target[name][start:end] = values
+        target["error"][start:end] = errors
         done[start:end] = np.ones(count, dtype=bool)

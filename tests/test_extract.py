@@ -97,7 +97,7 @@ def test_store_is_plain_zarr(video_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "feats.zarr"
     extract(video_folder, out, name="tiny", shard_size=2)
     root = zarr.open_group(str(out), mode="r")
-    assert root.attrs["sact"] == {"format": 1}
+    assert root.attrs["sact"] == {"format": 2}
     group = root["tiny"]
     assert group["features"].dtype == np.float16 and group["features"].shards[0] == 2
     assert [str(v) for v in group["label"][:]] == ["juggling"] * 3 + ["riding bike"] * 2
