@@ -160,7 +160,7 @@ def main(
 @app.command(
     epilog=examples(
         "sact extract --videos /data/ssv2/videos --split ssv2_OTAM --out feats.zarr",
-        "sact extract --videos hmdb51/ --out feats.zarr --backbone resnet18.a1_in1k",
+        "sact extract --videos hmdb51/ --out feats.zarr --random-views 4",
         "torchrun --nproc-per-node 8 $(which sact) extract --videos v/ --out f.zarr",
     )
 )
@@ -198,6 +198,20 @@ def extract(
     shard_size: Annotated[int, typer.Option(help="Videos per shard (unit of resume).")] = (
         EXTRACT.shard_size
     ),
+    view: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="An augmented view besides the canonical one (repeatable): parts joined by _ "
+            "from jitter, crop-{tl,tr,bl,br,random}, flip, d<k>; e.g. jitter_crop-random_d0."
+        ),
+    ] = None,
+    random_views: Annotated[
+        int, typer.Option(help="Add K views of jittered frames and random crops (no flip).")
+    ] = EXTRACT.random_views,
+    allow_flip: Annotated[
+        bool,
+        typer.Option("--allow-flip", help="Extract flipped views even on an SSv2 split."),
+    ] = EXTRACT.allow_flip,
     json_out: Annotated[
         bool, typer.Option("--json", help="Also print the summary as JSON on stdout.")
     ] = False,
@@ -223,15 +237,20 @@ def extract(
         workers=workers,
         name=name,
         shard_size=shard_size,
+        views=tuple(view or ()),
+        random_views=random_views,
+        allow_flip=allow_flip,
     )
     with user_errors():
         config.check()  # before torch is imported: a mistake is refused at once
     from sact.extract.distributed import rank_from_env
     from sact.extract.pipeline import run_extraction
-    from sact.extract.tables import failures_table, summary_table
+    from sact.extract.tables import cost_table, failures_table, summary_table, views_table
 
     with user_errors():
-        summary = run_extraction(config, console=stderr)
+        summary = run_extraction(
+            config, console=stderr, on_plan=lambda costs: print_table(stderr, cost_table(costs))
+        )
     if not rank_from_env().is_main:  # under torchrun, rank 0 alone reports the store-wide summary
         raise typer.Exit(1 if summary.failed else 0)
     if summary.unmatched:
@@ -255,6 +274,8 @@ def extract(
             highlight=False,
         )
     print_table(stderr, summary_table(summary))
+    if len(summary.views) > 1:
+        print_table(stderr, views_table(summary))
     if summary.failures:
         print_table(stderr, failures_table(summary))
     if json_out:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,16 +82,32 @@ class Preprocessing:
     def rule(self) -> str:
         return f"resize shorter side to {self.resize_to}, center crop {self.size}x{self.size}"
 
-    def resize_and_crop(self, frames: np.ndarray) -> torch.Tensor:
-        """(T, H, W, 3) uint8 RGB frames -> (T, 3, size, size) uint8 crops."""
+    def resize(self, frames: np.ndarray) -> torch.Tensor:
+        """(T, H, W, 3) uint8 RGB frames -> (T, 3, H', W') uint8, shorter side ``resize_to``."""
         images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
-        images = TF.resize(
+        return TF.resize(
             images,
             [self.resize_to],
             interpolation=INTERPOLATIONS[self.interpolation],
             antialias=True,
         )
-        return TF.center_crop(images, [self.size, self.size]).contiguous()  # (T, 3, S, S)
+
+    def resize_and_crop(self, frames: np.ndarray) -> torch.Tensor:
+        """(T, H, W, 3) uint8 RGB frames -> (T, 3, size, size) uint8 center crops."""
+        return TF.center_crop(self.resize(frames), [self.size, self.size]).contiguous()
+
+    def resize_and_crop_at(
+        self, frames: np.ndarray, origin: Callable[[int, int], tuple[int, int]], *, flip: bool
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The crop of an augmented view (extract/views.py): the size×size square whose top-left
+        corner ``origin(H', W')`` places in the resized frames, the same on every frame, mirrored
+        left to right when ``flip``. Returns (T, 3, size, size) uint8 and (top, left)."""
+        images = self.resize(frames)  # (T, 3, H', W')
+        top, left = origin(images.shape[-2], images.shape[-1])
+        crops = TF.crop(images, top, left, self.size, self.size)  # (T, 3, S, S)
+        if flip:
+            crops = TF.horizontal_flip(crops)
+        return crops.contiguous(), (top, left)
 
     def mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-channel mean and std as (1, 3, 1, 1) float32 tensors on ``device``."""

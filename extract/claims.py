@@ -45,6 +45,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from sact.extract.errors import SactError
+from sact.extract.feature_set import CANONICAL
 from sact.extract.zarr_store import require_group
 
 CLAIMS_PREFIX = ".sact-claims"
@@ -115,8 +116,10 @@ def _topic_name(topic: str) -> str:
     return topic
 
 
-def shard_topic(shard: int) -> str:
-    return f"shard-{shard:06d}"
+def shard_topic(shard: int, *, view: str = CANONICAL) -> str:
+    """The claim on one shard of one view: views are extracted and shared between runs apart."""
+    topic = f"shard-{shard:06d}"
+    return topic if view == CANONICAL else f"{view}-{topic}"
 
 
 class ClaimBook:

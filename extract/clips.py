@@ -26,6 +26,7 @@ from sact.extract.decode import DecodeError, sample_clip
 from sact.extract.errors import SactError
 from sact.extract.feature_set import VideoRecord
 from sact.extract.videos import VideoDiscoveryError, resolve_video_path
+from sact.extract.views import ViewSpec
 from sact.extract.zarr_store import FeatureSetWriter
 
 PREFETCHED_PER_WORKER = 4  # clips each decoding worker keeps ready
@@ -58,7 +59,7 @@ class ClaimedOrder:
         self.held_elsewhere: dict[int, RunInfo] = {}
 
     def _take(self, shard: int) -> bool:
-        topic = shard_topic(shard)
+        topic = shard_topic(shard, view=self.writer.view)
         if not self.writer.shard_needs_work(shard):  # finished by another run meanwhile
             return False
         if not self.claims.try_claim(topic):
@@ -89,10 +90,12 @@ class DecodedVideo:
     frame_index: np.ndarray  # (T,) int64; -1 when the video failed
     num_frames: int
     error: str  # "" when the video decoded
+    crop_origin: tuple[int, int] = (-1, -1)  # (top, left) in the resized frames; views only
 
 
 class ClipDataset(Dataset[DecodedVideo]):
-    """Video i of the work list, decoded, sampled and cropped; failures come back as reasons."""
+    """Video i of the work list, decoded, sampled and cropped as ``view`` says (the canonical
+    view by default); failures come back as reasons."""
 
     def __init__(
         self,
@@ -101,11 +104,13 @@ class ClipDataset(Dataset[DecodedVideo]):
         records: list[VideoRecord],
         frames: int,
         preprocessing: Preprocessing,
+        view: ViewSpec | None = None,
     ) -> None:
         self.videos_dir = videos_dir
         self.records = records
         self.frames = frames
         self.preprocessing = preprocessing
+        self.view = view if view is not None and not view.is_canonical else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -114,8 +119,22 @@ class ClipDataset(Dataset[DecodedVideo]):
         record = self.records[index]
         try:
             path = resolve_video_path(self.videos_dir, record.path)
-            clip = sample_clip(path, self.frames)
-            crops = self.preprocessing.resize_and_crop(clip.frames)  # (T, 3, S, S)
+            if self.view is None:
+                clip = sample_clip(path, self.frames)
+                crops = self.preprocessing.resize_and_crop(clip.frames)  # (T, 3, S, S)
+                return DecodedVideo(crops, clip.indices, clip.num_frames, "")
+            view, video_id, size = self.view, record.video_id, self.preprocessing.size
+            clip = sample_clip(
+                path,
+                self.frames,
+                frame_rule=lambda count, frames: view.frame_indices(count, frames, video_id),
+            )
+            crops, origin = self.preprocessing.resize_and_crop_at(
+                clip.frames,
+                lambda height, width: view.crop_origin(height, width, size, video_id),
+                flip=view.flip,
+            )  # (T, 3, S, S)
+            return DecodedVideo(crops, clip.indices, clip.num_frames, "", origin)
         except (DecodeError, VideoDiscoveryError) as error:
             return DecodedVideo(
                 crops=torch.empty(0, dtype=torch.uint8),
@@ -123,7 +142,6 @@ class ClipDataset(Dataset[DecodedVideo]):
                 num_frames=0,
                 error=str(error) or type(error).__name__,
             )
-        return DecodedVideo(crops, clip.indices, clip.num_frames, "")
 
 
 def _as_is(item: DecodedVideo) -> DecodedVideo:

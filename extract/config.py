@@ -21,6 +21,7 @@ from sact.extract.splits import load_split
 
 if TYPE_CHECKING:
     from sact.extract.backbone import FrozenBackbone, LoadedBackbone
+    from sact.extract.views import ViewSpec
 
 FEATURE_DTYPE = "float16"
 PROVENANCE_PACKAGES = ("sact", "torch", "timm", "zarr", "av", "numpy")
@@ -54,6 +55,21 @@ class ExtractConfig:
     shard_size: int = 64  # videos per shard: the unit of work, writing and resume
     seed: int = 0  # the random init's seed
     write_queue: int = 2  # finished shards waiting for the writer thread; 0: written in the loop
+    views: tuple[str, ...] = ()  # augmented views besides the canonical one (extract/views.py)
+    random_views: int = 0  # this many more: jittered frames, random crop (jitter_crop-random_dK)
+    allow_flip: bool = False  # flipped views even on a direction-sensitive split (SSv2)
+
+    def view_specs(self) -> list[ViewSpec]:
+        """The augmented views to extract, in order; refuses flips on SSv2 without allow_flip."""
+        # imported here: views imports numpy, and the command line reads this module at start-up
+        from sact.extract.views import requested_views
+
+        return requested_views(
+            list(self.views),
+            random_count=self.random_views,
+            flip_allowed=self.allow_flip,
+            split=self.split,
+        )
 
     def check(self) -> None:
         """Everything that can be checked without the backbone or the decoder: the command line
@@ -76,6 +92,7 @@ class ExtractConfig:
             load_split(self.split)  # an unknown name, a missing or malformed list
         if self.weights is not None and not Path(self.weights).is_file():
             raise ExtractConfigError(f"weights file {self.weights} does not exist")
+        self.view_specs()
 
     def warnings(self) -> list[str]:
         """What this config allows but will likely regret; printed before the run starts."""
@@ -146,6 +163,15 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
+
+
+def view_provenance(config: ExtractConfig) -> dict[str, Any]:
+    """Where a view came from: when, and the command that first asked for it."""
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": {"sact": _version("sact")},
+        "config": config.to_json(),
+    }
 
 
 def provenance(config: ExtractConfig, frozen: FrozenBackbone) -> dict[str, Any]:

@@ -20,6 +20,7 @@ held upright) turns them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,6 +37,9 @@ from sact.extract.videos import is_frame_file
 SEEK_MIN_FRAMES_PER_SAMPLE = 64
 
 Strategy = Literal["auto", "decode_all", "seek"]
+# (frames the source has, T) -> the T source frames to keep: segment centers, or a view's rule
+# (extract/views.py). Must be a pure function: it may be called twice for one video.
+FrameRule = Callable[[int, int], np.ndarray]
 
 # The largest frame sact decodes: 8192 x 8192, above 8K UHD (7680 x 4320). One RGB frame of this
 # size is 192 MiB; a header claiming more is corrupt or hostile, not a dataset's video.
@@ -272,24 +276,31 @@ def read_frames(
     return _to_rgb(picked)[inverse]
 
 
-def sample_clip(path: Path, frames: int, *, strategy: Strategy = "auto") -> SampledClip:
-    """Decode ``path`` (a video file or a frame folder) and keep ``frames`` segment centers."""
+def sample_clip(
+    path: Path,
+    frames: int,
+    *,
+    strategy: Strategy = "auto",
+    frame_rule: FrameRule = segment_centers,
+) -> SampledClip:
+    """Decode ``path`` (a video file or a frame folder) and keep ``frames`` frames: segment
+    centers, or those ``frame_rule`` picks."""
     if path.is_dir():
         files = frame_files(path)
         if not files:
             raise DecodeError("a folder, not a video file, and it holds no frame images")
-        indices = segment_centers(len(files), frames)
+        indices = frame_rule(len(files), frames)
         return SampledClip(read_frames(path, indices), indices, len(files))
     container, stream = _open_video(path)
     announced = _announced_frames(stream)
     container.close()
     if _seeks(announced, frames, strategy):
-        indices = segment_centers(announced, frames)
+        indices = frame_rule(announced, frames)
         unique, inverse = np.unique(indices, return_inverse=True)
         picked = _seek_frames(path, unique)
         if picked is not None:
             return SampledClip(_to_rgb(picked)[inverse], indices, announced)
     decoded = _decode_all(path)
-    indices = segment_centers(len(decoded), frames)
+    indices = frame_rule(len(decoded), frames)
     unique, inverse = np.unique(indices, return_inverse=True)
     return SampledClip(_to_rgb([decoded[i] for i in unique])[inverse], indices, len(decoded))

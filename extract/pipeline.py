@@ -10,6 +10,11 @@
                      whole shard buffered ─▶ ShardWriter thread, a short queue behind:
                                              FeatureSetWriter.write_shard, then its claim released
 
+Views (extract/views.py): the canonical view first, then each augmented view the run asks for,
+each as its own pass over its shards, with its own done markers and claims; a view added later is
+extracted without touching the canonical one. Before any work the run tells ``on_plan``, per view,
+the videos still to extract and the bytes they will take (`sact extract` prints it).
+
 Resume is the same command again: shards already done are skipped, shards with a failed video are
 redone. Batches are formed in a fixed order (a shard's videos, failures left out, cut every
 ``batch_size``), so on the CPU a redone shard is bitwise equal to the first attempt on the same
@@ -57,13 +62,15 @@ from sact.extract.config import (
     default_name,
     feature_set_identity,
     provenance,
+    view_provenance,
 )
 from sact.extract.devices import resolve_device
 from sact.extract.distributed import Job, Rank, device_for, joined, owned_shards, rank_from_env
 from sact.extract.errors import SactError, is_storage_error, storage_error_reason
-from sact.extract.feature_set import VideoFailure, check_feature_set_name
+from sact.extract.feature_set import CANONICAL, VideoFailure, check_feature_set_name
 from sact.extract.shard_writer import ShardWriter
 from sact.extract.videos import VideoList, list_videos
+from sact.extract.views import ViewSpec
 from sact.extract.zarr_store import (
     FeatureSetWriter,
     ShardResult,
@@ -81,8 +88,25 @@ SETUP_WAIT_S = 600.0
 
 
 @dataclass
+class ViewSummary:
+    """One view after a run: its counts, and what this run spent on it."""
+
+    view: str
+    done: int
+    failed: int
+    pending: int
+    extracted_now: int
+    seconds: float  # decoding, inference and writing of this view in this run
+
+    @property
+    def seconds_per_video(self) -> float:
+        return self.seconds / self.extracted_now if self.extracted_now else 0.0
+
+
+@dataclass
 class ExtractSummary:
-    """What a run did and where the feature set stands after it."""
+    """What a run did and where the feature set stands after it (counts of the canonical view;
+    every view's in ``views``)."""
 
     feature_set: str
     store: str
@@ -96,10 +120,11 @@ class ExtractSummary:
     unlisted: int  # videos in the folder that the split does not list (not extracted)
     unnamable: list[str]  # files skipped because their names are not UTF-8 (escaped)
     split_format: str | None  # the split list format detected, if a split was given
-    seconds: float  # the whole run: listing, backbone loading, extraction
-    work_seconds: float  # decoding, inference and writing only
-    write_seconds: float  # writing shards (in the background writer's thread)
+    seconds: float  # the whole run: listing, backbone loading, extraction, every view
+    work_seconds: float  # decoding, inference and writing of the canonical view only
+    write_seconds: float  # writing shards (in the background writer's thread), every view
     write_wait_seconds: float  # the work loop waited for writes (a full queue, the last shards)
+    views: list[ViewSummary] = dataclasses.field(default_factory=list)  # canonical first
 
     @property
     def videos_per_second(self) -> float:
@@ -111,8 +136,10 @@ class ExtractSummary:
 
 def open_feature_set_for_writing(
     config: ExtractConfig, frozen: FrozenBackbone, video_list: VideoList, *, claims: ClaimBook
-) -> FeatureSetWriter:
+) -> list[FeatureSetWriter]:
     """Create the feature set, or open it and append new videos; refuse a different config.
+    Then create the views asked for that it does not hold yet. Returns the writers of the
+    canonical view and of each view asked for, in that order.
 
     Called once, before any work: under torchrun only rank 0 calls it. Holds the feature set's
     setup claim meanwhile, so two runs never create or grow it at the same time.
@@ -120,7 +147,7 @@ def open_feature_set_for_writing(
     loaded = frozen.loaded
     root = open_root(config.out, mode="a")
     with claims.hold(SETUP, wait_s=SETUP_WAIT_S):
-        return FeatureSetWriter.create_or_open(
+        writer = FeatureSetWriter.create_or_open(
             root,
             claims.feature_set,
             identity=feature_set_identity(
@@ -134,12 +161,18 @@ def open_feature_set_for_writing(
             grid=loaded.grid,
             shard_size=config.shard_size,
         )
+        views = [
+            writer.add_view(view.name, spec=view.to_json(), provenance=view_provenance(config))
+            for view in config.view_specs()
+        ]
+    return [writer, *views]
 
 
 def open_for_this_rank(
     config: ExtractConfig, frozen: FrozenBackbone, video_list: VideoList, job: Job
-) -> tuple[FeatureSetWriter, ClaimBook]:
-    """Rank 0 creates or opens the feature set while the other ranks wait; then all open it."""
+) -> tuple[list[FeatureSetWriter], ClaimBook]:
+    """Rank 0 creates or opens the feature set and its views while the other ranks wait; then
+    all open them. Returns the writers of the canonical view and of each view asked for."""
     name = check_feature_set_name(
         config.name or default_name(config, frozen.loaded, compute_dtype=frozen.compute_dtype)
     )
@@ -148,21 +181,67 @@ def open_for_this_rank(
     rank = job.rank
     if rank.is_main:
         try:
-            writer = open_feature_set_for_writing(config, frozen, video_list, claims=claims)
+            writers = open_feature_set_for_writing(config, frozen, video_list, claims=claims)
         except SactError as error:
             failure = error
     # No rank goes on before rank 0 is done, and all learn whether it failed.
     if job.setup_failed(failure is not None):
         raise failure or SactError(f"rank 0 could not open the feature set in {config.out}")
     if not rank.is_main:
-        writer = FeatureSetWriter(open_root(config.out, mode="a")[name])
-    return writer, claims
+        group = open_root(config.out, mode="a")[name]
+        writers = [
+            FeatureSetWriter(group, view=view)
+            for view in (CANONICAL, *(spec.name for spec in config.view_specs()))
+        ]
+    return writers, claims
 
 
 def shards_for_this_process(writer: FeatureSetWriter, rank: Rank) -> list[int]:
-    """The shards this process extracts: its share of the shards still to do, in order (all of
-    them for a single process). Each is claimed only when its turn comes (``ClaimedOrder``)."""
+    """The shards of the writer's view this process extracts: its share of the shards still to
+    do, in order (all of them for a single process). Each is claimed only when its turn comes
+    (``ClaimedOrder``)."""
     return owned_shards(writer.shards_to_do(), rank)
+
+
+@dataclass(frozen=True)
+class ViewCost:
+    """What extracting one view costs this run, estimated before it starts."""
+
+    view: str
+    videos_now: int  # videos in the shards this process will extract
+    bytes_now: int  # what they add to the store, estimated
+    bytes_total: int  # the whole view once complete, estimated
+    estimated_from: str  # how bytes per video were estimated
+
+
+def estimate_costs(writers: list[FeatureSetWriter], work: list[list[int]]) -> list[ViewCost]:
+    """Per view: videos to extract now and estimated bytes. Every view costs about the same per
+    video (one decode, one backbone pass), so time grows linearly with views too. Bytes per
+    video: the stored bytes per done video of the views written so far (their compression on
+    these very features), else the uncompressed size (an upper bound)."""
+    canonical = writers[0]
+    raw = int(np.prod(canonical.features.shape[1:])) * 2  # float16 (T, P, D)
+    stored, done = 0, 0
+    for writer in writers:
+        count = int(np.sum(writer.target["done"][:]))
+        if count:
+            stored += int(writer.features.nbytes_stored())
+            done += count
+    per_video = stored / done if done else raw
+    how = f"{done} stored videos" if done else "uncompressed (upper bound)"
+    costs = []
+    for writer, shards in zip(writers, work, strict=True):
+        videos = sum(end - start for start, end in map(writer.shard_bounds, shards))
+        costs.append(
+            ViewCost(
+                view=writer.view,
+                videos_now=videos,
+                bytes_now=round(videos * per_video),
+                bytes_total=round(len(writer) * per_video),
+                estimated_from=how,
+            )
+        )
+    return costs
 
 
 # ---- the work loop ----
@@ -180,7 +259,7 @@ class VideosPerSecond(ProgressColumn):
 
 def _progress(console: Console) -> Progress:
     return Progress(
-        TextColumn("[bold]extract"),
+        TextColumn("[bold]extract {task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         VideosPerSecond(),
@@ -257,17 +336,20 @@ def extract_shards(
     config: ExtractConfig,
     progress: Progress,
     claims: ClaimBook,
+    view: ViewSpec | None = None,
 ) -> tuple[int, ShardWriter]:
-    """Extract and write those of ``shards`` this run claims, in order; returns how many videos
-    were processed, and the writer (its timings)."""
+    """Extract and write those of ``shards`` of the writer's view (``view``; the canonical one
+    when None) this run claims, in order; returns how many videos were processed, and the
+    writer (its timings)."""
     work = [(shard, writer.records(shard)) for shard in shards]
     dataset = ClipDataset(
         videos_dir=config.videos,
         records=[record for _, records in work for record in records],
         frames=config.frames,
         preprocessing=frozen.loaded.preprocessing,
+        view=view,
     )
-    task = progress.add_task("extract", total=len(dataset), failed=0)
+    task = progress.add_task(writer.view, total=len(dataset), failed=0)
     failed = processed = 0
     patches, dim = writer.features.shape[2:]
 
@@ -295,6 +377,9 @@ def extract_shards(
                     frame_index=np.full((count, config.frames), -1, dtype=np.int32),
                     num_frames=np.zeros(count, dtype=np.int32),
                     errors=[""] * count,
+                    crop_origin=(
+                        None if writer.view == CANONICAL else np.full((count, 2), -1, np.int32)
+                    ),
                 ),
             )
             waiting: list[tuple[int, torch.Tensor]] = []  # (position in shard, crops)
@@ -306,6 +391,8 @@ def extract_shards(
                     continue
                 current.result.frame_index[position] = video.frame_index
                 current.result.num_frames[position] = video.num_frames
+                if current.result.crop_origin is not None:
+                    current.result.crop_origin[position] = video.crop_origin
                 waiting.append((position, video.crops))
                 if len(waiting) == config.batch_size:
                     batches.submit(current, waiting)
@@ -329,17 +416,32 @@ def summarize(
     writer: FeatureSetWriter,
     *,
     store: str,
-    processed: int,
-    shard_writer: ShardWriter,
     unmatched: list[str],
     unlisted: int,
     unnamable: list[str],
     split_format: str | None,
     seconds: float,
     work_seconds: float,
+    spent: dict[str, tuple[int, float]],
+    shard_writers: list[ShardWriter],
 ) -> ExtractSummary:
+    """The run's summary; ``spent`` holds each view's (videos processed, seconds) this run, the
+    canonical view first."""
     feature_set = ZarrFeatureSet(writer.group, location=store)
     counts = feature_set.counts()
+    views = []
+    for view, (processed, view_seconds) in spent.items():
+        view_counts = feature_set.counts(view)
+        views.append(
+            ViewSummary(
+                view=view,
+                done=view_counts["done"],
+                failed=view_counts["failed"],
+                pending=view_counts["pending"],
+                extracted_now=processed,
+                seconds=round(view_seconds, 3),
+            )
+        )
     return ExtractSummary(
         feature_set=feature_set.name,
         store=store,
@@ -347,7 +449,7 @@ def summarize(
         done=counts["done"],
         failed=counts["failed"],
         pending=counts["pending"],
-        extracted_now=processed,
+        extracted_now=spent[CANONICAL][0],
         failures=feature_set.failures(),
         unmatched=unmatched,
         unlisted=unlisted,
@@ -355,21 +457,29 @@ def summarize(
         split_format=split_format,
         seconds=round(seconds, 3),
         work_seconds=round(work_seconds, 3),
-        write_seconds=round(shard_writer.write_seconds, 3),
-        write_wait_seconds=round(shard_writer.waited_seconds, 3),
+        write_seconds=round(sum(shards.write_seconds for shards in shard_writers), 3),
+        write_wait_seconds=round(sum(shards.waited_seconds for shards in shard_writers), 3),
+        views=views,
     )
 
 
-def run_extraction(config: ExtractConfig, *, console: Console | None = None) -> ExtractSummary:
+def run_extraction(
+    config: ExtractConfig,
+    *,
+    console: Console | None = None,
+    on_plan: Callable[[list[ViewCost]], None] | None = None,
+) -> ExtractSummary:
     """Extract every video of ``config`` not yet done into its feature set; see the module doc.
 
-    Under torchrun this process extracts its rank's share, then waits for the other ranks.
+    ``on_plan`` is told, before any work, what each view will cost (rank 0 only; `sact extract`
+    prints it). Under torchrun this process extracts its rank's share, then waits for the other
+    ranks.
     """
     rank = rank_from_env()
     device = device_for(rank, resolve_device(config.device))
     try:
         with joined(rank, device=device) as job:
-            return _extract_as_rank(config, job, device=device, console=console)
+            return _extract_as_rank(config, job, device=device, console=console, on_plan=on_plan)
     except Exception as error:
         if not is_storage_error(error):
             raise
@@ -382,7 +492,12 @@ def run_extraction(config: ExtractConfig, *, console: Console | None = None) -> 
 
 
 def _extract_as_rank(
-    config: ExtractConfig, job: Job, *, device: torch.device, console: Console | None = None
+    config: ExtractConfig,
+    job: Job,
+    *,
+    device: torch.device,
+    console: Console | None = None,
+    on_plan: Callable[[list[ViewCost]], None] | None = None,
 ) -> ExtractSummary:
     rank = job.rank
     console = console or Console(stderr=True)
@@ -415,25 +530,40 @@ def _extract_as_rank(
         processes=rank.local_world_size,
     )
     frozen = FrozenBackbone(loaded, device=device)
-    writer, claims = open_for_this_rank(config, frozen, video_list, job)
-    shards = shards_for_this_process(writer, rank)
+    writers, claims = open_for_this_rank(config, frozen, video_list, job)
+    specs = {view.name: view for view in config.view_specs()}
+    work = [shards_for_this_process(writer, rank) for writer in writers]
     job.barrier("planned")  # every rank reads what is still to do before any shard is written
+    if on_plan is not None and rank.is_main:
+        on_plan(estimate_costs(writers, work))
     work_started = time.perf_counter()
+    spent: dict[str, tuple[int, float]] = {}  # view: (videos processed, seconds)
+    shard_writers = []
     with claims.keep_alive(), _progress(console) as progress:
-        processed, shard_writer = extract_shards(
-            writer, shards, frozen=frozen, config=config, progress=progress, claims=claims
-        )
+        for writer, shards in zip(writers, work, strict=True):
+            view_started = time.perf_counter()
+            processed, shard_writer = extract_shards(
+                writer,
+                shards,
+                frozen=frozen,
+                config=config,
+                progress=progress,
+                claims=claims,
+                view=specs.get(writer.view),
+            )
+            spent[writer.view] = (processed, time.perf_counter() - view_started)
+            shard_writers.append(shard_writer)
     job.wait_for_all()  # the summary then counts every rank's shards
     finished = time.perf_counter()
     return summarize(
-        writer,
+        writers[0],
         store=config.out,
-        processed=processed,
-        shard_writer=shard_writer,
         unmatched=video_list.unmatched,
         unlisted=video_list.unlisted,
         unnamable=video_list.unnamable,
         split_format=video_list.split_format,
         seconds=finished - started,
-        work_seconds=finished - work_started,
+        work_seconds=spent[CANONICAL][1] if specs else finished - work_started,
+        spent=spent,
+        shard_writers=shard_writers,
     )

@@ -59,7 +59,7 @@ class ShardWriter:
 
     def write(self, shard: int, result: ShardResult) -> None:
         """Write ``shard`` if this run still holds its claim, then release the claim."""
-        topic = shard_topic(shard)
+        topic = shard_topic(shard, view=self.writer.view)
         started = time.perf_counter()
         try:
             if self.claims.still_holds(topic):
@@ -75,7 +75,7 @@ class ShardWriter:
         while (item := self._queue.get()) is not _DONE:
             shard, result = item
             if self.failure is not None:  # a write failed: give the rest back, unwritten
-                self.claims.release(shard_topic(shard))
+                self.claims.release(shard_topic(shard, view=self.writer.view))
                 continue
             try:
                 self.write(shard, result)

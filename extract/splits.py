@@ -27,6 +27,9 @@ from sact.extract.errors import SactError
 
 SPLIT_PARTS = ("train", "val", "test")
 FEW_SHOT_LINE = re.compile(r"(?P<label>(?:train|val|test)\d+)/(?P<rest>.+)")
+# Splits whose classes depend on left and right ("pushing something from left to right"), so a
+# mirrored video belongs to another class: Something-Something v2 (OTAM and CMN lists).
+DIRECTION_SENSITIVE_PREFIXES = ("ssv2",)
 
 
 class SplitError(SactError):
@@ -52,6 +55,12 @@ def builtin_splits_dir() -> Path:
 
 def known_splits() -> list[str]:
     return sorted(path.name for path in builtin_splits_dir().iterdir() if path.is_dir())
+
+
+def direction_sensitive(name_or_dir: str) -> bool:
+    """Whether a split's classes change meaning under a horizontal flip (built-in name or a
+    folder named like one)."""
+    return Path(name_or_dir).name.lower().startswith(DIRECTION_SENSITIVE_PREFIXES)
 
 
 def resolve_split_dir(name_or_dir: str) -> Path:

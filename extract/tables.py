@@ -9,7 +9,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from sact.extract.inventory import StoreInventory
-    from sact.extract.pipeline import ExtractSummary
+    from sact.extract.pipeline import ExtractSummary, ViewCost
 
 
 def summary_table(summary: ExtractSummary) -> Table:
@@ -31,6 +31,54 @@ def summary_table(summary: ExtractSummary) -> Table:
         f"{summary.videos_per_second:.1f}",
         f"{summary.seconds:.1f}",
     )
+    return table
+
+
+def views_table(summary: ExtractSummary) -> Table:
+    """Each view's counts and this run's cost, per video and relative to the canonical view
+    (measured in the same run, so on the same machine and videos)."""
+    table = Table(title=f"views of {summary.feature_set}")
+    for column in ("view", "done", "failed", "pending", "this run", "s/video", "× canonical"):
+        table.add_column(column, justify="left" if column == "view" else "right")
+    canonical = summary.views[0].seconds_per_video
+    for view in summary.views:
+        relative = view.seconds_per_video / canonical if canonical and view.extracted_now else None
+        table.add_row(
+            view.view,
+            f"[green]{view.done}",
+            f"[red]{view.failed}" if view.failed else "0",
+            str(view.pending),
+            str(view.extracted_now),
+            f"{view.seconds_per_video:.3f}" if view.extracted_now else "-",
+            "-" if relative is None else f"{relative:.2f}",
+        )
+    return table
+
+
+def cost_table(costs: list[ViewCost]) -> Table:
+    """Printed before a run: per view, the videos it will extract and the bytes they add."""
+    table = Table(
+        title="this run",
+        caption=f"bytes estimated from {costs[0].estimated_from}; time grows like videos: every "
+        "view decodes each video and runs the backbone once",
+    )
+    for column in ("view", "videos to extract", "adds", "view when complete"):
+        table.add_column(column, justify="left" if column == "view" else "right")
+    for cost in costs:
+        table.add_row(
+            cost.view,
+            str(cost.videos_now),
+            human_size(cost.bytes_now),
+            human_size(cost.bytes_total),
+        )
+    if len(costs) > 1:
+        table.add_row(
+            "all",
+            str(sum(cost.videos_now for cost in costs)),
+            human_size(sum(cost.bytes_now for cost in costs)),
+            human_size(sum(cost.bytes_total for cost in costs)),
+            style="bold",
+        )
     return table
 
 
@@ -58,11 +106,16 @@ def human_size(size_bytes: int | None) -> str:
 
 
 def counts_table(
-    title: str, counts: dict[str, dict[str, int]], *, sizes: dict[str, int | None] | None = None
+    title: str,
+    counts: dict[str, dict[str, int]],
+    *,
+    sizes: dict[str, int | None] | None = None,
+    first_column: str = "feature set",
 ) -> Table:
-    """One row per feature set: videos, done, failed, pending (and its size when given)."""
+    """One row per feature set (or view): videos, done, failed, pending (and its size when
+    given)."""
     table = Table(title=title)
-    table.add_column("feature set", style="bold", no_wrap=True)
+    table.add_column(first_column, style="bold", no_wrap=True)
     for column in ("videos", "done", "failed", "pending"):
         table.add_column(column, justify="right")
     if sizes is not None:
@@ -105,4 +158,12 @@ def inventory_tables(found: StoreInventory) -> list[Table]:
             if key not in ("identity", "config"):
                 details.add_row(key, str(value))
         tables.append(details)
+        tables.append(
+            counts_table(
+                f"{info.name}: views (docs/STORE.md)",
+                {view.name: view.counts for view in info.views},
+                sizes={view.name: view.size_bytes for view in info.views},
+                first_column="view",
+            )
+        )
     return tables

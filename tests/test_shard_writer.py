@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from sact.extract.claims import shard_topic
+from sact.extract.feature_set import CANONICAL
 from sact.extract.shard_writer import ShardWriter
 from sact.extract.zarr_store import ShardResult
 
@@ -32,6 +33,8 @@ class Claims:
 
 class Store:
     """Writes wait for ``gate`` (a slow disk); ``broken`` shards fail to write."""
+
+    view = CANONICAL  # the view its shards belong to, as FeatureSetWriter.view
 
     def __init__(
         self, events: list[tuple[str, int]], *, gate: threading.Event, broken: tuple[int, ...] = ()
