@@ -287,23 +287,50 @@ def extract(
 # -- info (extract/inventory.py) --
 
 
-@app.command(epilog=examples("sact info feats.zarr", "sact info s3://lab-feats/ssv2.zarr --json"))
+@app.command(
+    epilog=examples(
+        "sact info feats.zarr",
+        "sact info s3://lab-feats/ssv2.zarr --json",
+        "sact info feats.zarr --verify",
+    )
+)
 def info(
     store: Annotated[str, typer.Argument(help="Feature store (.zarr path or URL).")],
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Read every chunk: list damaged videos and mark them for `sact extract` to redo.",
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Show a store's feature sets: provenance, done / failed / pending, size on disk."""
     from sact.extract.inventory import inventory
-    from sact.extract.tables import inventory_tables
+    from sact.extract.tables import damaged_table, inventory_tables
+    from sact.extract.verify import verify_and_mark
 
     with user_errors():
+        # verify first: marking rewrites a damaged done or error chunk, which inventory reads
+        report = verify_and_mark(store, console=stderr) if verify else None
         found = inventory(store)
     if json_out:
-        typer.echo(json.dumps(found.to_json(), indent=2))
-        return
-    console = Console()
-    for table in inventory_tables(found):
-        print_table(console, table)
+        verified = {} if report is None else {"verify": report.to_json()}
+        typer.echo(json.dumps({**found.to_json(), **verified}, indent=2))
+    else:
+        console = Console()
+        for table in inventory_tables(found):
+            print_table(console, table)
+        if report is not None:
+            if report.damaged:
+                print_table(console, damaged_table(report))
+            else:
+                console.print(report.notes()[-1])
+    if report is not None:
+        for note in report.notes():
+            stderr.print(note, highlight=False)
+        if report.damaged:
+            raise typer.Exit(1)
 
 
 # -- export (extract/hdf5.py) --

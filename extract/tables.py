@@ -1,5 +1,6 @@
 """The rich tables the extract side prints: a run's summary and failures (`sact extract`), a
-store's feature sets (`sact info`) and an export's counts (`sact export`)."""
+store's feature sets and damaged videos (`sact info`, `--verify`) and an export's counts
+(`sact export`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from sact.extract.inventory import StoreInventory
     from sact.extract.pipeline import ExtractSummary, ViewCost
+    from sact.extract.verify import VerifyReport
 
 
 def summary_table(summary: ExtractSummary) -> Table:
@@ -167,3 +169,16 @@ def inventory_tables(found: StoreInventory) -> list[Table]:
             )
         )
     return tables
+
+
+def damaged_table(report: VerifyReport, *, limit: int = 50) -> Table:
+    table = Table(title=f"{len(report.damaged)} damaged (video, view) pairs")
+    for column in ("feature set", "view", "video", "row", "array", "reason"):
+        table.add_column(column, justify="right" if column == "row" else "left")
+    for damage in report.damaged[:limit]:
+        video = damage.video_id or "?"
+        reason = damage.reason if damage.redoable else f"{damage.reason} (not redoable)"
+        table.add_row(damage.feature_set, damage.view, video, str(damage.row), damage.array, reason)
+    if len(report.damaged) > limit:
+        table.add_row("…", "", f"{len(report.damaged) - limit} more", "", "", "see --json")
+    return table
