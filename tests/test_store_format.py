@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import zarr
 from format1_store import DIM, FRAMES, PATCHES, write_format1_store
+from test_store_docs import section_code
 
 from sact.extract.feature_set import CANONICAL, FeatureStoreError, VideoRecord
 from sact.extract.store import open_feature_set
 from sact.extract.verify import has_checksums, mark_for_redo, verify_store
+from sact.extract.views import parse_view
 from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
 
 SHARD = 4
@@ -41,11 +43,13 @@ def result_for(writer: FeatureSetWriter, shard: int, *, seed: int = 0) -> ShardR
     )
 
 
-def write_store(location: Path, *, videos: int = 10, views: tuple[str, ...] = ()) -> None:
-    """Feature set "fs": the canonical view and ``views``, every shard written."""
+def write_store(
+    location: Path, *, videos: int = 10, views: tuple[str, ...] = (), name: str = "fs"
+) -> None:
+    """Feature set ``name``: the canonical view and ``views``, every shard written."""
     writer = FeatureSetWriter.create_or_open(
         open_root(str(location), mode="a"),
-        "fs",
+        name,
         identity={"backbone": "test", "frames": FRAMES, "dim": DIM},
         provenance={},
         videos=records(videos),
@@ -56,7 +60,7 @@ def write_store(location: Path, *, videos: int = 10, views: tuple[str, ...] = ()
         shard_size=SHARD,
     )
     targets = [writer] + [
-        writer.add_view(name, spec={"name": name}, provenance={}) for name in views
+        writer.add_view(view, spec=parse_view(view).to_json(), provenance={}) for view in views
     ]
     for target in targets:
         for shard in target.shards_to_do():
@@ -120,6 +124,15 @@ def test_an_unknown_format_is_refused_in_one_line(tmp_path):
     zarr.open_group(str(location), mode="r+").attrs["sact"] = {"format": 3}
     with pytest.raises(FeatureStoreError, match=r"store format 3; this sact reads formats 1, 2"):
         open_feature_set(str(location))
+
+
+def test_the_store_docs_examples_run_on_a_store_with_views(tmp_path, monkeypatch, capsys):
+    write_store(tmp_path / "sact-demo" / "feats.zarr", name="demo", views=("jitter_d0",))
+    monkeypatch.chdir(tmp_path)
+    for heading in ("## Reading a store with plain zarr", "## Reading a feature set with xarray"):
+        exec(compile(section_code(heading), "docs/STORE.md", "exec"), {})
+    printed = capsys.readouterr().out
+    assert "['demo']" in printed and "jitter_d0 {'jitter': True" in printed
 
 
 # ---- checksums ----
