@@ -444,6 +444,13 @@ def train(
             "is always written)."
         ),
     ] = TRAIN.log,
+    views: Annotated[
+        str,
+        typer.Option(
+            help="Stored views to draw one of per video per episode: all (those holding the "
+            "whole train split) or names joined by commas, e.g. canonical."
+        ),
+    ] = TRAIN.views,
     rerun: Annotated[
         Path | None,
         typer.Option(
@@ -488,6 +495,7 @@ def train(
         resume=resume,
         cache_gb=cache_gb,
         log=log,
+        views=views,
     )
     if rerun is not None:
         given = [name for name in ctx.params if parameter_given(ctx, name)]
@@ -556,6 +564,14 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(help="Videos per embedding forward.")] = (
         EVAL.batch_size
     ),
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta",
+            help="Also score with logits averaged over every stored view (test-time "
+            "augmentation), reported apart.",
+        ),
+    ] = EVAL.tta,
     out: Annotated[
         Path | None,
         typer.Option(help="Also write the results here (every run keeps its own: evaluations/)."),
@@ -582,6 +598,7 @@ def evaluate(
         device=device,
         batch_size=batch_size,
         out=None if out is None else str(out),
+        tta=tta,
     )
     with user_errors():
         config.check()  # before torch is imported: a mistake is refused at once

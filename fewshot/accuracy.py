@@ -169,14 +169,34 @@ def episode_accuracies(
 ) -> np.ndarray:
     """Each episode's share of correctly classified queries: (E,). The counts stay on the device
     until every episode is scored, then come back in one copy: no device sync per episode."""
+    return averaged_accuracies(model, [(embedding, row_of)], episodes, autocast=autocast)
+
+
+@torch.no_grad()
+def averaged_accuracies(
+    model: FewShotHead,
+    embedded: Sequence[tuple[VideoEmbedding, np.ndarray]],
+    episodes: Sequence[Episode],
+    *,
+    autocast: AbstractContextManager | None = None,
+) -> np.ndarray:
+    """`episode_accuracies` with each episode's logits averaged over several embeddings of its
+    videos, (embedding, row_of) each: the stored views of test-time augmentation, support and
+    queries in the same view. Still one device read for all the episodes."""
     model.eval()
     autocast = autocast or nullcontext()
     correct = []
-    for group in episode_groups(episodes, embedding):
+    for group in episode_groups(episodes, embedded[0][0]):
         labels = np.stack([episode.query_labels() for episode in group])  # (E, Q)
-        on_device = to_device(labels, embedding.device)
+        on_device = to_device(labels, embedded[0][0].device)
         with autocast:
-            logits = match_group(model, embedding, row_of, group)  # (E, Q, N)
+            per_view = [
+                match_group(model, embedding, row_of, group) for embedding, row_of in embedded
+            ]  # each (E, Q, N)
+        if len(per_view) == 1:
+            logits = per_view[0]
+        else:
+            logits = torch.stack([view_logits.float() for view_logits in per_view]).mean(dim=0)
         correct.append((logits.argmax(dim=-1) == on_device).sum(dim=-1))  # (E,)
     if not correct:
         return np.empty(0)
@@ -195,20 +215,47 @@ def score_episodes(
     console: Console | None = None,
 ) -> list[np.ndarray]:
     """Per-episode accuracies (E,) of each list of episodes; every video used embedded once."""
-    positions = np.unique(
-        np.concatenate([np.r_[e.support, e.query] for episodes in episode_lists for e in episodes])
-    )
-    embedding, row_of = embed_videos(
+    return score_episodes_over_views(
         model,
-        features,
-        positions,
+        [features],
+        episode_lists,
         batch_size=batch_size,
         autocast=autocast,
         workers=workers,
         console=console,
     )
+
+
+def score_episodes_over_views(
+    model: FewShotHead,
+    views: Sequence[SplitFeatures],
+    episode_lists: Sequence[Sequence[Episode]],
+    *,
+    batch_size: int,
+    autocast: AbstractContextManager | None = None,
+    workers: int = 4,
+    console: Console | None = None,
+) -> list[np.ndarray]:
+    """Per-episode accuracies (E,) of each list of episodes, each episode's logits averaged over
+    `views` (the same pool read in several stored views: test-time augmentation); in each view
+    the support and the queries are that view's, every video embedded once per view."""
+    positions = np.unique(
+        np.concatenate([np.r_[e.support, e.query] for episodes in episode_lists for e in episodes])
+    )
+    embedded = [
+        embed_videos(
+            model,
+            features,
+            positions,
+            batch_size=batch_size,
+            autocast=autocast,
+            workers=workers,
+            console=console,
+        )
+        for features in views
+    ]
     return [
-        episode_accuracies(model, embedding, row_of, episodes, autocast=autocast)
+        averaged_accuracies(model, embedded, episodes, autocast=autocast)
         for episodes in episode_lists
     ]
 

@@ -68,6 +68,9 @@ class TrainConfig:
     cache_gb: float | None = None  # GPU + host cache cap; None: memory shares (features.py)
     workers: int = 4  # loader threads: host memory and store reads ahead of the step
     prefetch: int = 4  # batches read ahead when not all on the device
+    # stored views (docs/STORE.md) training draws from, one per video per episode: "all" (every
+    # view the whole train split has), or names joined by ","; saved resolved, as names
+    views: str = "all"
     log: str | None = None  # "tensorboard": also TensorBoard event files in the run
 
     def model_options(self) -> dict[str, Any]:
@@ -167,6 +170,9 @@ class EvalConfig:
     seed: int = 0
     episodes_file: str | None = None  # read if it exists, else written
     compare: tuple[str, ...] = ()  # other run directories, scored on the same episodes
+    # also score with each episode's logits averaged over every stored view (test-time
+    # augmentation, docs/STORE.md), reported apart from the canonical view's accuracy
+    tta: bool = False
     device: str = "auto"
     batch_size: int = 32  # videos per embedding forward
     workers: int = 4  # reader threads

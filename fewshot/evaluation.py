@@ -30,7 +30,7 @@ from rich.table import Table
 from sact.extract.devices import autocast_for, resolve_device
 from sact.extract.files import write_text_atomic
 from sact.extract.store import FeatureSet, open_feature_set
-from sact.fewshot.accuracy import mean_and_interval, score_episodes
+from sact.fewshot.accuracy import mean_and_interval, score_episodes, score_episodes_over_views
 from sact.fewshot.checkpoints import (
     Checkpoint,
     check_compatible,
@@ -159,6 +159,48 @@ def score(
     )
 
 
+def score_over_views(
+    scored: Scored, settings: list[EpisodeSet], config: EvalConfig, console: Console | None
+) -> tuple[list[np.ndarray], list[str]]:
+    """Per-episode accuracies with the logits averaged over every stored view that holds the
+    whole pool (test-time augmentation), and those views."""
+    feature_set, pool = scored.feature_set, scored.pool
+    views = [
+        name
+        for name in feature_set.view_names()
+        if feature_set.usable_in(name)[pool.store_indices].all()
+    ]
+    if len(views) == 1:
+        raise EvaluationError(
+            f"--tta: feature set {feature_set.name} holds no augmented view of every "
+            f"{pool.part} video; extract some (sact extract ... --random-views 4)"
+        )
+    device = resolve_device(config.device)
+    autocast, _ = autocast_for(device)
+    model = scored.checkpoint.build().to(device)
+    per_view = [
+        SplitFeatures(
+            feature_set,
+            pool,
+            frames=scored.checkpoint.model_config["frames"],
+            device=device,
+            cache_gb=0.0,  # each video is read once per view to be embedded
+            views=(view,),
+        )
+        for view in views
+    ]
+    accuracies = score_episodes_over_views(
+        model,
+        per_view,
+        [setting.episodes for setting in settings],
+        batch_size=config.batch_size,
+        autocast=autocast,
+        workers=config.workers,
+        console=console,
+    )
+    return accuracies, views
+
+
 def evaluate(config: EvalConfig, console: Console | None = None) -> dict[str, Any]:
     """Score a run (and `compare` runs) on the same episodes; results also written as JSON."""
     config.check()
@@ -195,6 +237,20 @@ def evaluate(config: EvalConfig, console: Console | None = None) -> dict[str, An
             for s in settings
         ]
         accuracies[other.name] = score(other, moved, config, console)
+    over_views = (
+        {main.name: score_over_views(main, settings, config, console)} if config.tta else {}
+    )
+    for other in others if config.tta else []:
+        moved = [
+            EpisodeSet(
+                s.way,
+                s.shot,
+                s.queries,
+                translate(s.episodes, main.pool, other.pool, run=other.name),
+            )
+            for s in settings
+        ]
+        over_views[other.name] = score_over_views(other, moved, config, console)
     for number, setting in enumerate(settings):
         entry: dict[str, Any] = {
             "way": setting.way,
@@ -211,6 +267,11 @@ def evaluate(config: EvalConfig, console: Console | None = None) -> dict[str, An
             difference = accuracies[main.name][number] - accuracies[other.name][number]
             mean, interval = mean_and_interval(difference)
             entry["paired_differences"][other.name] = {"difference": mean, "ci95": interval}
+        if over_views:
+            entry["tta"] = {}
+        for name, (per_setting, views) in over_views.items():
+            mean, interval = mean_and_interval(per_setting[number])
+            entry["tta"][name] = {"accuracy": mean, "ci95": interval, "views": views}
         results["settings"].append(entry)
     results["runs"] = {
         name: {
@@ -306,4 +367,11 @@ def results_table(results: dict[str, Any]) -> Table:
             paired = setting["paired_differences"][name]
             row.append(f"{100 * paired['difference']:+.2f} ± {100 * paired['ci95']:.2f}")
         table.add_row(*row)
+        if "tta" in setting:  # test-time augmentation, apart from the canonical view's row
+            views = len(next(iter(setting["tta"].values()))["views"])
+            row = [f"  same, logits averaged over {views} views", str(setting["episodes"])]
+            for name in runs:
+                score = setting["tta"][name]
+                row.append(f"{100 * score['accuracy']:.2f} ± {100 * score['ci95']:.2f}")
+            table.add_row(*row, *([""] * (len(runs) - 1)))
     return table

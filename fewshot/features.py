@@ -12,6 +12,10 @@ The host tier is ordinary memory, not pinned: pinning tens of GB takes long, can
 and torch's caching host allocator rounds each pinned block up to a power of two; each batch is
 gathered into a small pinned buffer instead, which is also where frames are picked.
 
+With augmented views (docs/STORE.md) training reads each video in one of several stored views, so
+what the tiers hold is a video view, one (view, video) pair: the plan counts and sizes video
+views, and a split with K views needs K times the memory of its canonical view alone.
+
 When the store holds more frames than the model uses, each video is cut into as many equal
 segments as the model has frames: training takes one random frame per segment, evaluation the
 segment centers (TSN sampling).
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -33,6 +37,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sact.extract.errors import SactError
+from sact.extract.feature_set import CANONICAL
 from sact.extract.sampling import segment_centers
 from sact.extract.store import FeatureSet
 from sact.fewshot.episodes import VideoPool
@@ -121,12 +126,13 @@ class Prefetcher:
 
 @dataclass(frozen=True)
 class CachePlan:
-    """Where each video of a split is served from: the tiers of the feature cache.
+    """Where each video view of a split is served from: the tiers of the feature cache.
 
-    In store order, the first `on_device` videos sit on the training device, the next `on_host`
-    in host memory (copied to the GPU through pinned staging buffers), and the rest are read from
-    the store by `readers` threads ahead of the model step. On a CPU the device is the host: there
-    is no separate host tier.
+    A video view is one stored view of one video (docs/STORE.md); a split read in its canonical
+    view alone has one per video. In their order (`SplitFeatures`), the first `on_device` video
+    views sit on the training device, the next `on_host` in host memory (copied to the GPU through
+    pinned staging buffers), and the rest are read from the store by `readers` threads ahead of
+    the model step. On a CPU the device is the host: there is no separate host tier.
     """
 
     part: str
@@ -137,10 +143,15 @@ class CachePlan:
     on_host: int
     readers: int
     limits: str  # what bounded the tiers, for the printed plan
+    views: int = 1  # stored views read of each video
+
+    @property
+    def video_views(self) -> int:
+        return self.videos * self.views
 
     @property
     def from_store(self) -> int:
-        return self.videos - self.on_device - self.on_host
+        return self.video_views - self.on_device - self.on_host
 
     @property
     def cached_bytes(self) -> int:
@@ -157,8 +168,11 @@ class CachePlan:
             f"{self.from_store} read from the store by {self.readers} threads "
             f"({size(self.from_store)})"
         )
+        counted = f"{self.videos} videos"
+        if self.views > 1:
+            counted += f" x {self.views} views = {self.video_views} video views"
         return (
-            f"{self.part} features, {self.videos} videos ({size(self.videos)}): "
+            f"{self.part} features, {counted} ({size(self.video_views)}): "
             + ", ".join(tiers)
             + f"; limits: {self.limits}"
         )
@@ -173,8 +187,10 @@ def plan_cache(
     readers: int,
     cache_gb: float | None = None,
     device_tier: bool = True,
+    views: int = 1,
 ) -> CachePlan:
-    """Split `videos` between the tiers: the device first, then host memory, then the store.
+    """Split the `videos` x `views` video views between the tiers: the device first, then host
+    memory, then the store.
 
     `cache_gb` caps both memory tiers together (None: no cap beyond the memory shares). The GPU's
     share is of its free memory now; the host's of its available memory as its cgroup allows
@@ -197,9 +213,10 @@ def plan_cache(
         limits.append(f"{device} {DEVICE_MEMORY_SHARE:.0%} of {free / BYTES_PER_GB:.1f} GB free")
     else:
         device_room = 0.0
-    on_device = min(videos, int(min(budget, device_room) // video_bytes))
+    video_views = videos * views
+    on_device = min(video_views, int(min(budget, device_room) // video_bytes))
     budget -= on_device * video_bytes
-    on_host = min(videos - on_device, int(min(budget, host_room) // video_bytes))
+    on_host = min(video_views - on_device, int(min(budget, host_room) // video_bytes))
     return CachePlan(
         part=part,
         videos=videos,
@@ -209,6 +226,7 @@ def plan_cache(
         on_host=on_host,
         readers=readers,
         limits="; ".join(limits),
+        views=views,
     )
 
 
@@ -233,11 +251,14 @@ def take_rows(rows: torch.Tensor, index: np.ndarray, out: np.ndarray | None = No
 class SplitFeatures:
     """The features of a pool's videos, served as float16 tensors (n, T, P, D) on `device`.
 
-    Each video is held in the tier its `CachePlan` gives it (`plan_cache` from the machine's memory
-    unless a plan is passed): on the device, in host memory, or read from the store on every call.
-    `videos` may be called from several threads at once (the training loader's readers). On a GPU
-    its gathers and copies run on a side stream, so they overlap the model step; the calling
-    thread waits for them, never the step.
+    With several stored `views` (docs/STORE.md) the unit the tiers hold is a video view, one
+    (view, video) pair, ranked view-major: rank = view · len(pool) + the video's place in store
+    order, so the canonical view fills the tiers first and loading reads each view's array front
+    to back. Each video view is held in the tier its `CachePlan` gives it (`plan_cache` from the
+    machine's memory unless a plan is passed): on the device, in host memory, or read from the
+    store on every call. `videos` may be called from several threads at once (the training
+    loader's readers). On a GPU its gathers and copies run on a side stream, so they overlap the
+    model step; the calling thread waits for them, never the step.
     """
 
     def __init__(
@@ -252,13 +273,16 @@ class SplitFeatures:
         device_tier: bool = True,
         plan: CachePlan | None = None,
         console: Console | None = None,
+        views: Sequence[str] = (CANONICAL,),
     ) -> None:
         segment_frames(feature_set.frames, frames, 0)  # checks frames <= stored frames
         self.feature_set, self.pool, self.frames, self.device = feature_set, pool, frames, device
+        self.views = tuple(views)
         self.video_shape = (feature_set.frames, feature_set.patches, feature_set.dim)
         self.plan = plan or plan_cache(
             part=pool.part,
             videos=len(pool),
+            views=len(self.views),
             video_bytes=int(np.prod(self.video_shape)) * 2,  # float16
             device=device,
             readers=readers,
@@ -280,29 +304,35 @@ class SplitFeatures:
 
     @property
     def in_memory(self) -> bool:
-        """Every video on the device: nothing to read ahead."""
-        return self.plan.on_device == self.plan.videos
+        """Every video view on the device: nothing to read ahead."""
+        return self.plan.on_device == self.plan.video_views
 
     def where(self) -> str:
         return self.plan.describe()
 
     def _load(self, console: Console | None) -> None:
         cached = self.plan.on_device + self.plan.on_host
-        chunks = [
-            (start, min(start + LOAD_CHUNK_VIDEOS, cached))
-            for start in range(0, cached, LOAD_CHUNK_VIDEOS)
-        ]
+        videos = len(self.pool)
+        chunks = []  # ranks [start, stop) of video views, each within one view
+        for start in range(0, cached, videos):
+            view_stop = min(start + videos, cached)
+            chunks += [
+                (chunk, min(chunk + LOAD_CHUNK_VIDEOS, view_stop))
+                for chunk in range(start, view_stop, LOAD_CHUNK_VIDEOS)
+            ]
 
         def read(chunk: tuple[int, int]) -> tuple[tuple[int, int], np.ndarray]:
             start, stop = chunk
-            indices = self.pool.store_indices[self.store_order[start:stop]]
-            return chunk, self.feature_set.read(indices)  # (stop - start, T_stored, P, D)
+            view, first = divmod(start, videos)
+            indices = self.pool.store_indices[self.store_order[first : first + stop - start]]
+            block = self.feature_set.read(indices, self.views[view])
+            return chunk, block  # (stop - start, T_stored, P, D)
 
         with progress_bar(console) as progress:
             task = progress.add_task(f"loading {self.pool.part} features", total=cached)
             readers = Prefetcher(workers=self.plan.readers, depth=2 * self.plan.readers)
             for (start, stop), block in readers.map(read, chunks):
-                # ranks [start, stop) in store order: the device tier's first, then the host's
+                # ranks [start, stop): the device tier's first, then the host's
                 split = min(max(self.plan.on_device - start, 0), stop - start)
                 if split:
                     self.on_device[start : start + split] = to_device(block[:split], self.device)
@@ -314,14 +344,19 @@ class SplitFeatures:
         if self.copy_stream is not None:  # the loaders' stream reads what this one wrote
             self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
 
-    def videos(self, positions: np.ndarray, frames: np.ndarray) -> torch.Tensor:
-        """Videos at pool `positions`, stored frames `frames` (n, T): (n, T, P, D) float16.
+    def videos(
+        self, positions: np.ndarray, frames: np.ndarray, views: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """Videos at pool `positions`, stored frames `frames` (n, T), each in view `views` (n,)
+        (indices into `self.views`; None: the first): (n, T, P, D) float16.
 
-        Each video comes from the tier that holds it, bit for bit the same values from any tier.
+        Each video view comes from the tier that holds it, bit for bit the same values from any
+        tier.
         """
         positions = np.asarray(positions, dtype=np.int64)
         frames = np.asarray(frames, dtype=np.int64)
-        rank = self.rank[positions]
+        views = np.zeros_like(positions) if views is None else np.asarray(views, dtype=np.int64)
+        rank = views * len(self.pool) + self.rank[positions]  # (n,) video view ranks
         in_tier = {
             "device": rank < self.plan.on_device,
             "host": (rank >= self.plan.on_device)
@@ -340,7 +375,7 @@ class SplitFeatures:
                 elif tier == "host":
                     part = self._gather_host(rank[selected] - self.plan.on_device, frames[selected])
                 else:
-                    part = self._read_store(positions[selected], frames[selected])
+                    part = self._read_store(positions[selected], frames[selected], views[selected])
                 parts.append((selected, part))
             videos = parts[0][1] if len(parts) == 1 else self._assemble(parts, frames.shape)
         if side_stream:
@@ -359,8 +394,8 @@ class SplitFeatures:
         return videos
 
     def _frame_rows(self, rows: np.ndarray, frames: np.ndarray) -> np.ndarray:
-        """Rows of a tier seen as (videos * T_stored, P, D), one per (video, frame): gathering
-        them copies P*D contiguous values per row."""
+        """Rows of a tier seen as (video views * T_stored, P, D), one per (video view, frame):
+        gathering them copies P*D contiguous values per row."""
         return (rows[:, None] * self.video_shape[0] + frames).ravel()  # (n*T,)
 
     def _gather_device(self, rows: np.ndarray, frames: np.ndarray) -> torch.Tensor:
@@ -388,8 +423,18 @@ class SplitFeatures:
         staged = staged.view(*frames.shape, *self.video_shape[1:])  # (n, T, P, D)
         return staged.to(self.device, non_blocking=True)
 
-    def _read_store(self, positions: np.ndarray, frames: np.ndarray) -> torch.Tensor:
-        block = self.feature_set.read(self.pool.store_indices[positions])  # (n, T_stored, P, D)
+    def _read_store(
+        self, positions: np.ndarray, frames: np.ndarray, views: np.ndarray
+    ) -> torch.Tensor:
+        indices = self.pool.store_indices[positions]
+        in_views = np.unique(views)
+        if len(in_views) == 1:
+            block = self.feature_set.read(indices, self.views[in_views[0]])  # (n, T_stored, P, D)
+        else:
+            block = np.empty((len(positions), *self.video_shape), dtype=np.float16)
+            for view in in_views:
+                in_view = views == view
+                block[in_view] = self.feature_set.read(indices[in_view], self.views[view])
         picked = np.take_along_axis(block, frames[:, :, None, None], axis=1)  # (n, T, P, D)
         return to_device(picked, self.device)
 

@@ -6,7 +6,12 @@ accumulates the gradients of the mean cross-entropy, then takes one optimiser st
 once), and the `last` checkpoint (with everything needed to resume) and, when val accuracy
 improved, the `best` one are written.
 
-Determinism: the episodes and their frame offsets come from one `np.random.Generator(seed)`,
+Augmented views (docs/STORE.md): when the store holds several views of every train video, each
+video of each episode is read in a view drawn uniformly from `views` (by default all the views the
+whole train split has, the canonical one included; config.json records them by name), so an epoch
+does not repeat the same tensors. Validation and evaluation read the canonical view.
+
+Determinism: the episodes, their frame offsets and views come from one `np.random.Generator(seed)`,
 drawn in order in the main thread (reads run ahead in threads, which does not change what is
 drawn); the generator's state after each step is saved with the checkpoint, as are the optimiser
 and torch RNG states. `--resume` therefore continues exactly where the last checkpoint was taken:
@@ -34,7 +39,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -49,7 +54,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sact.extract.devices import autocast_for, resolve_device
 from sact.extract.errors import storage_error_reason
-from sact.extract.feature_set import is_url
+from sact.extract.feature_set import CANONICAL, is_url
 from sact.extract.files import write_text_atomic
 from sact.extract.store import FeatureSet, open_feature_set
 from sact.fewshot.accuracy import score_episodes
@@ -87,6 +92,9 @@ from sact.fewshot.tensorboard import TensorBoardLog
 # a numpy Generator's bit_generator.state: saved with each checkpoint, so a resumed run draws on
 # exactly where the interrupted one stopped
 RngState = Mapping[str, Any]
+# one episode as drawn: the episode, its support and query frames (n, T), and their views (n,)
+# (None with a single training view)
+Task = tuple[Episode, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]
 SGD_MOMENTUM = 0.9
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -170,6 +178,33 @@ class Data:
     val_pool: VideoPool
     train_sampler: EpisodeSampler
     val_episodes: list[Episode]
+    train_views: tuple[str, ...]  # the stored views training draws from
+
+
+def training_views(feature_set: FeatureSet, pool: VideoPool, asked: str) -> tuple[str, ...]:
+    """The views training draws from: ``all`` (every view that holds the whole train split), or
+    the views named, comma-separated, each of which must hold the whole train split."""
+    rows = pool.store_indices
+    missing = {
+        name: int(np.sum(~feature_set.usable_in(name)[rows])) for name in feature_set.view_names()
+    }
+    if asked == "all":
+        return tuple(name for name, count in missing.items() if count == 0)
+    names = tuple(dict.fromkeys(name.strip() for name in asked.split(",") if name.strip()))
+    if not names:
+        raise TrainingError("--views must be all or view names separated by commas")
+    for name in names:
+        if name not in missing:
+            raise TrainingError(
+                f"feature set {feature_set.name} has no view {name!r}; it has: "
+                + ", ".join(missing)
+            )
+        if missing[name]:
+            raise TrainingError(
+                f"view {name} lacks {missing[name]} of the train split's videos: extract them "
+                f"(sact extract ... --view {name}) or leave the view out of --views"
+            )
+    return names
 
 
 def prepare_data(config: TrainConfig, console: Console | None) -> Data:
@@ -177,6 +212,7 @@ def prepare_data(config: TrainConfig, console: Console | None) -> Data:
     split = resolve_split(feature_set, config.split)
     train_pool = build_pool(feature_set, split, "train")
     val_pool = build_pool(feature_set, split, "val")
+    train_views = training_views(feature_set, train_pool, config.views)
     samplers = [
         EpisodeSampler(pool, way=config.way, shot=config.shot, queries=config.query)
         for pool in (train_pool, val_pool)
@@ -193,6 +229,7 @@ def prepare_data(config: TrainConfig, console: Console | None) -> Data:
         val_pool=val_pool,
         train_sampler=samplers[0],
         val_episodes=samplers[1].episodes(config.val_episodes, config.seed),
+        train_views=train_views,
     )
 
 
@@ -210,8 +247,17 @@ def resolve_config(config: TrainConfig) -> tuple[TrainConfig, Path | None]:
     return replace(resumed, **runtime, out=str(run_dir)), run_dir
 
 
-def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
-    """Train `config.model` on the store's train split, validating on its val split."""
+def train(
+    config: TrainConfig,
+    console: Console | None = None,
+    *,
+    on_validation: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+) -> TrainResult:
+    """Train `config.model` on the store's train split, validating on its val split.
+
+    `on_validation(model)`, called after each validation, returns more numbers to log with it in
+    metrics.jsonl (bench/views.py scores the test split over training this way).
+    """
     config, run_dir = resolve_config(config)
     config.check()
     if config.iterations < config.warmup and console is not None:
@@ -234,7 +280,12 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
                 f"{run_dir} already holds a run; continue it with --resume or pick another --out"
             )
         run_dir.mkdir(parents=True, exist_ok=True)
-        config = replace(config, out=str(run_dir), feats=store_location(config.feats))
+        config = replace(
+            config,
+            out=str(run_dir),
+            feats=store_location(config.feats),
+            views=",".join(data.train_views),
+        )
         description = {
             "train": asdict(config),
             "model": config.model,
@@ -249,7 +300,9 @@ def train(config: TrainConfig, console: Console | None = None) -> TrainResult:
     try:
         if description is not None:
             write_text_atomic(run_dir / CONFIG_FILE, json.dumps(description, indent=2) + "\n")
-        return Trainer(config, data, model, run_dir, frames, console).run()
+        trainer = Trainer(config, data, model, run_dir, frames, console)
+        trainer.on_validation = on_validation
+        return trainer.run()
     except OSError as error:  # a full disk: the checkpoints written before stay as they were
         again = (
             f"sact train --out {run_dir} --resume"
@@ -310,6 +363,7 @@ class Trainer:
             self.device.type, enabled=self.amp_dtype == torch.float16
         )
         self.rng = np.random.default_rng(config.seed)
+        self.on_validation: Callable[[torch.nn.Module], dict[str, float]] | None = None
         self.step = 0
         self.best_accuracy = -1.0
         self.best_step = 0
@@ -333,19 +387,28 @@ class Trainer:
     def train_features(self) -> SplitFeatures:
         """Read on first use: a finished run that is resumed never loads its split."""
         return self.split_features(
-            self.data.train_pool, cache_gb=self.config.cache_gb, device_tier=True
+            self.data.train_pool,
+            cache_gb=self.config.cache_gb,
+            device_tier=True,
+            views=self.data.train_views,
         )
 
     @cached_property
     def val_features(self) -> SplitFeatures:
-        """Kept off the GPU (validation reads each val video once), in what --cache-gb leaves."""
+        """The canonical view only, kept off the GPU (validation reads each val video once), in
+        what --cache-gb leaves."""
         cache_gb = self.config.cache_gb
         if cache_gb is not None and "train_features" in self.__dict__:
             cache_gb = max(0.0, cache_gb - self.train_features.plan.cached_bytes / BYTES_PER_GB)
         return self.split_features(self.data.val_pool, cache_gb=cache_gb, device_tier=False)
 
     def split_features(
-        self, pool: VideoPool, *, cache_gb: float | None, device_tier: bool
+        self,
+        pool: VideoPool,
+        *,
+        cache_gb: float | None,
+        device_tier: bool,
+        views: tuple[str, ...] = (CANONICAL,),
     ) -> SplitFeatures:
         return SplitFeatures(
             self.data.feature_set,
@@ -356,6 +419,7 @@ class Trainer:
             readers=self.config.workers,
             device_tier=device_tier,
             console=self.console,
+            views=views,
         )
 
     @property
@@ -428,8 +492,9 @@ class Trainer:
 
     # -- data --
 
-    def plans(self) -> Iterator[tuple[list[tuple[Episode, np.ndarray, np.ndarray]], RngState]]:
-        """Each step's episodes and frames, drawn in order, with the generator state after."""
+    def plans(self) -> Iterator[tuple[list[Task], RngState]]:
+        """Each step's episodes, frames and views, drawn in order, with the generator state
+        after."""
         stored = self.data.feature_set.frames
         while True:
             tasks = []
@@ -437,20 +502,28 @@ class Trainer:
                 episode = self.data.train_sampler.sample(self.rng)
                 support_frames = segment_frames(stored, self.frames, len(episode.support), self.rng)
                 query_frames = segment_frames(stored, self.frames, len(episode.query), self.rng)
-                tasks.append((episode, support_frames, query_frames))
+                support_views = self.draw_views(len(episode.support))
+                query_views = self.draw_views(len(episode.query))
+                tasks.append((episode, support_frames, query_frames, support_views, query_views))
             yield tasks, self.rng.bit_generator.state
+
+    def draw_views(self, count: int) -> np.ndarray | None:
+        """A view per video, uniformly among the training views; nothing is drawn with a single
+        view (so a store without views trains exactly as before views existed)."""
+        views = len(self.data.train_views)
+        return None if views == 1 else self.rng.integers(0, views, size=count)
 
     def load(self, plan) -> tuple[list[tuple[torch.Tensor, ...]], RngState]:
         """An episode's videos on the device, its support labels on the CPU (the model checks
         them there, no device sync), its query labels on the device (a non-blocking copy)."""
         tasks, rng_state = plan
         loaded: list[tuple[torch.Tensor, ...]] = []
-        for episode, support_frames, query_frames in tasks:
+        for episode, support_frames, query_frames, support_views, query_views in tasks:
             loaded.append(
                 (
-                    self.train_features.videos(episode.support, support_frames),
+                    self.train_features.videos(episode.support, support_frames, support_views),
                     torch.from_numpy(episode.support_labels()),
-                    self.train_features.videos(episode.query, query_frames),
+                    self.train_features.videos(episode.query, query_frames, query_views),
                     to_device(episode.query_labels(), self.device),
                 )
             )
@@ -534,7 +607,8 @@ class Trainer:
         improved = self.last_accuracy > self.best_accuracy
         if improved:
             self.best_accuracy, self.best_step = self.last_accuracy, self.step
-        self.log({"step": self.step, "val_accuracy": self.last_accuracy})
+        extra = {} if self.on_validation is None else self.on_validation(self.model)
+        self.log({"step": self.step, "val_accuracy": self.last_accuracy, **extra})
         if self.tensorboard is not None and isinstance(self.model, SACT):
             self.tensorboard.figure(
                 "figures/attention", self.draw_val_attention(self.model), self.step

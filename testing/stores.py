@@ -16,12 +16,14 @@ video shares: the small activations dominated by a common component that a rando
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from sact.extract.feature_set import VideoRecord
 from sact.extract.splits import SPLIT_PARTS
+from sact.extract.views import parse_view
 from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
 
 
@@ -81,11 +83,14 @@ def write_synthetic_store(
     relu: bool = False,
     scale: float = 1.0,
     shared: float = 0.0,
+    views: Sequence[str] = (),
 ) -> str:
     """Write a labelled feature set of `classes` x `videos_per_class` synthetic videos.
 
     `failed` video ids are recorded as failed; `pending_shards` are left unwritten (not done);
-    `split` is recorded in the feature set's attrs as stage 1 does.
+    `split` is recorded in the feature set's attrs as stage 1 does. Each of `views` (view specs,
+    extract/views.py) is stored too: the canonical features plus noise of its own, as another crop
+    of the same video would differ.
     """
     rng = np.random.default_rng(seed)
     labels = class_names(classes)
@@ -115,6 +120,10 @@ def write_synthetic_store(
         grid=grid,
         shard_size=shard_size,
     )
+    view_writers = [
+        writer.add_view(spec.name, spec=spec.to_json(), provenance={})
+        for spec in map(parse_view, views)
+    ]
     class_of = np.repeat(np.arange(classes), videos_per_class)
     for shard in range(writer.num_shards()):
         start, end = writer.shard_bounds(shard)
@@ -134,15 +143,24 @@ def write_synthetic_store(
         if shard in pending_shards:
             continue
         errors = ["decode failed" if r.video_id in failed else "" for r in records[start:end]]
-        writer.write_shard(
-            shard,
-            ShardResult(
-                features=features,
-                frame_index=np.tile(np.arange(frames, dtype=np.int32), (end - start, 1)),
-                num_frames=np.full(end - start, frames, dtype=np.int32),
-                errors=errors,
-            ),
+        result = ShardResult(
+            features=features,
+            frame_index=np.tile(np.arange(frames, dtype=np.int32), (end - start, 1)),
+            num_frames=np.full(end - start, frames, dtype=np.int32),
+            errors=errors,
         )
+        writer.write_shard(shard, result)
+        for number, view in enumerate(view_writers):
+            view_rng = np.random.default_rng([seed, shard, number])
+            shifted = features + noise * view_rng.standard_normal(features.shape)
+            view.write_shard(
+                shard,
+                replace(
+                    result,
+                    features=shifted.astype(np.float16),
+                    crop_origin=np.zeros((end - start, 2), dtype=np.int32),
+                ),
+            )
     return str(location)
 
 

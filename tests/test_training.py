@@ -17,10 +17,13 @@ from safetensors.torch import load_file
 
 from sact.extract.errors import SactError
 from sact.extract.store import open_feature_set
+from sact.extract.zarr_store import FeatureSetWriter, open_root
 from sact.fewshot import features as features_module
 from sact.fewshot.accuracy import embed_videos
 from sact.fewshot.checkpoints import read_checkpoint
+from sact.fewshot.config import EvalConfig, EvaluationError
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
+from sact.fewshot.evaluation import evaluate, results_table
 from sact.fewshot.features import SplitFeatures
 from sact.fewshot.model import SACTEmbedding
 from sact.fewshot.training import (
@@ -380,3 +383,97 @@ def test_a_split_beyond_the_cache_trains_to_the_same_weights(
     assert read_metrics(all_in_memory / "metrics.jsonl") == read_metrics(
         tmp_path / "run/metrics.jsonl"
     )
+
+
+# ---- augmented views (docs/STORE.md) ----
+
+VIEWS = ("crop-tl", "jitter_d0", "jitter_d1")
+
+
+@pytest.fixture(scope="module")
+def view_store(synthetic_store, tmp_path_factory):
+    """The session's synthetic store again, with three augmented views of every video."""
+    folder = tmp_path_factory.mktemp("views")
+    return synthetic_store.write_like(folder / "feats.zarr", views=VIEWS), synthetic_store.split
+
+
+def test_views_are_drawn_per_video_seeded_recorded_and_resume_bit_for_bit(
+    view_store, tmp_path, monkeypatch
+):
+    drawn: list[np.ndarray] = []
+    original_videos = SplitFeatures.videos
+
+    def recording(self, positions, frames, views=None):
+        if views is not None:
+            drawn.append(np.asarray(views))
+        return original_videos(self, positions, frames, views)
+
+    monkeypatch.setattr(SplitFeatures, "videos", recording)
+    whole = train(tiny(view_store, tmp_path / "whole"))
+    saved = json.loads((tmp_path / "whole/config.json").read_text())["train"]
+    assert saved["views"] == "canonical,crop-tl,jitter_d0,jitter_d1"  # resolved, by name
+    assert set(np.concatenate(drawn).tolist()) == {0, 1, 2, 3}  # one view per video, all used
+    monkeypatch.setattr(SplitFeatures, "videos", original_videos)
+
+    original_step = Trainer.train_step
+
+    def killed_at_step_7(self, tasks):
+        if self.step == 6:
+            raise KeyboardInterrupt
+        return original_step(self, tasks)
+
+    monkeypatch.setattr(Trainer, "train_step", killed_at_step_7)
+    with pytest.raises(KeyboardInterrupt):  # streamed: reads per view, in reader threads
+        train(tiny(view_store, tmp_path / "cut", cache_gb=0.0))
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+    resumed = train(TrainConfig(feats="", out=str(tmp_path / "cut"), resume=True, device="cpu"))
+    assert resumed.best_val_accuracy == whole.best_val_accuracy
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_metrics(tmp_path / "whole/metrics.jsonl") == read_metrics(
+        tmp_path / "cut/metrics.jsonl"
+    )
+
+    canonical = train(tiny(view_store, tmp_path / "canonical", views="canonical"))
+    c = weights(tmp_path / "canonical")
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the views changed what was trained on
+    assert canonical.steps == whole.steps
+
+
+def test_unknown_or_incomplete_training_views_are_refused_in_one_line(
+    view_store, synthetic_store, tmp_path
+):
+    with pytest.raises(TrainingError, match="has no view 'nope'; it has: canonical, crop-tl"):
+        train(tiny(view_store, tmp_path / "a", views="jitter_d0,nope"))
+    partial = synthetic_store.write_like(tmp_path / "partial.zarr", views=("jitter_d0",))
+    done = open_feature_set(partial).views["jitter_d0"].done
+    assert done.all()
+    writer = FeatureSetWriter(open_root(partial, mode="a")["synthetic"], view="jitter_d0")
+    writer.target["done"][0:8] = np.zeros(8, dtype=bool)  # its first shard: not extracted yet
+    with pytest.raises(TrainingError, match="view jitter_d0 lacks 8 of the train split's videos"):
+        train(tiny((partial, synthetic_store.split), tmp_path / "b", views="jitter_d0"))
+    saved = train(tiny((partial, synthetic_store.split), tmp_path / "c", iterations=1))
+    config = json.loads((tmp_path / "c/config.json").read_text())["train"]
+    assert config["views"] == "canonical" and saved.steps == 1  # "all": complete views only
+
+
+def test_evaluate_tta_averages_logits_over_views_and_reports_them_apart(
+    view_store, store, tmp_path
+):
+    train(tiny(view_store, tmp_path / "run", iterations=4))
+    config = EvalConfig(run=str(tmp_path / "run"), episodes=30, shots=(1,), device="cpu")
+    plain = evaluate(config)
+    with_tta = evaluate(replace(config, tta=True, out=str(tmp_path / "tta.json")))
+    (setting,) = with_tta["settings"]
+    assert setting["runs"] == plain["settings"][0]["runs"]  # the canonical view's, unchanged
+    (tta,) = setting["tta"].values()
+    assert tta["views"] == ["canonical", "crop-tl", "jitter_d0", "jitter_d1"]
+    assert 0.0 <= tta["accuracy"] <= 1.0 and tta["ci95"] > 0
+    console = Console(record=True, width=200)
+    console.print(results_table(with_tta))
+    assert "logits averaged over 4 views" in console.export_text()
+    train(tiny(store, tmp_path / "plain", iterations=1))
+    with pytest.raises(
+        EvaluationError, match="--tta: feature set synthetic holds no augmented view"
+    ):
+        evaluate(replace(config, run=str(tmp_path / "plain"), tta=True))
