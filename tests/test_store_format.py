@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from format1_store import DIM, FRAMES, PATCHES, write_format1_store
 from test_store_docs import section_code
 
 from sact.extract.feature_set import CANONICAL, FeatureStoreError, VideoRecord
@@ -22,6 +21,8 @@ from sact.extract.store import open_feature_set
 from sact.extract.verify import has_checksums, mark_for_redo, verify_store
 from sact.extract.views import parse_view
 from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
+from sact.testing.damage import flip_byte
+from sact.testing.format1 import DIM, FRAMES, PATCHES, write_format1_store
 
 SHARD = 4
 
@@ -65,30 +66,6 @@ def write_store(
     for target in targets:
         for shard in target.shards_to_do():
             target.write_shard(shard, result_for(target, shard))
-
-
-def chunk_file(folder: Path, shard: int) -> Path:
-    """The file of a shard's chunk: ``c/<shard>/0/...``, one 0 per further dimension."""
-    path = folder / "c" / str(shard)
-    while path.is_dir():
-        path = path / "0"
-    return path
-
-
-def flip_byte(location: Path, row: int, *, view: str = CANONICAL, array: str = "features") -> None:
-    """Flip one byte in the middle of video ``row``'s features chunk (or, for another array, of
-    the chunk holding ``row``), the way a bad disk or a bad copy would."""
-    folder = location / "fs" if view == CANONICAL else location / "fs" / "views" / view
-    path = chunk_file(folder / array, row // SHARD)
-    data = bytearray(path.read_bytes())
-    middle = len(data) // 2
-    if array == "features":
-        # the shard index at the end: (offset, length) per inner chunk, then its own crc32c
-        index = np.frombuffer(bytes(data[-(SHARD * 16 + 4) : -4]), dtype="<u8").reshape(SHARD, 2)
-        offset, length = index[row % SHARD]
-        middle = int(offset + length // 2)
-    data[middle] ^= 0x40
-    path.write_bytes(bytes(data))
 
 
 # ---- format 1 ----
@@ -142,8 +119,8 @@ def test_a_flipped_byte_is_reported_naming_the_video_instead_of_read(tmp_path):
     location = tmp_path / "feats.zarr"
     write_store(location, views=("jitter_d0",))
     clean = open_feature_set(str(location)).read(range(10))
-    flip_byte(location, 6)
-    flip_byte(location, 2, view="jitter_d0")
+    flip_byte(location, "fs", 6)
+    flip_byte(location, "fs", 2, view="jitter_d0")
     feature_set = open_feature_set(str(location))
     with pytest.raises(FeatureStoreError, match=r"features of video 'v6' \(row 6\) .* damaged"):
         feature_set.read([0, 5, 6, 7])
@@ -156,7 +133,7 @@ def test_a_flipped_byte_is_reported_naming_the_video_instead_of_read(tmp_path):
 def test_a_damaged_small_array_is_one_line_on_open(tmp_path):
     location = tmp_path / "feats.zarr"
     write_store(location)
-    flip_byte(location, 5, array="frame_index")
+    flip_byte(location, "fs", 5, array="frame_index")
     with pytest.raises(
         FeatureStoreError, match=r"array frame_index of feature set fs in .* is dam"
     ):
@@ -171,9 +148,9 @@ def test_verify_lists_damaged_videos_and_the_next_extraction_redoes_only_them(tm
         for view in (CANONICAL, "jitter_d0")
     }
     assert verify_store(str(location)) == []
-    flip_byte(location, 6)
-    flip_byte(location, 2, view="jitter_d0")
-    flip_byte(location, 9, array="done")  # shard 2: videos 8, 9
+    flip_byte(location, "fs", 6)
+    flip_byte(location, "fs", 2, view="jitter_d0")
+    flip_byte(location, "fs", 9, array="done")  # shard 2: videos 8, 9
 
     damaged = verify_store(str(location))
     found = {(d.view, d.video_id, d.array) for d in damaged}
@@ -205,7 +182,7 @@ def test_verify_lists_damaged_videos_and_the_next_extraction_redoes_only_them(tm
 def test_info_verify_lists_and_marks_damaged_videos(tmp_path):
     location = tmp_path / "feats.zarr"
     write_store(location)
-    flip_byte(location, 3)
+    flip_byte(location, "fs", 3)
     command = [sys.executable, "-m", "sact.cli", "info", str(location), "--verify"]
     listed = subprocess.run([*command, "--json"], capture_output=True, text=True)
     assert listed.returncode == 1, listed.stderr
