@@ -132,17 +132,25 @@ class SACT(FewShotHead[SACTEmbedding]):
         return phi + encoding
 
     def embed(self, videos: Tensor) -> SACTEmbedding:
-        """Per-video part: TMixer, CPE and the three projections. videos (B, T, P, D)."""
+        """Per-video part: TMixer, CPE and the three projections. videos (B, T, P, D).
+
+        The values' path (input norm, TMixer, W_v) runs in the weights' precision whatever
+        autocast chose: `match` subtracts sums of values that nearly cancel, and bfloat16 values
+        flipped ~1% of SA-CT's predictions on the demo's features even with `match` in float32;
+        the keys only shape the attention and stay under autocast (docs/MODEL.md, "Precision").
+        """
         self.check_videos(videos)
-        x = videos.to(self.to_value.weight.dtype)  # cached features are float16
-        if self.input_norm is not None:
-            x = self.input_norm(x)  # (B, T, P, D), each patch over its D channels
-        phi = self.tmixer(x) if self.tmixer is not None else x  # (B, T', P, D)
+        with autocast_off(videos.device):
+            x = videos.to(self.to_value.weight.dtype)  # cached features are float16
+            if self.input_norm is not None:
+                x = self.input_norm(x)  # (B, T, P, D), each patch over its D channels
+            phi = self.tmixer(x) if self.tmixer is not None else x  # (B, T', P, D)
+            values = self.to_value(phi)  # (B, T', P, d_k)
         f = self.positional(phi)  # (B, T', P, D)
         return SACTEmbedding(
             support_keys=self.norm_support(self.to_support(f)),  # (B, T', P, d_k)
             query_keys=self.norm_query(self.to_query(f)),  # (B, T', P, d_k)
-            values=self.to_value(phi),  # (B, T', P, d_k)
+            values=values,
         )
 
     @staticmethod
