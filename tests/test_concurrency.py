@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from sact.extract.claims import ClaimBook, ClaimError, RunInfo, shard_topic
+from sact.extract.feature_set import CANONICAL
 from sact.extract.store import open_feature_set
 from sact.extract.zarr_store import open_root
 from sact.testing.extraction import extract_in_this_process, tiny_cli_options
@@ -130,7 +131,7 @@ def test_keep_alive_beats_and_releases(tmp_path: Path) -> None:
 # ---- two `sact extract` runs at once, end to end ----
 
 
-def start_extract(videos: Path, out: Path) -> subprocess.Popen:
+def start_extract(videos: Path, out: Path, *options: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # PYTHONPATH kept: this checkout's sact
     command = [
         sys.executable,
@@ -143,7 +144,7 @@ def start_extract(videos: Path, out: Path) -> subprocess.Popen:
         str(out),
     ]
     return subprocess.Popen(
-        [*command, *tiny_cli_options(shard_size=1), "--json"],
+        [*command, *tiny_cli_options(shard_size=1), *options, "--json"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -159,9 +160,9 @@ def finish(process: subprocess.Popen) -> dict:
     return json.loads(output)
 
 
-def extract_here(videos: Path, out: Path) -> str:
+def extract_here(videos: Path, out: Path, **options: object) -> str:
     """The same extraction in this process, on one thread like the subprocesses; what it said."""
-    return extract_in_this_process(videos, out, shard_size=1)
+    return extract_in_this_process(videos, out, shard_size=1, **options)
 
 
 @pytest.mark.slow
@@ -180,6 +181,50 @@ def test_two_extract_runs_at_once_share_the_work(video_folder: Path, tmp_path: P
     np.testing.assert_array_equal(together.frame_index, reference.frame_index)
     claims = book(str(shared))
     assert all(claims.holder_of(shard_topic(shard)) is None for shard in range(5))  # all released
+
+
+@pytest.mark.slow
+def test_two_extract_runs_at_once_share_the_work_of_every_view(
+    video_folder: Path, tmp_path: Path
+) -> None:
+    alone, shared = tmp_path / "alone.zarr", tmp_path / "shared.zarr"
+    extract_here(video_folder, alone, random_views=2)
+    runs = [start_extract(video_folder, shared, "--random-views", "2") for _ in range(2)]
+    summaries = [finish(run) for run in runs]
+    reference, together = open_feature_set(str(alone)), open_feature_set(str(shared))
+    views = reference.view_names()
+    assert views == [CANONICAL, "jitter_crop-random_d0", "jitter_crop-random_d1"]
+    assert together.view_names() == views and together.video_ids == reference.video_ids
+    for number, view in enumerate(views):
+        # each (view, video) extracted by exactly one of the two runs, bitwise as by one run
+        assert [summary["views"][number]["view"] for summary in summaries] == [view, view]
+        assert sum(summary["views"][number]["extracted_now"] for summary in summaries) == 5
+        assert together.usable_in(view).all()
+        everything = np.arange(len(reference))
+        np.testing.assert_array_equal(
+            together.read(everything, view), reference.read(everything, view)
+        )
+        np.testing.assert_array_equal(
+            together.view(view).frame_index, reference.view(view).frame_index
+        )
+    claims = book(str(shared))
+    assert all(
+        claims.holder_of(shard_topic(shard, view=view)) is None
+        for shard in range(5)
+        for view in views
+    )
+
+    # resume per view: one shard of one view pending, two runs again, only it is redone
+    group = open_root(str(shared), mode="a")["tiny"]["views"]["jitter_crop-random_d1"]
+    group["done"][3:4] = np.zeros(1, dtype=bool)
+    runs = [start_extract(video_folder, shared, "--random-views", "2") for _ in range(2)]
+    again = [[view["extracted_now"] for view in finish(run)["views"]] for run in runs]
+    assert sorted(again) == [[0, 0, 0], [0, 0, 1]]
+    resumed = open_feature_set(str(shared))
+    assert resumed.usable_in("jitter_crop-random_d1").all()
+    np.testing.assert_array_equal(
+        resumed.read([3], "jitter_crop-random_d1"), reference.read([3], "jitter_crop-random_d1")
+    )
 
 
 def test_a_killed_runs_claims_do_not_block(video_folder: Path, tmp_path: Path) -> None:
