@@ -178,11 +178,13 @@ class FeatureSet(ABC):
         count, self.frames, self.patches, self.dim = (int(n) for n in self.features.shape)
         self.grid: tuple[int, int] = tuple(self.attrs["grid"])
         self.shard_size: int = int(self.attrs["shard_size"])
+        # The done markers first: a writer writes them last, so every row read as done here has
+        # its values written before the reads below (docs/STORE.md, "Which rows to use").
+        self.done: np.ndarray = np.asarray(self._small(arrays, "done"), dtype=bool)
         self.video_ids = as_text(self._small(arrays, "video_id"))
         self.paths = as_text(self._small(arrays, "path"))
         self.labels = as_text(self._small(arrays, "label"))
         self.errors = as_text(self._small(arrays, "error"))
-        self.done: np.ndarray = np.asarray(self._small(arrays, "done"), dtype=bool)
         self.num_frames: np.ndarray = np.asarray(self._small(arrays, "num_frames"), dtype=np.int64)
         self.frame_index: np.ndarray = np.asarray(
             self._small(arrays, "frame_index"), dtype=np.int64
@@ -196,6 +198,7 @@ class FeatureSet(ABC):
         }
         for view_name, (view_arrays, view_attrs) in sorted((views or {}).items()):
             where = f"{VIEWS}/{view_name}/"
+            done = np.asarray(self._small(view_arrays, "done", where), dtype=bool)  # first
             view = StoredView(
                 name=view_name,
                 attrs=view_attrs,
@@ -203,7 +206,7 @@ class FeatureSet(ABC):
                 frame_index=np.asarray(
                     self._small(view_arrays, "frame_index", where), dtype=np.int64
                 ),
-                done=np.asarray(self._small(view_arrays, "done", where), dtype=bool),
+                done=done,
                 errors=as_text(self._small(view_arrays, "error", where)),
             )
             if tuple(view.features.shape) != tuple(self.features.shape):
