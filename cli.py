@@ -243,13 +243,17 @@ def extract(
     )
     with user_errors():
         config.check()  # before torch is imported: a mistake is refused at once
+    from sact.extract.claims import process_start_time
     from sact.extract.distributed import rank_from_env
     from sact.extract.pipeline import run_extraction
     from sact.extract.tables import cost_table, failures_table, summary_table, views_table
 
     with user_errors():
         summary = run_extraction(
-            config, console=stderr, on_plan=lambda costs: print_table(stderr, cost_table(costs))
+            config,
+            console=stderr,
+            on_plan=lambda costs: print_table(stderr, cost_table(costs)),
+            run_started=process_start_time(),  # a command started alongside another is one
         )
     if not rank_from_env().is_main:  # under torchrun, rank 0 alone reports the store-wide summary
         raise typer.Exit(1 if summary.failed else 0)

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import zarr
 import zarr.storage
@@ -67,8 +68,10 @@ class RunInfo:
     started: float
 
     @classmethod
-    def this_process(cls) -> RunInfo:
-        return cls(uuid.uuid4().hex, socket.gethostname(), os.getpid(), time.time())
+    def this_process(cls, started: float | None = None) -> RunInfo:
+        """This process as a run started at ``started`` (seconds since the epoch; now if None)."""
+        when = time.time() if started is None else started
+        return cls(uuid.uuid4().hex, socket.gethostname(), os.getpid(), when)
 
     def describe(self) -> str:
         started = datetime.fromtimestamp(self.started, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -98,6 +101,19 @@ class Claim:
             heartbeat=float(fields["heartbeat"]),
             released=bool(fields["released"]),
         )
+
+
+def process_start_time() -> float:
+    """When this process started, in seconds since the epoch: `sact extract` commands started
+    together are runs started together, however long each takes to import torch and load its
+    backbone. From /proc (Linux: the start in clock ticks after boot, field 22 of
+    /proc/self/stat); elsewhere, now."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.time()
 
 
 def process_is_alive(pid: int) -> bool:
@@ -221,6 +237,21 @@ class ClaimBook:
         with self._lock:
             self.held[topic] = claim
         return True
+
+    def done_by_another_run_meanwhile(self, topic: str) -> bool:
+        """Whether the claim before this run's (held) on ``topic`` was another run's, released
+        after this run started: that run has just done the topic's work, and its failures are
+        fresh, not for this run to retry."""
+        claim = self.held.get(topic)
+        if claim is None or claim.generation == 0:
+            return False
+        before = self._read(topic, claim.generation - 1)
+        return (
+            before is not None
+            and before.released
+            and before.holder.run != self.run.run
+            and before.heartbeat >= self.run.started
+        )
 
     def still_holds(self, topic: str) -> bool:
         """True when no other run took ``topic`` over (checked right before writing a shard)."""

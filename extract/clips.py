@@ -67,7 +67,10 @@ class ClaimedOrder:
             if holder is not None:
                 self.held_elsewhere[shard] = holder
             return False
-        if not self.writer.shard_needs_work(shard):
+        # Failed videos are retried by the next run, not by one that ran alongside the run that
+        # just recorded them (each video extracted once per run of the lab).
+        retry = not self.claims.done_by_another_run_meanwhile(topic)
+        if not self.writer.shard_needs_work(shard, retry_failed=retry):
             self.claims.release(topic)
             return False
         return True

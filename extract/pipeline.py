@@ -169,14 +169,20 @@ def open_feature_set_for_writing(
 
 
 def open_for_this_rank(
-    config: ExtractConfig, frozen: FrozenBackbone, video_list: VideoList, job: Job
+    config: ExtractConfig,
+    frozen: FrozenBackbone,
+    video_list: VideoList,
+    job: Job,
+    *,
+    run_started: float | None = None,
 ) -> tuple[list[FeatureSetWriter], ClaimBook]:
     """Rank 0 creates or opens the feature set and its views while the other ranks wait; then
-    all open them. Returns the writers of the canonical view and of each view asked for."""
+    all open them. Returns the writers of the canonical view and of each view asked for.
+    ``run_started``: when the run started, as its claims say (now if None)."""
     name = check_feature_set_name(
         config.name or default_name(config, frozen.loaded, compute_dtype=frozen.compute_dtype)
     )
-    claims = ClaimBook(open_root(config.out, mode="a"), name, run=RunInfo.this_process())
+    claims = ClaimBook(open_root(config.out, mode="a"), name, run=RunInfo.this_process(run_started))
     failure: SactError | None = None
     rank = job.rank
     if rank.is_main:
@@ -468,18 +474,28 @@ def run_extraction(
     *,
     console: Console | None = None,
     on_plan: Callable[[list[ViewCost]], None] | None = None,
+    run_started: float | None = None,
 ) -> ExtractSummary:
     """Extract every video of ``config`` not yet done into its feature set; see the module doc.
 
     ``on_plan`` is told, before any work, what each view will cost (rank 0 only; `sact extract`
-    prints it). Under torchrun this process extracts its rank's share, then waits for the other
-    ranks.
+    prints it). ``run_started`` is when the run started (default: now; `sact extract` gives its
+    process's start): a run retries the failures recorded before it started, not those of runs
+    alongside it (``ClaimedOrder``). Under torchrun this process extracts its rank's share, then
+    waits for the other ranks.
     """
     rank = rank_from_env()
     device = device_for(rank, resolve_device(config.device))
     try:
         with joined(rank, device=device) as job:
-            return _extract_as_rank(config, job, device=device, console=console, on_plan=on_plan)
+            return _extract_as_rank(
+                config,
+                job,
+                device=device,
+                console=console,
+                on_plan=on_plan,
+                run_started=run_started,
+            )
     except Exception as error:
         if not is_storage_error(error):
             raise
@@ -498,6 +514,7 @@ def _extract_as_rank(
     device: torch.device,
     console: Console | None = None,
     on_plan: Callable[[list[ViewCost]], None] | None = None,
+    run_started: float | None = None,
 ) -> ExtractSummary:
     rank = job.rank
     console = console or Console(stderr=True)
@@ -530,7 +547,7 @@ def _extract_as_rank(
         processes=rank.local_world_size,
     )
     frozen = FrozenBackbone(loaded, device=device)
-    writers, claims = open_for_this_rank(config, frozen, video_list, job)
+    writers, claims = open_for_this_rank(config, frozen, video_list, job, run_started=run_started)
     specs = {view.name: view for view in config.view_specs()}
     work = [shards_for_this_process(writer, rank) for writer in writers]
     job.barrier("planned")  # every rank reads what is still to do before any shard is written

@@ -3,11 +3,18 @@ sact.testing.shared_store found."""
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 import numpy as np
 
-from sact.extract.feature_set import FeatureSet
+from sact.extract.claims import ClaimBook, RunInfo, shard_topic
+from sact.extract.clips import ClaimedOrder
+from sact.extract.feature_set import FeatureSet, VideoRecord
+from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
 
 
 class ArraysOfOneFeatureSet(FeatureSet):
@@ -52,3 +59,44 @@ def test_a_reader_never_takes_a_video_finished_while_it_reads_for_a_usable_one()
     for reads in range(1, 9):  # the writer finishes after the reader's first, second, ... read
         read = ArraysOfOneFeatureSet(WrittenWhileRead(reads), attrs, name="f", location="mem")
         assert not read.usable[0], f"the writer finished after read {reads}"
+
+
+def one_video_shards(location: str, count: int) -> FeatureSetWriter:
+    videos = [VideoRecord(f"v{i}", f"v{i}.mp4", "") for i in range(count)]
+    return FeatureSetWriter.create_or_open(
+        open_root(location, mode="a"), "f", identity={"backbone": "x"}, provenance={},
+        videos=videos, frames=1, patches=1, dim=1, grid=(1, 1), shard_size=1,
+    )  # fmt: skip
+
+
+def failed(count: int) -> ShardResult:
+    return ShardResult(
+        features=np.zeros((count, 1, 1, 1), dtype=np.float16),
+        frame_index=np.full((count, 1), -1, dtype=np.int32),
+        num_frames=np.zeros(count, dtype=np.int32),
+        errors=["not a readable video"] * count,
+    )
+
+
+def run_started_now(name: str) -> RunInfo:
+    """A run of this process, as if its command had started now."""
+    return RunInfo(name, socket.gethostname(), os.getpid(), time.time())
+
+
+def test_a_failure_another_run_just_recorded_is_not_retried_alongside(tmp_path: Path) -> None:
+    # Found by writers_and_readers: three runs at once extracted 16 videos for 12, each run
+    # redoing the shards of the broken files that another run had just recorded. A command's
+    # run starts when its process did (process_start_time), not when it had loaded its backbone.
+    location = str(tmp_path / "feats.zarr")
+    writer = one_video_shards(location, 2)
+    ours = ClaimBook(open_root(location, mode="a"), "f", run=run_started_now("ours"))
+    theirs = ClaimBook(open_root(location, mode="a"), "f", run=run_started_now("theirs"))
+    for shard in (0, 1):  # the other run records both failures after this run started
+        assert theirs.try_claim(shard_topic(shard))
+        writer.write_shard(shard, failed(1))
+        theirs.release(shard_topic(shard))
+    alongside = ClaimedOrder(writer, [0, 1], ours, on_skip=lambda count: None)
+    assert list(alongside) == []
+    later = ClaimBook(open_root(location, mode="a"), "f", run=run_started_now("later"))
+    next_run = ClaimedOrder(writer, [0, 1], later, on_skip=lambda count: None)
+    assert list(next_run) == [0, 1]  # the next run retries them
