@@ -23,7 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -61,11 +61,14 @@ def one_thread_environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def run_sact(arguments: Sequence[str], **options: Any) -> subprocess.CompletedProcess[str]:
-    """``sact ARGUMENTS`` as a separate process, its output captured."""
+def run_sact(
+    arguments: Sequence[str], *, environment: Mapping[str, str] | None = None, **options: Any
+) -> subprocess.CompletedProcess[str]:
+    """``sact ARGUMENTS`` as a separate process, its output captured; ``environment`` adds to
+    (or overrides) this one."""
     return subprocess.run(
         [sys.executable, "-m", "sact.cli", *arguments],
-        env=one_thread_environment(),
+        env={**one_thread_environment(), **(environment or {})},
         capture_output=True,
         text=True,
         timeout=COMMAND_TIMEOUT_S,
@@ -211,7 +214,8 @@ def write_kill_videos(folder: Path, *, good: int = 8) -> Path:
 
 
 FEATURE_SET = "kill"
-KILL_EXTRACTION = {"shard_size": 2, "batch_size": 2, "name": FEATURE_SET}
+SHARD_SIZE = 2
+KILL_EXTRACTION = {"shard_size": SHARD_SIZE, "batch_size": 2, "name": FEATURE_SET}
 
 
 def extract_arguments(videos: Path, out: Path | str, **options: object) -> list[str]:

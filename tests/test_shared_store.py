@@ -1,5 +1,5 @@
-"""A store read while it is written, by runs and readers at once: what the scenarios of
-sact.testing.shared_store found."""
+"""A store read while it is written, by runs and readers at once (sact.testing.shared_store): the
+scenarios, and what they found."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sact.extract.claims import ClaimBook, RunInfo, shard_topic
 from sact.extract.clips import ClaimedOrder
 from sact.extract.feature_set import FeatureSet, VideoRecord
 from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
+from sact.testing.shared_store import flaky_object_storage, writers_and_readers
 
 
 class ArraysOfOneFeatureSet(FeatureSet):
@@ -100,3 +102,17 @@ def test_a_failure_another_run_just_recorded_is_not_retried_alongside(tmp_path: 
     later = ClaimBook(open_root(location, mode="a"), "f", run=run_started_now("later"))
     next_run = ClaimedOrder(writer, [0, 1], later, on_skip=lambda count: None)
     assert list(next_run) == [0, 1]  # the next run retries them
+
+
+@pytest.mark.slow
+def test_three_writers_and_two_readers_on_local_disk(tmp_path: Path) -> None:
+    injection = writers_and_readers(tmp_path, seed=0, on_s3=False, good_videos=4)
+    assert injection.expected and injection.lost == 0, injection
+
+
+@pytest.mark.slow
+def test_flaky_object_storage_loses_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    injection = flaky_object_storage(tmp_path, seed=0, good_videos=2)
+    assert injection.expected and injection.lost == 0, injection
