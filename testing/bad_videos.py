@@ -10,6 +10,7 @@ and said so, with its name, by the run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import struct
@@ -22,6 +23,7 @@ import av
 import numpy as np
 
 from sact.extract.synthetic import encode_video
+from sact.testing.faults import Injection
 from sact.testing.videos import (
     synthetic_frames,
     write_audio_only,
@@ -35,6 +37,8 @@ Outcome = Literal["recorded", "extracted", "skipped"]
 HUGE_WIDTH, HUGE_HEIGHT = 16000, 12000
 LONG_VIDEO_FRAMES = 3000
 LONG_VIDEO_SIZE = 32
+# A bound, not a benchmark: the zoo takes seconds, and no kind of video may make it take minutes.
+ZOO_SECONDS = 120
 # Milliseconds between the frames of the variable-frame-rate clip, repeated.
 VFR_GAPS_MS = (40, 80, 20, 120)
 
@@ -255,7 +259,44 @@ def zoo_outcomes(
             outcome = f"recorded: {errors[row]}"
             owed = video.outcome == "recorded" and video.reason in str(errors[row])
         else:
-            outcome = f"extracted ({counts[row]} frames)"
+            outcome = f"extracted ({counts[row]} source frames)"
             owed = video.outcome == "extracted" and counts[row] == video.frames
         outcomes.append((video, outcome, owed))
     return outcomes
+
+
+def zoo_extraction(workdir: Path) -> list[Injection]:
+    """`sact extract` over the whole zoo, as a user runs it, then once more (the retries): one
+    ``Injection`` per kind, owed when extraction did what ``BadVideo.outcome`` says both times,
+    the run was not stopped and took less than ZOO_SECONDS."""
+    import time
+
+    from sact.testing.faults import FEATURE_SET, extract_arguments, failure_message, run_sact
+
+    zoo = write_bad_video_zoo(workdir / "zoo")
+    store = workdir / "zoo.zarr"
+    outcomes = []
+    for attempt in ("first run", "second run"):
+        started = time.perf_counter()
+        completed = run_sact([*extract_arguments(workdir / "zoo", store), "--json"])
+        seconds = time.perf_counter() - started
+        if completed.returncode not in (0, 1) or not completed.stdout.strip():
+            raise RuntimeError(f"the zoo stopped sact extract: {failure_message(completed)}")
+        summary = json.loads(completed.stdout)
+        read = zoo_outcomes(str(store), FEATURE_SET, zoo, unnamable=summary["unnamable"])
+        outcomes.append((attempt, seconds, read))
+    injections = []
+    for index, video in enumerate(zoo):
+        said = sorted({read[index][1] for _, _, read in outcomes})
+        owed = all(read[index][2] for _, _, read in outcomes)
+        timing = ", ".join(f"{attempt} {seconds:.1f} s" for attempt, seconds, _ in outcomes)
+        bounded = all(seconds < ZOO_SECONDS for _, seconds, _ in outcomes)
+        injections.append(
+            Injection(
+                f"bad video: {video.kind}",
+                f"{video.path} among {len(zoo)} kinds ({timing})",
+                " / ".join(said),
+                owed and bounded,
+            )
+        )
+    return injections

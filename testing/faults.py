@@ -1,5 +1,5 @@
 """The fault-injection suite's scenarios, shared by its quick tests (tests/test_faults_*.py) and
-the whole suite (``python bench/faults.py``, which writes docs/RELIABILITY.md).
+the whole suite (``python -m sact.testing.reliability``, which writes docs/RELIABILITY.md).
 
 Each scenario injects one kind of fault into real `sact` commands, seeded and bounded in time, and
 returns one ``Injection`` per fault injected: when and how, what sact did (the outcome), whether

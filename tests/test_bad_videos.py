@@ -15,6 +15,7 @@ from sact.extract.sampling import segment_centers
 from sact.testing.bad_videos import (
     LONG_VIDEO_FRAMES,
     ROTATED_FRAMES,
+    ZOO_SECONDS,
     rotated_clockwise,
     write_bad_video_zoo,
     zoo_outcomes,
@@ -22,10 +23,6 @@ from sact.testing.bad_videos import (
 from sact.testing.extraction import extract_in_this_process, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-# A bound, not a benchmark: the zoo takes about 4 s on two idle cores, and no kind of video may
-# make it take minutes.
-ZOO_SECONDS = 120
 
 
 @pytest.fixture(scope="module")

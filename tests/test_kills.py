@@ -1,5 +1,5 @@
 """Kills: `sact extract` and `sact train` SIGKILLed at seeded moments (sact.testing.faults, the
-quick part of bench/faults.py), and what those kills found."""
+quick part of python -m sact.testing.reliability), and what those kills found."""
 
 from __future__ import annotations
 
