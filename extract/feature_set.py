@@ -151,6 +151,71 @@ def gather_rows(array: Any, indices: Sequence[int] | np.ndarray, *, dtype: Any) 
     return out
 
 
+# Far above any real feature set (Kinetics-700 has 650k videos; a ViT-H at 448 px 784 patches of
+# 1280 channels), so a store claiming more is damaged or hostile: refused before anything is read.
+MAX_VIDEOS = 100_000_000
+MAX_FRAMES = 10_000
+MAX_PATCHES = 100_000
+MAX_DIM = 100_000
+MAX_VIDEO_BYTES = 2**31  # one video's (T, P, D) float16, what a reader holds per row
+INTEGER_ARRAYS = ("num_frames", "frame_index")
+
+
+def _claimed_layout_problem(arrays: Mapping[str, Any], attrs: Mapping[str, Any]) -> str | None:
+    """What is impossible in the shapes, dtypes and attrs a feature set claims, or None. Reads
+    array metadata only: nothing is allocated for the arrays' values."""
+    features = arrays[FEATURES]
+    shape = tuple(int(n) for n in features.shape)
+    if len(shape) != 4:
+        return f"features of shape {shape}, not (N, T, P, D)"
+    count, frames, patches, dim = shape
+    limits = {"N": (count, MAX_VIDEOS), "T": (frames, MAX_FRAMES)}
+    limits |= {"P": (patches, MAX_PATCHES), "D": (dim, MAX_DIM)}
+    for letter, (value, limit) in limits.items():
+        if not 0 < value <= limit and not (letter == "N" and value == 0):
+            return f"features of shape {shape}: {letter} = {value} is outside 1..{limit}"
+    if frames * patches * dim * 2 > MAX_VIDEO_BYTES:
+        return f"features of shape {shape}: {frames * patches * dim * 2} bytes per video"
+    if np.dtype(features.dtype) != np.float16:
+        return f"features of dtype {features.dtype}, not float16"
+    for name in PER_VIDEO_ARRAYS:
+        if name not in arrays:
+            return f"no {name} array"
+        array = arrays[name]
+        if int(array.shape[0]) != count:
+            return f"{name} of length {array.shape[0]} for {count} videos"
+        if name in INTEGER_ARRAYS and np.dtype(array.dtype).kind not in "iu":
+            return f"{name} of dtype {array.dtype}, not integers"
+    if tuple(int(n) for n in arrays["frame_index"].shape) != (count, frames):
+        return f"frame_index of shape {tuple(arrays['frame_index'].shape)}, not {(count, frames)}"
+    if np.dtype(arrays["done"].dtype) != np.bool_:
+        return f"done of dtype {arrays['done'].dtype}, not bool"
+    grid, shard_size = attrs.get("grid"), attrs.get("shard_size")
+    if (
+        not isinstance(grid, list)
+        or len(grid) != 2
+        or not all(isinstance(side, int) and side > 0 for side in grid)
+        or grid[0] * grid[1] != patches
+    ):
+        return f"a patch grid {grid!r} that does not lay out its P = {patches} patches"
+    if not isinstance(shard_size, int) or not 0 < shard_size <= MAX_VIDEOS:
+        return f"a shard size {shard_size!r}"
+    return None
+
+
+def check_claimed_layout(
+    arrays: Mapping[str, Any], attrs: Mapping[str, Any], *, name: str, location: str
+) -> None:
+    """Refuse, in one line, a feature set whose metadata claims absurd or inconsistent shapes,
+    dtypes or attrs (docs/STORE.md), before a reader allocates anything for it."""
+    problem = _claimed_layout_problem(arrays, attrs)
+    if problem is not None:
+        raise FeatureStoreError(
+            f"feature set {name} in {location} claims {problem}; refused before reading it "
+            "(a damaged or hostile store)"
+        )
+
+
 class FeatureSet(ABC):
     """Read access to one feature set; stage 2 sees a store only through this interface.
 
@@ -171,6 +236,7 @@ class FeatureSet(ABC):
         """``arrays`` maps ``features`` and each name of ``PER_VIDEO_ARRAYS`` to an array that
         slices like numpy (a zarr array, an h5py dataset); ``views`` maps each augmented view's
         name to its arrays (``features`` and ``VIEW_ARRAYS``) and its attrs."""
+        check_claimed_layout(arrays, attrs, name=name, location=location)
         self.name = name
         self.location = location
         self.attrs: dict[str, Any] = attrs
@@ -198,6 +264,13 @@ class FeatureSet(ABC):
         }
         for view_name, (view_arrays, view_attrs) in sorted((views or {}).items()):
             where = f"{VIEWS}/{view_name}/"
+            for array in VIEW_ARRAYS:
+                if array in view_arrays and int(view_arrays[array].shape[0]) != count:
+                    raise FeatureStoreError(
+                        f"feature set {name} in {location} claims {where}{array} of length "
+                        f"{view_arrays[array].shape[0]} for {count} videos; refused before "
+                        "reading it (a damaged or hostile store)"
+                    )
             done = np.asarray(self._small(view_arrays, "done", where), dtype=bool)  # first
             view = StoredView(
                 name=view_name,

@@ -5,13 +5,17 @@ reads more than it must or runs anything.
     split lists whose train and val share a class         sact extract --split
     a resume state holding a pickle that calls a function   sact train --resume
     a weights file holding such a pickle                    sact extract --weights
+    a store claiming 10^12 videos, float64 features or a      sact info, sact train --feats
+    grid that does not lay out its patches
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sact.testing.extraction import tiny_cli_options
 from sact.testing.faults import (
@@ -84,10 +88,51 @@ def weights_with_a_pickle(workdir: Path) -> tuple[list[str], str]:
     )
 
 
+ABSURD_VIDEOS = 10**12
+
+
+def claim(store: Path, name: str, array: str | None, **changes: Any) -> None:
+    """Rewrite the metadata of ``array`` of feature set ``name`` (None: the feature set's own
+    attrs) in a local store with ``changes``, as a damaged or hostile store would hold them."""
+    path = store / name / (array or "") / "zarr.json"
+    metadata = json.loads(path.read_text())
+    if array is None:
+        metadata["attributes"]["sact"] |= changes
+    else:
+        metadata |= changes
+    path.write_text(json.dumps(metadata))
+
+
+def claims_absurd_videos(store: Path, name: str) -> None:
+    """Every array claims ABSURD_VIDEOS rows: consistent, so only the limits can tell."""
+    from sact.extract.feature_set import FEATURES, PER_VIDEO_ARRAYS
+
+    for array in (FEATURES, *PER_VIDEO_ARRAYS):
+        shape = json.loads((store / name / array / "zarr.json").read_text())["shape"]
+        claim(store, name, array, shape=[ABSURD_VIDEOS, *shape[1:]])
+
+
+def _store_claiming(workdir: Path, damage: Callable[[Path, str], None]) -> tuple[list[str], str]:
+    from sact.testing.stores import write_synthetic_store
+
+    store = Path(write_synthetic_store(workdir / "feats.zarr", classes=2, videos_per_class=2))
+    damage(store, "synthetic")
+    return ["info", str(store)], "refused before reading it"
+
+
 HOSTILE = {
     "split lists whose train and val share a class": split_sharing_a_class,
     "a resume state holding a pickle": resume_state_with_a_pickle,
     "a weights file holding a pickle": weights_with_a_pickle,
+    f"a store claiming {ABSURD_VIDEOS:.0e} videos": lambda workdir: _store_claiming(
+        workdir, claims_absurd_videos
+    ),
+    "a store claiming float64 features": lambda workdir: _store_claiming(
+        workdir, lambda store, name: claim(store, name, "features", data_type="float64")
+    ),
+    "a store whose grid does not lay out its patches": lambda workdir: _store_claiming(
+        workdir, lambda store, name: claim(store, name, None, grid=[1000, 1000])
+    ),
 }
 
 

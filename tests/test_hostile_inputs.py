@@ -1,5 +1,6 @@
 """Hostile inputs are refused in one line, before anything is read into memory or executed: split
-lists whose parts share a class, pickled objects in a resume state or a weights file."""
+lists whose parts share a class, pickled objects in a resume state or a weights file, a store
+claiming absurd shapes or dtypes (sact.testing.hostile makes them)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import torch
 from typer.testing import CliRunner, Result
 
 from sact.cli import app
+from sact.extract.feature_set import MAX_VIDEOS
 from sact.extract.splits import SplitError, load_split
 from sact.fewshot.training import TrainConfig, train
 from sact.testing.extraction import tiny_cli_options
+from sact.testing.hostile import ABSURD_VIDEOS, claim, claims_absurd_videos
+from sact.testing.stores import write_synthetic_store
 
 runner = CliRunner()
 
@@ -85,3 +89,38 @@ def test_a_weights_file_holding_a_pickle_is_refused(tmp_path: Path, video_folder
     assert_refused_in_one_line(
         runner.invoke(app, [*extract, *options]), str(weights), "holds pickled code (print)"
     )
+
+
+@pytest.mark.parametrize(
+    ("damage", "claimed"),
+    [
+        (
+            claims_absurd_videos,
+            f"features of shape ({ABSURD_VIDEOS}, 4, 4, 16): N = {ABSURD_VIDEOS} is outside "
+            f"1..{MAX_VIDEOS}",
+        ),
+        (
+            lambda store, name: claim(store, name, "features", data_type="float64"),
+            "features of dtype float64, not float16",
+        ),
+        (
+            lambda store, name: claim(store, name, "done", shape=[3]),
+            "done of length 3 for 4 videos",
+        ),
+        (
+            lambda store, name: claim(store, name, None, grid=[1000, 1000]),
+            "a patch grid [1000, 1000] that does not lay out its P = 4 patches",
+        ),
+    ],
+)
+def test_a_store_claiming_absurd_shapes_or_dtypes_is_refused_before_reading(
+    tmp_path: Path, damage, claimed: str
+) -> None:
+    # Before, sact info and sact train allocated what the store claimed (10^12 ids: a
+    # MemoryError traceback, or all of the machine's memory for a smaller lie) or crashed later.
+    store = Path(write_synthetic_store(tmp_path / "feats.zarr", classes=2, videos_per_class=2))
+    damage(store, "synthetic")
+    for command in (["info", str(store)], ["train", "--feats", str(store), "--device", "cpu"]):
+        assert_refused_in_one_line(
+            runner.invoke(app, command), f"feature set synthetic in {store} claims {claimed}"
+        )
