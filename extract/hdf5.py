@@ -211,6 +211,7 @@ def export_hdf5(
 
 def _copy_view(
     feature_set: FeatureSet,
+    view: str,
     source: Any,
     destination: h5py.Group,
     arrays: tuple[str, ...],
@@ -218,8 +219,10 @@ def _copy_view(
     progress: Progress,
     task: Any,
 ) -> None:
-    """Copy one view: its per-video ``arrays`` whole, then its features one store shard at a
-    time (bounded memory, each shard file read once), chunked one video per chunk."""
+    """Copy one view: its per-video ``arrays`` whole, then the features of its done videos one
+    store shard at a time (bounded memory, each shard file read once), chunked one video per
+    chunk. The features are read through ``FeatureSet.read``, so a damaged chunk stops the export
+    in one line naming its video; a video not done is zeros, as in the store (docs/STORE.md)."""
     row_chunk = max(1, min(feature_set.shard_size, len(feature_set)))
     for name in arrays:
         values = np.asarray(source[name][:])
@@ -229,10 +232,22 @@ def _copy_view(
         _create_dataset(destination, name, values, chunks=chunks)[...] = values
     features = source[FEATURES]
     copy = _create_dataset(destination, FEATURES, features, chunks=(1, *features.shape[1:]))
+    done = feature_set.view(view).done
     for shard in range(feature_set.num_shards()):
         start, end = feature_set.shard_bounds(shard)
-        copy[start:end] = features[start:end]
+        rows = start + np.flatnonzero(done[start:end])
+        if rows.size:
+            copy[start:end] = _zeros_but(
+                rows - start, feature_set.read(rows, view=view), end - start
+            )
         progress.advance(task, end - start)
+
+
+def _zeros_but(positions: np.ndarray, rows: np.ndarray, count: int) -> np.ndarray:
+    """(count, T, P, D) zeros holding ``rows`` at ``positions``."""
+    block = np.zeros((count, *rows.shape[1:]), dtype=rows.dtype)
+    block[positions] = rows
+    return block
 
 
 def _export_feature_set(feature_set: ZarrFeatureSet, handle: h5py.File, progress: Progress) -> dict:
@@ -242,10 +257,14 @@ def _export_feature_set(feature_set: ZarrFeatureSet, handle: h5py.File, progress
     views = [name for name in feature_set.view_names() if name != CANONICAL]
     task = progress.add_task(feature_set.name, total=len(feature_set) * (1 + len(views)))
     source = feature_set.group
-    _copy_view(feature_set, source, group, PER_VIDEO_ARRAYS, progress=progress, task=task)
+    _copy_view(
+        feature_set, CANONICAL, source, group, PER_VIDEO_ARRAYS, progress=progress, task=task
+    )
     for name in views:
         view_group = group.require_group(VIEWS).create_group(name)
         view_group.attrs["sact"] = json.dumps(feature_set.views[name].attrs)
         view_source = source[VIEWS][name]
-        _copy_view(feature_set, view_source, view_group, VIEW_ARRAYS, progress=progress, task=task)
+        _copy_view(
+            feature_set, name, view_source, view_group, VIEW_ARRAYS, progress=progress, task=task
+        )
     return {**feature_set.counts(), "views": views}
