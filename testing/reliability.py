@@ -7,9 +7,10 @@ a table of every fault: how many times it was injected, what sact did (resumed e
 its message, recorded with its reason), whether that is what sact owes it, and what was lost. The
 details of every injection follow the table, and ``--json`` keeps them all. The tests run the same
 scenarios once, small (tests/test_kills.py, test_full_disk.py, test_shared_store.py,
-test_bad_videos.py, test_hostile_inputs.py); this command is the long repetition, on demand.
+test_bad_videos.py, test_hostile_inputs.py, test_corruption.py); this command is the long
+repetition, on demand.
 
-The scenarios (sact.testing.faults, full_disk, shared_store, bad_videos, hostile):
+The scenarios (sact.testing.faults, full_disk, shared_store, corruption, bad_videos, hostile):
 
     kills            sact extract SIGKILLed at 10 seeded moments, sact train at 5, a checkpoint
                      killed twice, one of two concurrent writers killed; each then resumed
@@ -17,6 +18,7 @@ The scenarios (sact.testing.faults, full_disk, shared_store, bad_videos, hostile
                      lets the suite mount one), then resumed
     flaky S3         the local S3 server behind FlakyS3Proxy
     load             three writers and two readers, on local disk and on the S3 server
+    corruption       a byte flipped in feature chunks: read refused, verify, redo
     bad videos       the zoo, extracted twice
     hostile inputs   each refused in one line
 """
@@ -80,6 +82,12 @@ def _bad_videos(workdir: Path, seed: int) -> list[Injection]:
     return zoo_extraction(workdir)
 
 
+def _corruption(workdir: Path, seed: int) -> list[Injection]:
+    from sact.testing.corruption import silent_corruption
+
+    return silent_corruption(workdir, seed=seed)
+
+
 def _hostile(workdir: Path, seed: int) -> list[Injection]:
     from sact.testing.hostile import hostile_inputs
 
@@ -96,6 +104,7 @@ SCENARIOS: dict[str, Scenario] = {
     "flaky object storage": _flaky_s3,
     "load on local disk": _load(on_s3=False),
     "load on the S3 server": _load(on_s3=True),
+    "silent corruption": _corruption,
     "bad videos": _bad_videos,
     "hostile inputs": _hostile,
 }

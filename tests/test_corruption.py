@@ -1,4 +1,5 @@
-"""Silent corruption: what the fault-injection suite's flipped bytes found."""
+"""Silent corruption (sact.testing.corruption): a flipped byte in a feature chunk is reported when
+read, listed by `sact info --verify` and redone alone by the next `sact extract`."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from sact.cli import app
 from sact.extract.store import open_feature_set
 from sact.extract.verify import mark_for_redo, verify_store
+from sact.testing.corruption import silent_corruption
 from sact.testing.damage import flip_byte
 from sact.testing.stores import write_synthetic_store
 
@@ -43,3 +46,9 @@ def test_export_of_a_damaged_store_stops_in_one_line_and_skips_videos_marked_for
     assert not stored[5].any()
     kept = np.flatnonzero(features.done)
     np.testing.assert_array_equal(stored[kept], features.read(kept))
+
+
+@pytest.mark.slow
+def test_a_flipped_byte_is_reported_listed_and_redone_alone(tmp_path: Path) -> None:
+    (injection,) = silent_corruption(tmp_path, seed=0)
+    assert injection.expected and injection.lost == 0, injection
