@@ -68,14 +68,20 @@ class ShardWriter:
                 self.write_seconds += time.perf_counter() - started
             else:  # taken over as stale (this run stalled): the other run writes it
                 self.say(f"shard {shard} was taken over by another run; not written")
-        finally:
-            self.claims.release(topic)
+        except BaseException:
+            with suppress(Exception):  # the write's error is the one to report
+                self.claims.release(topic)
+            raise
+        self.claims.release(topic)
 
     def _drain(self) -> None:
         while (item := self._queue.get()) is not _DONE:
             shard, result = item
             if self.failure is not None:  # a write failed: give the rest back, unwritten
-                self.claims.release(shard_topic(shard, view=self.writer.view))
+                # Best effort: the store may be what failed (a full disk), and a claim left held
+                # frees itself once this run is gone (extract/claims.py).
+                with suppress(Exception):
+                    self.claims.release(shard_topic(shard, view=self.writer.view))
                 continue
             try:
                 self.write(shard, result)

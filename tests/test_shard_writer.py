@@ -122,3 +122,35 @@ def test_queued_zero_writes_in_the_callers_thread() -> None:
     with shard_writer:
         shard_writer.submit(5, result())
         assert events == [("write", 5), ("release", 5)]  # done before submit returned
+
+
+class FullDiskClaims(Claims):
+    """Releases fail once the disk is full (``full`` set), as writing a claim file does."""
+
+    full = False
+
+    def release(self, topic: str) -> None:
+        if self.full:
+            raise OSError("No space left on device")
+        super().release(topic)
+
+
+def test_giving_claims_back_on_a_full_disk_neither_escapes_the_thread_nor_hangs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found by issue 12's full-disk scenario (70% of the room a run needs): after a failed write,
+    # giving the queued shards' claims back failed too, the error escaped the writer thread (a
+    # traceback above the one-line stop) and the thread died with shards still queued.
+    escaped: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda hook: escaped.append(hook.exc_value))
+    events: list[tuple[str, int]] = []
+    shard_writer, _, gate, _ = writer(events, queued=2, broken=(0,))
+    claims = FullDiskClaims(events)
+    shard_writer.claims = claims  # type: ignore[assignment]
+    for shard in range(3):  # 0 being written, 1 and 2 queued
+        shard_writer.submit(shard, result())
+    claims.full = True
+    gate.set()
+    with pytest.raises(OSError, match="shard 0"):
+        shard_writer.close()
+    assert escaped == [] and not shard_writer._thread.is_alive()
