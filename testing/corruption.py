@@ -36,10 +36,10 @@ from sact.testing.faults import (
 FLIPS = 2  # damaged videos per store
 
 
-def silent_corruption(workdir: Path, *, seed: int) -> list[Injection]:
+def silent_corruption(workdir: Path, *, seed: int, good_videos: int = 6) -> list[Injection]:
     from sact.testing.damage import flip_byte
 
-    videos = write_kill_videos(workdir / "videos", good=6)
+    videos = write_kill_videos(workdir / "videos", good=good_videos)
     reference = workdir / "reference.zarr"
     arguments = extract_arguments(videos, reference, shard_size=1)
     if run_sact(arguments).returncode not in (0, 1):
