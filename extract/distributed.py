@@ -155,8 +155,9 @@ class Job:
 @contextmanager
 def joined(rank: Rank, *, device: torch.device) -> Iterator[Job]:
     """Meet the job's other ranks at torchrun's rendezvous (``MASTER_ADDR:MASTER_PORT``) and make
-    the rank's GPU the current one; a single process meets nobody."""
-    if device.type == "cuda":
+    the rank's GPU the current one; a single process meets nobody. A bare ``cuda`` (a single
+    process) stays on the current GPU: torch's set_device needs an index."""
+    if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     if not rank.distributed:
         yield Job(rank, None)

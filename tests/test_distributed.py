@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sact.extract.claims import CLAIMS_PREFIX, Claim
-from sact.extract.distributed import Rank, device_for, owned_shards, rank_from_env
+from sact.extract.distributed import Rank, device_for, joined, owned_shards, rank_from_env
 from sact.extract.errors import SactError
 from sact.extract.feature_set import PER_VIDEO_ARRAYS
 from sact.extract.store import open_feature_set
@@ -134,6 +134,23 @@ def test_an_explicit_gpu_index_is_refused_with_several_ranks() -> None:
     assert device_for(Rank(0, 1, 0, 1), torch.device("cuda:1")) == torch.device("cuda:1")
     with pytest.raises(SactError, match="names one GPU for all 2 ranks"):
         device_for(Rank(1, 2, 1, 2), torch.device("cuda:0"))
+
+
+def test_a_single_process_on_a_bare_cuda_device_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first GPU run's failure: `sact extract --device cuda` in one process passed the bare
+    device to torch.cuda.set_device, which needs an index (ValueError before any video)."""
+    current = []
+
+    def set_device(device: torch.device) -> None:  # torch's check, without a GPU
+        if device.index is None:
+            raise ValueError(f"Expected a torch.device with a specified index, but got:{device}")
+        current.append(device)
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    for device in ("cuda", "cuda:1"):
+        with joined(Rank(0, 1, 0, 1), device=torch.device(device)) as job:
+            assert job.store is None
+    assert current == [torch.device("cuda:1")]
 
 
 RANK_FINISHING_LATE = """
