@@ -2,7 +2,7 @@
 SSv2's shape, each against what bounds it in the same run:
 
 (a) extraction: h264 and vp9 clips, 240 px high, 45 frames. Videos/s of the decoding workers
-    alone, of the backbone alone on crops already in memory (bf16, channels_last on a GPU) and of
+    alone, of the backbone alone on crops already in memory (TF32, channels_last on a GPU) and of
     `sact extract` end to end; the whole run extrapolated to OTAM's 71,796 videos.
 (b) training at ResNet-50 dims (T = 8, 7x7, D = 2048, d_k = 1152, 5-way 5-shot 5 queries): the
     tiered loader's episodes/s from each tier (device, host memory, store) against that tier's
