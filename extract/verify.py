@@ -6,6 +6,11 @@ one ``DamagedVideo`` per video a damaged chunk holds: a features chunk holds one
 a small per-video array (done, error, frame_index, ...) holds a whole shard. Format-1 chunks carry
 no checksum: there only a chunk that no longer decodes is found.
 
+A chunk that is missing (its file deleted, or a shard written only in part) does not fail to read:
+zarr returns the array's fill value. So a video marked done without an error whose row in an
+array it always stores (``ALWAYS_STORED``) reads as nothing but the fill value is listed too, as
+missing: an all-zero features chunk, a frame index of -1s, an empty video id.
+
 ``mark_for_redo`` then marks those videos not done in their view (and rewrites a damaged ``done``
 or ``error`` chunk fresh), so readers skip them and the next `sact extract` redoes them like any
 pending video, keeping every other video of the shard bitwise. A damaged ``video_id``, ``path`` or
@@ -35,10 +40,17 @@ from sact.extract.feature_set import (
     RECORD_ARRAYS,
     VIEW_ARRAYS,
     VIEWS,
+    as_text,
     is_hdf5,
 )
 from sact.extract.feature_set import FeatureStoreError as VerifyError
 from sact.extract.zarr_store import feature_set_names, open_root, view_groups
+
+# Arrays whose row of a video done without an error never equals the array's fill value: the
+# features (no backbone gives all zeros over a whole clip), frame indices (>= 0), frame counts
+# (>= 1), crop origins (>= 0), ids and paths (never empty). The label may be empty, the error is.
+ALWAYS_STORED = (FEATURES, "frame_index", "num_frames", "crop_origin", "video_id", "path")
+MISSING = "nothing stored for it: its chunk is missing (deleted, or never written)"
 
 
 @dataclass(frozen=True)
@@ -78,12 +90,19 @@ def _reason(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
-def _chunk_damage(array: Any, start: int, end: int) -> str | None:
+def _read_chunk(array: Any, start: int, end: int) -> tuple[np.ndarray | None, str | None]:
+    """The rows [start, end) of ``array``, or why they do not read."""
     try:
-        array[start:end]
+        return np.asarray(array[start:end]), None
     except DAMAGED_CHUNK_ERRORS as error:
-        return _reason(error)
-    return None
+        return None, _reason(error)
+
+
+def _unstored(values: np.ndarray, fill_value: Any, usable: np.ndarray) -> np.ndarray:
+    """Offsets of the usable rows of ``values`` that hold nothing but ``fill_value``."""
+    return np.array(
+        [row for row in np.flatnonzero(usable) if np.all(values[row] == fill_value)], dtype=int
+    )
 
 
 class _FeatureSetCheck:
@@ -111,7 +130,7 @@ class _FeatureSetCheck:
                 continue
         return ids
 
-    def _add(self, view: str, rows: Sequence[int], array: str, reason: str) -> None:
+    def _add(self, view: str, rows: Sequence[int] | np.ndarray, array: str, reason: str) -> None:
         self.damaged += [
             DamagedVideo(
                 feature_set=self.name,
@@ -127,21 +146,32 @@ class _FeatureSetCheck:
 
     def check(self) -> list[DamagedVideo]:
         for view, group, arrays in _targets(self.group):
-            if view == CANONICAL:
-                for array in RECORD_ARRAYS:
-                    self._check_small(view, group[array], array)
             done = self._done(view, group)
-            for array in arrays:
-                if array not in (*RECORD_ARRAYS, "done"):
-                    self._check_small(view, group[array], array)
-            self._check_features(view, group[FEATURES], done)
+            usable = done & self._without_error(group)
+            for array in arrays:  # the canonical view's records first
+                if array != "done":
+                    self._check_small(view, group[array], array, usable)
+            self._check_features(view, group[FEATURES], done, usable)
         return self.damaged
 
-    def _check_small(self, view: str, array: Any, name: str) -> None:
+    def _check_small(self, view: str, array: Any, name: str, usable: np.ndarray) -> None:
         for start, end in self.bounds:
-            reason = _chunk_damage(array, start, end)
-            if reason is not None:
-                self._add(view, range(start, end), name, reason)
+            values, reason = _read_chunk(array, start, end)
+            if values is None:
+                self._add(view, range(start, end), name, reason or "")
+            elif name in ALWAYS_STORED:
+                missing = _unstored(values, array.fill_value, usable[start:end])
+                self._add(view, missing + start, name, MISSING)
+
+    def _without_error(self, group: zarr.Group) -> np.ndarray:
+        """Videos without a recorded error; a damaged error chunk (reported with the other
+        arrays) counts as none."""
+        clean = np.ones(self.count, dtype=bool)
+        for start, end in self.bounds:
+            errors, _ = _read_chunk(group["error"], start, end)
+            if errors is not None:
+                clean[start:end] = [error == "" for error in as_text(errors)]
+        return clean
 
     def _done(self, view: str, group: zarr.Group) -> np.ndarray:
         """The view's done markers; a damaged chunk counts as all done (all checked) and its
@@ -154,15 +184,20 @@ class _FeatureSetCheck:
                 self._add(view, range(start, end), "done", _reason(error))
         return done
 
-    def _check_features(self, view: str, features: Any, done: np.ndarray) -> None:
+    def _check_features(
+        self, view: str, features: Any, done: np.ndarray, usable: np.ndarray
+    ) -> None:
         task = None
         if self.progress is not None:
             task = self.progress.add_task(f"{self.name} {view}", total=self.count)
         for start, end in self.bounds:
-            if done[start:end].any() and _chunk_damage(features, start, end) is not None:
-                # find the videos: one chunk per video
+            values, _ = _read_chunk(features, start, end) if done[start:end].any() else (None, None)
+            if values is not None:
+                missing = _unstored(values, features.fill_value, usable[start:end])
+                self._add(view, missing + start, FEATURES, MISSING)
+            elif done[start:end].any():  # damaged: find the videos, one chunk per video
                 for row in np.flatnonzero(done[start:end]) + start:
-                    reason = _chunk_damage(features, int(row), int(row) + 1)
+                    _, reason = _read_chunk(features, int(row), int(row) + 1)
                     if reason is not None:
                         self._add(view, [int(row)], FEATURES, reason)
             if self.progress is not None and task is not None:

@@ -18,10 +18,10 @@ from test_store_docs import section_code
 
 from sact.extract.feature_set import CANONICAL, FeatureStoreError, VideoRecord
 from sact.extract.store import open_feature_set
-from sact.extract.verify import has_checksums, mark_for_redo, verify_store
+from sact.extract.verify import MISSING, has_checksums, mark_for_redo, verify_store
 from sact.extract.views import parse_view
 from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
-from sact.testing.damage import flip_byte
+from sact.testing.damage import chunk_file, flip_byte
 from sact.testing.format1 import DIM, FRAMES, PATCHES, write_format1_store
 
 SHARD = 4
@@ -177,6 +177,40 @@ def test_verify_lists_damaged_videos_and_the_next_extraction_redoes_only_them(tm
     for view, rows in ((CANONICAL, [0, 1, 2, 3, 4, 5, 7]), ("jitter_d0", [0, 1, 3, 4, 5, 6, 7])):
         # every video that was not damaged kept its features bitwise
         assert np.array_equal(redone.read(rows, view=view), clean[view][rows])
+
+
+def test_verify_lists_done_videos_whose_chunks_were_deleted_and_they_are_redone(tmp_path):
+    location = tmp_path / "feats.zarr"
+    write_store(location, views=("jitter_d0",))
+    clean = {
+        view: open_feature_set(str(location)).read(range(10), view=view)
+        for view in (CANONICAL, "jitter_d0")
+    }
+    # zarr reads a missing chunk as the fill value, without an error
+    chunk_file(location / "fs" / "features", 1).unlink()  # shard 1: videos 4-7
+    chunk_file(location / "fs" / "views" / "jitter_d0" / "frame_index", 2).unlink()  # 8, 9
+
+    damaged = verify_store(str(location))
+    assert {(d.view, d.video_id, d.array) for d in damaged} == {
+        *((CANONICAL, f"v{row}", "features") for row in range(4, 8)),
+        ("jitter_d0", "v8", "frame_index"),
+        ("jitter_d0", "v9", "frame_index"),
+    }
+    assert all(d.reason == MISSING and d.redoable for d in damaged)
+    assert mark_for_redo(str(location), damaged) == 6
+    feature_set = open_feature_set(str(location))
+    assert list(np.flatnonzero(~feature_set.usable)) == [4, 5, 6, 7]  # readers skip them
+    assert list(np.flatnonzero(~feature_set.usable_in("jitter_d0"))) == [4, 5, 6, 7, 8, 9]
+    root = open_root(str(location), mode="a")
+    for view in (CANONICAL, "jitter_d0"):
+        writer = FeatureSetWriter(root["fs"], view=view)
+        for shard in writer.shards_to_do():
+            writer.write_shard(shard, result_for(writer, shard))
+    assert verify_store(str(location)) == []
+    redone = open_feature_set(str(location))
+    assert redone.usable.all() and redone.usable_in("jitter_d0").all()
+    for view in (CANONICAL, "jitter_d0"):  # the same values again, the others kept bitwise
+        assert np.array_equal(redone.read(range(10), view=view), clean[view])
 
 
 def test_info_verify_lists_and_marks_damaged_videos(tmp_path):
