@@ -154,7 +154,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sact-bench-views-") as scratch:
         root = args.out or Path(scratch)
         demo = replace(DemoConfig(), out=root)
-        dataset = generate(demo, console)
+        dataset = generate(demo, demo.task, root, console)
         store = str(root / "feats.zarr")
         summary, sizes = extract_views(demo, dataset, store, args.views, console)
         scorers = {
