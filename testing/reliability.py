@@ -16,7 +16,7 @@ The scenarios (sact.testing.faults, full_disk, shared_store, corruption, bad_vid
                      killed twice, one of two concurrent writers killed; each then resumed
     full disk        ENOSPC on a small tmpfs during extraction and training (where the machine
                      lets the suite mount one), then resumed
-    flaky S3         the local S3 server behind FlakyS3Proxy
+    flaky S3         the local S3 server behind FlakyS3Proxy, flaky, then down mid-run
     load             three writers and two readers, on local disk and on the S3 server
     corruption       a byte flipped in feature chunks: read refused, verify, redo
     bad videos       the zoo, extracted twice
@@ -68,6 +68,12 @@ def _flaky_s3(workdir: Path, seed: int) -> list[Injection]:
     return [flaky_object_storage(workdir, seed=seed)]
 
 
+def _outage(workdir: Path, seed: int) -> list[Injection]:
+    from sact.testing.shared_store import object_storage_outage
+
+    return [object_storage_outage(workdir, seed=seed)]
+
+
 def _load(on_s3: bool) -> Scenario:
     def run(workdir: Path, seed: int) -> list[Injection]:
         from sact.testing.shared_store import writers_and_readers
@@ -103,6 +109,7 @@ SCENARIOS: dict[str, Scenario] = {
     "full disk, extraction": _full_disk("extract"),
     "full disk, training": _full_disk("train"),
     "flaky object storage": _flaky_s3,
+    "object storage outage": _outage,
     "load on local disk": _load(on_s3=False),
     "load on the S3 server": _load(on_s3=True),
     "silent corruption": _corruption,

@@ -4,6 +4,8 @@ has the kills): flaky object storage, and load.
     flaky_object_storage   `sact extract` into the local S3 server behind FlakyS3Proxy (drops,
                            500, 503, slow answers): it completes through the retries, or stops in
                            one line and the same command resumes; then the bucket recovers
+    object_storage_outage  the proxy answers 503 to everything from a seeded request on: the
+                           run stops in one line, and resumes once the bucket is back
     writers_and_readers    three `sact extract` runs at once on one store (local disk or S3),
                            started a seeded moment apart: every video extracted exactly once
 
@@ -299,4 +301,51 @@ def writers_and_readers(
         outcome,
         not problems,
         lost,
+    )
+
+
+# The outage starts after this many requests (drawn per seed): the run has claimed and written
+# some shards by then, and has more to do.
+OUTAGE_AFTER = (80, 240)
+OUTAGE_POLL_S = 0.05
+
+
+def object_storage_outage(workdir: Path, *, seed: int, good_videos: int = 6) -> Injection:
+    """`sact extract` into S3 through the proxy, which starts answering every request with 503
+    after a seeded number of requests (the bucket goes down mid-run): the run must stop in one
+    line; once the bucket is back, the same command must finish equal to a clean run."""
+    videos = write_kill_videos(workdir / "videos", good=good_videos)
+    expected = clean_reference(workdir, videos)
+    shards = -(-len(expected["video_id"]) // SHARD_SIZE)
+    after = int(np.random.default_rng(seed).integers(*OUTAGE_AFTER))
+    with local_s3_server() as server, environment(s3_environment(server)):
+        location = f"{make_bucket()}/feats.zarr"
+        arguments = extract_arguments(videos, location)
+        proxy = FlakyS3Proxy(server, FaultRates(), seed=seed)
+        with proxy as endpoint, readers(location, expected) as reading:
+            through_proxy = s3_environment(endpoint)
+            run = _start_writer(arguments, through_proxy)
+            while run.poll() is None and sum(proxy.counts.values()) < after:
+                time.sleep(OUTAGE_POLL_S)
+            proxy.set_rates(FaultRates(error_503=1.0))
+            out, err = run.communicate(timeout=COMMAND_TIMEOUT_S)
+            stopped = subprocess.CompletedProcess(run.args, run.returncode, out, err)
+            proxy.set_rates(FaultRates())  # the bucket is back
+            resumed = run_sact(arguments, environment=through_proxy)
+        problems, lost = _verdict(location, str(workdir / "reference.zarr"), shards, reading)
+        read = "; readers: " + ", ".join(reader.describe() for reader in reading)
+    said = failure_message(stopped)
+    if stopped.returncode in (0, 1):
+        problems.append(f"the run finished before the outage ({after} requests)")
+    elif stopped.returncode != 2 or not said.startswith("error: extraction into"):
+        problems.append(f"the outage did not stop the run in one line: {said}")
+    if resumed.returncode not in (0, 1):
+        problems.append(f"did not resume once the bucket was back: {failure_message(resumed)}")
+    moment = f"seed {seed}: every request answered 503 from request {after} on" + read
+    outcome = "; ".join(problems) or (
+        f"stopped in one line ({said.removeprefix('error: ')}); resumed equal once the bucket "
+        "was back"
+    )
+    return Injection(
+        "object storage down mid-run (503 to everything)", moment, outcome, not problems, lost
     )
