@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from sact.extract.feature_set import CANONICAL
 from sact.extract.store import open_feature_set
 from sact.fewshot import features as features_module
 from sact.fewshot.episodes import build_pool, resolve_split
@@ -80,6 +81,41 @@ def test_every_tier_and_any_mix_of_them_serve_the_same_tensors(pool):
         tiered = SplitFeatures(feature_set, train_pool, frames=4, device=cpu, plan=plan)
         assert not tiered.in_memory
         assert torch.equal(tiered.videos(positions, frames), expected), name
+
+
+def test_with_views_the_tiers_hold_video_views_and_serve_each_in_its_view(tmp_path):
+    """Training draws a stored view per video (docs/STORE.md): the plan counts (view, video)
+    pairs, and a tier boundary inside a view serves the same tensors as the store."""
+    views = ("crop-tl", "jitter_d0")
+    location = write_synthetic_store(
+        tmp_path / "feats.zarr",
+        classes=CLASSES,
+        videos_per_class=VIDEOS,
+        frames=STORED_FRAMES,
+        shard_size=4,
+        views=views,
+    )
+    split = write_split_lists(tmp_path / "split", CLASSES, VIDEOS, PARTS)
+    feature_set = open_feature_set(location)
+    train_pool = build_pool(feature_set, resolve_split(feature_set, str(split)), "train")
+    names = (CANONICAL, *views)
+    cpu = torch.device("cpu")
+    everything = SplitFeatures(feature_set, train_pool, frames=4, device=cpu, views=names)
+    assert everything.in_memory and everything.plan.video_views == 3 * 20
+    assert "train features, 20 videos x 3 views = 60 video views" in everything.where()
+    positions = np.array([7, 0, 3, 19, 3, 12, 15, 7])
+    in_view = np.array([0, 2, 1, 1, 0, 2, 2, 1])  # indices into names
+    frames = segment_frames(STORED_FRAMES, 4, len(positions), np.random.default_rng(1))
+    expected = everything.videos(positions, frames, in_view)
+    for row, (position, view) in enumerate(zip(positions, in_view, strict=True)):
+        stored = feature_set.read(train_pool.store_indices[[position]], names[view])
+        assert np.array_equal(expected[row].numpy(), stored[0, frames[row]])
+    for on_device, on_host in ((0, 0), (0, 60), (25, 20), (7, 6)):
+        plan = replace(everything.plan, on_device=on_device, on_host=on_host)
+        tiered = SplitFeatures(
+            feature_set, train_pool, frames=4, device=cpu, plan=plan, views=names
+        )
+        assert torch.equal(tiered.videos(positions, frames, in_view), expected)
 
 
 def test_the_plan_fills_the_device_then_the_host_within_cache_gb(monkeypatch):
