@@ -11,7 +11,7 @@ from sact.extract.store import open_feature_set
 from sact.testing.stores import video_id, write_synthetic_store
 
 STORE_DOC = Path(__file__).resolve().parents[1] / "docs" / "STORE.md"
-DEMO_STORE = "sact-demo/feats.zarr"
+DEMO_STORE = "sact-demo/motion/feats.zarr"
 
 
 def section_code(heading: str) -> str:

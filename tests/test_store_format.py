@@ -104,7 +104,7 @@ def test_an_unknown_format_is_refused_in_one_line(tmp_path):
 
 
 def test_the_store_docs_examples_run_on_a_store_with_views(tmp_path, monkeypatch, capsys):
-    write_store(tmp_path / "sact-demo" / "feats.zarr", name="demo", views=("jitter_d0",))
+    write_store(tmp_path / "sact-demo" / "motion" / "feats.zarr", name="demo", views=("jitter_d0",))
     monkeypatch.chdir(tmp_path)
     for heading in ("## Reading a store with plain zarr", "## Reading a feature set with xarray"):
         exec(compile(section_code(heading), "docs/STORE.md", "exec"), {})
