@@ -145,13 +145,14 @@ class SACT(FewShotHead[SACTEmbedding]):
             if self.input_norm is not None:
                 x = self.input_norm(x)  # (B, T, P, D), each patch over its D channels
             phi = self.tmixer(x) if self.tmixer is not None else x  # (B, T', P, D)
-            values = self.to_value(phi)  # (B, T', P, d_k)
         f = self.positional(phi)  # (B, T', P, D)
-        return SACTEmbedding(
-            support_keys=self.norm_support(self.to_support(f)),  # (B, T', P, d_k)
-            query_keys=self.norm_query(self.to_query(f)),  # (B, T', P, d_k)
-            values=values,
-        )
+        support_keys = self.norm_support(self.to_support(f))  # (B, T', P, d_k)
+        query_keys = self.norm_query(self.to_query(f))  # (B, T', P, d_k)
+        # after the keys: autograd sums the gradients into phi in this order, and a CPU run then
+        # trains the same weights as before the values moved out of autocast
+        with autocast_off(videos.device):
+            values = self.to_value(phi)  # (B, T', P, d_k)
+        return SACTEmbedding(support_keys=support_keys, query_keys=query_keys, values=values)
 
     @staticmethod
     def cross_attention(support_keys: Tensor, query_keys: Tensor) -> Tensor:
