@@ -225,9 +225,9 @@ def evaluate(config: EvalConfig, console: Console | None = None) -> dict[str, An
         "split": config.split,
         "settings": [],
     }
-    accuracies = {main.name: score(main, settings, config, console)}
-    for other in others:
-        moved = [
+    # every run scores the same episodes, by video id in its own pool
+    settings_of = {main.name: settings} | {
+        other.name: [
             EpisodeSet(
                 s.way,
                 s.shot,
@@ -236,21 +236,14 @@ def evaluate(config: EvalConfig, console: Console | None = None) -> dict[str, An
             )
             for s in settings
         ]
-        accuracies[other.name] = score(other, moved, config, console)
-    over_views = (
-        {main.name: score_over_views(main, settings, config, console)} if config.tta else {}
-    )
-    for other in others if config.tta else []:
-        moved = [
-            EpisodeSet(
-                s.way,
-                s.shot,
-                s.queries,
-                translate(s.episodes, main.pool, other.pool, run=other.name),
-            )
-            for s in settings
-        ]
-        over_views[other.name] = score_over_views(other, moved, config, console)
+        for other in others
+    }
+    every_run = [main, *others]
+    accuracies = {one.name: score(one, settings_of[one.name], config, console) for one in every_run}
+    over_views = {
+        one.name: score_over_views(one, settings_of[one.name], config, console)
+        for one in (every_run if config.tta else [])
+    }
     for number, setting in enumerate(settings):
         entry: dict[str, Any] = {
             "way": setting.way,
@@ -291,7 +284,7 @@ def evaluate(config: EvalConfig, console: Console | None = None) -> dict[str, An
         for other in others
     }
     results["records"] = {}
-    for scored in [main, *others]:
+    for scored in every_run:
         mine = compared if scored is main else {}
         path = keep(scored, accuracies[scored.name], settings, digests, config, compared=mine)
         results["records"][scored.name] = str(path)
