@@ -184,24 +184,28 @@ def generate(config: DemoConfig, task: str, folder: Path, console: Console) -> P
     return dataset_config.root
 
 
+def extract_config(config: DemoConfig, dataset: Path, store: str, **options: Any) -> ExtractConfig:
+    """The demo's extraction of `dataset` into `store` (feature set "demo"), with `options` of
+    ExtractConfig added (bench/views.py adds random views)."""
+    return ExtractConfig(
+        videos=dataset / "videos",
+        out=store,
+        split=str(dataset),
+        backbone=config.backbone,
+        random_init=True,
+        frames=config.frames,
+        size=config.size,
+        device=config.device,
+        workers=config.workers,
+        seed=config.seed,
+        name="demo",
+        **options,
+    )
+
+
 def extract(config: DemoConfig, dataset: Path, folder: Path, console: Console) -> str:
     store = str(folder / "feats.zarr")
-    summary = run_extraction(
-        ExtractConfig(
-            videos=dataset / "videos",
-            out=store,
-            split=str(dataset),
-            backbone=config.backbone,
-            random_init=True,
-            frames=config.frames,
-            size=config.size,
-            device=config.device,
-            workers=config.workers,
-            seed=config.seed,
-            name="demo",
-        ),
-        console=console,
-    )
+    summary = run_extraction(extract_config(config, dataset, store), console=console)
     if summary.failed or summary.pending:
         raise DemoError(
             f"extraction left {summary.failed} failed and {summary.pending} pending videos; "

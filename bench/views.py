@@ -30,8 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sact.config import DemoConfig
-from sact.demo import generate
-from sact.extract.config import ExtractConfig
+from sact.demo import extract_config, generate
 from sact.extract.pipeline import run_extraction
 from sact.extract.store import open_feature_set
 from sact.fewshot.accuracy import score_episodes
@@ -46,21 +45,7 @@ EPISODES = 200  # fixed test and train episodes scored at every validation
 def extract_views(demo: DemoConfig, dataset: Path, store: str, views: int, console: Console):
     """The canonical view and `views` random views in one run: (per-view summary, bytes)."""
     summary = run_extraction(
-        ExtractConfig(
-            videos=dataset / "videos",
-            out=store,
-            split=str(dataset),
-            backbone=demo.backbone,
-            random_init=True,
-            frames=demo.frames,
-            size=demo.size,
-            device=demo.device,
-            workers=demo.workers,
-            seed=demo.seed,
-            name="demo",
-            random_views=views,
-        ),
-        console=console,
+        extract_config(demo, dataset, store, random_views=views), console=console
     )
     feature_set = open_feature_set(store, "demo")
     sizes = {name: int(view.features.nbytes_stored()) for name, view in feature_set.views.items()}

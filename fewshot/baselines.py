@@ -43,17 +43,14 @@ def nearest_mean_logits(
     return -diff.pow(2).sum(dim=-1)  # (Q, N)
 
 
-class NearestMean(FewShotHead[ProtoNetEmbedding]):
-    """Nearest class mean on pooled features: logits = −squared Euclidean to class means.
+class PooledPrototypes(FewShotHead[ProtoNetEmbedding]):
+    """What NearestMean and ProtoNet share: a video is the float32 mean of its (T, P) vectors,
+    and a query's logits are −squared Euclidean distances to the class means."""
 
-    It has no parameters: training it is a no-op, and the trainer skips optimisation for
-    parameter-free models. `frames` and `grid` are accepted so every model is built the same way.
-    """
-
-    def embed(self, videos: Tensor) -> ProtoNetEmbedding:
-        self.check_videos(videos)
-        exact = torch.promote_types(videos.dtype, torch.float32)  # float16 sums lose digits
-        return ProtoNetEmbedding(features=videos.to(exact).mean(dim=(1, 2)))  # (B, D)
+    @staticmethod
+    def pooled(x: Tensor) -> ProtoNetEmbedding:
+        exact = torch.promote_types(x.dtype, torch.float32)  # float16 sums lose digits
+        return ProtoNetEmbedding(features=x.to(exact).mean(dim=(1, 2)))  # (B, width)
 
     def match(
         self,
@@ -64,6 +61,18 @@ class NearestMean(FewShotHead[ProtoNetEmbedding]):
         way: int | None = None,
     ) -> Tensor:
         return nearest_mean_logits(support, support_labels, query, way)
+
+
+class NearestMean(PooledPrototypes):
+    """Nearest class mean on pooled features: logits = −squared Euclidean to class means.
+
+    It has no parameters: training it is a no-op, and the trainer skips optimisation for
+    parameter-free models. `frames` and `grid` are accepted so every model is built the same way.
+    """
+
+    def embed(self, videos: Tensor) -> ProtoNetEmbedding:
+        self.check_videos(videos)
+        return self.pooled(videos)  # (B, D)
 
 
 class PatchMLP(nn.Module):
@@ -84,7 +93,7 @@ class PatchMLP(nn.Module):
         return self.w2(F.relu(self.w1(x)))  # (B, T, P, width)
 
 
-class ProtoNet(FewShotHead[ProtoNetEmbedding]):
+class ProtoNet(PooledPrototypes):
     """Prototypical network on a learned per-patch embedding, pooled over frames and patches.
 
     embed: e = mean over (T, P) of PatchMLP(x), (B, d_k); match: logits = −‖e_q − mean_c e_s‖².
@@ -103,19 +112,7 @@ class ProtoNet(FewShotHead[ProtoNetEmbedding]):
     def embed(self, videos: Tensor) -> ProtoNetEmbedding:
         self.check_videos(videos)
         x = videos.to(self.encoder.w1.weight.dtype)  # cached features are float16
-        encoded = self.encoder(x)  # (B, T, P, d_k)
-        exact = torch.promote_types(encoded.dtype, torch.float32)  # the mean in float32
-        return ProtoNetEmbedding(features=encoded.to(exact).mean(dim=(1, 2)))  # (B, d_k)
-
-    def match(
-        self,
-        support: ProtoNetEmbedding,
-        support_labels: Tensor,
-        query: ProtoNetEmbedding,
-        *,
-        way: int | None = None,
-    ) -> Tensor:
-        return nearest_mean_logits(support, support_labels, query, way)
+        return self.pooled(self.encoder(x))  # (B, T, P, d_k) -> (B, d_k)
 
 
 class PositionalEncoding(nn.Module):
