@@ -27,8 +27,8 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 # name -> module that defines it; imported on first use, so `import sact` (and the command line's
 # start-up) does not import torch, timm or zarr.
 _PUBLIC = {
-    "open_feature_set": "sact.extract.store",
-    "FeatureSet": "sact.extract.feature_set",
+    "open_feature_set": "sact.store.backends",
+    "FeatureSet": "sact.store.feature_set",
     "SACT": "sact.fewshot.model",
     "ProtoNet": "sact.fewshot.baselines",
     "NearestMean": "sact.fewshot.baselines",
@@ -61,14 +61,14 @@ __all__ = [  # noqa: RUF022  (grouped by stage, like _PUBLIC)
 
 if TYPE_CHECKING:
     from sact.extract.config import ExtractConfig
-    from sact.extract.feature_set import FeatureSet
     from sact.extract.pipeline import run_extraction
-    from sact.extract.store import open_feature_set
     from sact.fewshot.baselines import TRX, GridTRX, NearestMean, ProtoNet
     from sact.fewshot.config import EvalConfig, TrainConfig
     from sact.fewshot.evaluation import evaluate
     from sact.fewshot.model import SACT
     from sact.fewshot.training import train
+    from sact.store.backends import open_feature_set
+    from sact.store.feature_set import FeatureSet
 
 
 def __getattr__(name: str) -> Any:

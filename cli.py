@@ -1,7 +1,7 @@
 """The `sact` command line: parses options and calls the library, nothing more.
 
 Every option's default is read from its command's config dataclass (`sact.extract.config`,
-`sact.fewshot.config`, `sact.config`), so each default is written once. Those modules import
+`sact.fewshot.config`, `sact.demo.config`), so each default is written once. Those modules import
 nothing heavy, and a command imports torch and timm only once its options are checked, so a
 mistake is reported in a fraction of a second.
 """
@@ -25,10 +25,10 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from sact import __version__
-from sact.config import DemoConfig, ExplainConfig
+from sact.common.errors import SactError
+from sact.demo.config import DemoConfig
 from sact.extract.config import ExtractConfig
-from sact.extract.errors import SactError
-from sact.fewshot.config import EvalConfig, TrainConfig
+from sact.fewshot.config import EvalConfig, ExplainConfig, TrainConfig
 from sact.fewshot.kinds import kinds_by_option, model_names, one_of
 
 stderr = Console(stderr=True)
@@ -288,7 +288,7 @@ def extract(
         raise typer.Exit(1)
 
 
-# -- info (extract/inventory.py) --
+# -- info (store/inventory.py) --
 
 
 @app.command(
@@ -310,9 +310,9 @@ def info(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Show a store's feature sets: provenance, done / failed / pending, size on disk."""
-    from sact.extract.inventory import inventory
-    from sact.extract.tables import damaged_table, inventory_tables
-    from sact.extract.verify import verify_and_mark
+    from sact.store.inventory import inventory
+    from sact.store.tables import damaged_table, inventory_tables
+    from sact.store.verify import verify_and_mark
 
     with user_errors():
         # verify first: marking rewrites a damaged done or error chunk, which inventory reads
@@ -337,7 +337,7 @@ def info(
             raise typer.Exit(1)
 
 
-# -- export (extract/hdf5.py) --
+# -- export (store/hdf5.py) --
 
 
 @app.command(
@@ -356,8 +356,8 @@ def export(
     json_out: Annotated[bool, typer.Option("--json", help="Also print JSON on stdout.")] = False,
 ) -> None:
     """Copy a store's feature sets into one HDF5 file (same arrays and attributes)."""
-    from sact.extract.hdf5 import export_hdf5
-    from sact.extract.tables import export_table
+    from sact.store.hdf5 import export_hdf5
+    from sact.store.tables import export_table
 
     if to is None:
         fail("missing --to FILE.h5 (the HDF5 file to write)")
@@ -644,7 +644,7 @@ def report(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """One table over many runs: mean and spread over seeds, paired differences on same episodes."""
-    from sact.extract.files import write_text_atomic
+    from sact.common.files import write_text_atomic
     from sact.fewshot.report import build_report, report_json, report_markdown, report_table
 
     with user_errors():
@@ -679,7 +679,7 @@ def demo(
     json_out: Annotated[bool, typer.Option("--json", help="Print demo.json on stdout.")] = False,
 ) -> None:
     """Synthetic tasks with known answers: every model variant, seeds, predicted vs measured."""
-    from sact.demo import run_demo
+    from sact.demo.run import run_demo
 
     with user_errors():
         result = run_demo(DemoConfig(out=out, task=task, seeds=seeds, seed=seed), console=stderr)

@@ -16,16 +16,16 @@ from typing import TypeGuard
 import numpy as np
 import torch
 
-from sact.config import ExplainConfig
+from sact.common.errors import SactError
 from sact.extract.backbone import Preprocessing
 from sact.extract.decode import DecodeError, read_frames
-from sact.extract.errors import SactError
-from sact.extract.store import FeatureSet, open_feature_set
 from sact.extract.videos import VideoDiscoveryError, resolve_video_path
 from sact.fewshot.attention import attention_weights, draw_attention, focused_patches
 from sact.fewshot.checkpoints import check_compatible, checkpoint_of_run
+from sact.fewshot.config import ExplainConfig
 from sact.fewshot.features import segment_frames
 from sact.fewshot.model import SACT
+from sact.store.backends import FeatureSet, open_feature_set
 
 RESIZE_CROP = re.compile(r"^resize shorter side to (\d+), center crop (\d+)x(\d+)$")
 

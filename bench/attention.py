@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from sact.extract.devices import resolve_device, synchronize
+from sact.common.devices import resolve_device, synchronize
 from sact.fewshot.model import SACT, SACTEmbedding
 
 FRAMES, GRID, DIM, D_K = 8, (7, 7), 2048, 1152

@@ -2,7 +2,7 @@
 real-shaped float16 features, side by side in one run.
 
 The features come from real backbone forwards (timm, random-init weights: no pretrained weights
-can be downloaded here) on synthetic action videos rendered by ``sact.extract.synthetic`` at the
+can be downloaded here) on synthetic action videos rendered by ``sact.demo.synthetic`` at the
 backbone's input size: ResNet-50 at 224 px (7×7×2048 after the last ReLU, the store's main case)
 and ViT-S/16 at 224 px (14×14×384 patch tokens, no ReLU: signed values). One chunk is one video,
 (T, P, D) float16, as in the store (docs/STORE.md).
@@ -37,11 +37,11 @@ from rich.console import Console
 from rich.table import Table
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from sact.demo.synthetic import ACTION_CLASSES, render_action
 from sact.extract.backbone import FrozenBackbone, load_backbone
-from sact.extract.feature_set import VideoRecord
-from sact.extract.store import open_feature_set
-from sact.extract.synthetic import ACTION_CLASSES, render_action
-from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
+from sact.store.backends import open_feature_set
+from sact.store.feature_set import VideoRecord
+from sact.store.zarr_store import FeatureSetWriter, ShardResult, open_root
 
 BACKBONES = {"resnet50 224px": "resnet50", "vit_small 224px": "vit_small_patch16_224"}
 FLOAT16_BYTES = 2

@@ -26,12 +26,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sact.extract.devices import autocast_for, resolve_device, synchronize
-from sact.extract.store import open_feature_set
+from sact.common.devices import autocast_for, resolve_device, synchronize
 from sact.fewshot import SACT
 from sact.fewshot.accuracy import embed_videos, episode_logits
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.features import SplitFeatures, segment_frames
+from sact.store.backends import open_feature_set
 from sact.testing.stores import write_split_lists, write_synthetic_store
 
 FRAMES, GRID, DIM, D_K = 8, (7, 7), 2048, 1152

@@ -31,13 +31,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from sact.common.devices import resolve_device
+from sact.demo.synthetic import encode_video
 from sact.extract.backbone import FrozenBackbone, load_backbone
 from sact.extract.clips import ClipDataset, decoded_videos
 from sact.extract.config import ExtractConfig
 from sact.extract.decode import Strategy, sample_clip
-from sact.extract.devices import resolve_device
 from sact.extract.pipeline import run_extraction
-from sact.extract.synthetic import encode_video
 from sact.extract.videos import list_videos
 
 console = Console()

@@ -22,13 +22,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sact.extract.store import open_feature_set
 from sact.fewshot import SACT
 from sact.fewshot.accuracy import embed_videos
 from sact.fewshot.checkpoints import read_checkpoint
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.features import SplitFeatures, segment_frames
 from sact.fewshot.model import SACTEmbedding
+from sact.store.backends import open_feature_set
 
 BFLOAT16 = torch.autocast("cpu", dtype=torch.bfloat16)
 

@@ -44,12 +44,12 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
+from sact.common.devices import resolve_device, synchronize
+from sact.demo.synthetic import encode_video
 from sact.extract.backbone import FrozenBackbone, load_backbone
 from sact.extract.clips import ClipDataset, decoded_videos
 from sact.extract.config import ExtractConfig
-from sact.extract.devices import resolve_device, synchronize
 from sact.extract.pipeline import run_extraction
-from sact.extract.synthetic import encode_video
 from sact.extract.videos import list_videos
 from sact.fewshot.accuracy import embed_videos, episode_accuracies
 from sact.fewshot.config import TrainConfig

@@ -39,7 +39,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sact.extract.devices import autocast_for, synchronize
+from sact.common.devices import autocast_for, synchronize
 from sact.fewshot.heads import FewShotHead
 from sact.fewshot.kinds import create_model
 

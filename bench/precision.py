@@ -37,8 +37,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from sact.demo.synthetic import ACTION_CLASSES, render_action
 from sact.extract.backbone import flush_denormals, resolve_preprocessing
-from sact.extract.synthetic import ACTION_CLASSES, render_action
 
 TF32_DROPPED_BITS = 23 - 10  # float32 mantissa bits minus TF32's
 BACKBONES = {

@@ -27,11 +27,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from sact.extract.feature_set import FeatureSet
-from sact.extract.hdf5 import export_hdf5
-from sact.extract.store import open_feature_set
-from sact.testing.s3 import local_s3_server, make_bucket, s3_environment
+from sact.store.backends import open_feature_set
+from sact.store.feature_set import FeatureSet
+from sact.store.hdf5 import export_hdf5
 from sact.testing.stores import write_synthetic_store
+from tests.faults.s3 import local_s3_server, make_bucket, s3_environment
 
 WAYS, SHOTS, QUERIES = 5, 5, 5
 EPISODE_VIDEOS = WAYS * (SHOTS + QUERIES)  # 50

@@ -35,12 +35,12 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from sact.extract.devices import autocast_for, resolve_device, synchronize
-from sact.extract.store import open_feature_set
+from sact.common.devices import autocast_for, resolve_device, synchronize
 from sact.fewshot import SACT
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.features import Prefetcher, SplitFeatures, segment_frames
 from sact.fewshot.training import TrainConfig, read_metrics, train
+from sact.store.backends import open_feature_set
 from sact.testing.stores import write_split_lists, write_synthetic_store
 
 FRAMES, GRID, DIM, D_K = 8, (7, 7), 2048, 1152
@@ -180,9 +180,9 @@ def loader(args: argparse.Namespace) -> dict:
 
 
 def onthefly(args: argparse.Namespace) -> dict:
+    from sact.demo.synthetic import encode_video
     from sact.extract.backbone import FrozenBackbone, load_backbone
     from sact.extract.decode import sample_clip
-    from sact.extract.synthetic import encode_video
 
     precision = Precision(args)
     device = precision.device

@@ -29,15 +29,15 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sact.config import DemoConfig
-from sact.demo import extract_config, generate
+from sact.demo.config import DemoConfig
+from sact.demo.run import extract_config, generate
 from sact.extract.pipeline import run_extraction
-from sact.extract.store import open_feature_set
 from sact.fewshot.accuracy import score_episodes
 from sact.fewshot.config import TrainConfig
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.features import SplitFeatures
 from sact.fewshot.training import METRICS_FILE, read_metrics, train
+from sact.store.backends import open_feature_set
 
 EPISODES = 200  # fixed test and train episodes scored at every validation
 

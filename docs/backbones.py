@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import timm
 import torch
 
+from sact.data.split_lists import load_split
 from sact.extract.backbone import PatchFeatures, resolve_preprocessing
-from sact.extract.splits import load_split
 
 FRAMES = 8
 FLOAT16_BYTES = 2

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from sact.extract.errors import SactError
+from sact.common.errors import SactError
+from sact.common.tensor_files import UnsafeFileError, load_tensors
 from sact.extract.hub import hub_weights
-from sact.extract.tensor_files import UnsafeFileError, load_tensors
 
 INTERPOLATIONS = {
     "bicubic": TF.InterpolationMode.BICUBIC,

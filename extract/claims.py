@@ -45,9 +45,9 @@ import zarr.storage
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from sact.extract.errors import SactError
-from sact.extract.feature_set import CANONICAL
-from sact.extract.zarr_store import require_group
+from sact.common.errors import SactError
+from sact.store.feature_set import CANONICAL
+from sact.store.zarr_store import require_group
 
 CLAIMS_PREFIX = ".sact-claims"
 SETUP = "setup"

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sact.common.errors import SactError
 from sact.extract.backbone import Preprocessing
 from sact.extract.claims import ClaimBook, RunInfo, shard_topic
 from sact.extract.decode import DecodeError, sample_clip
-from sact.extract.errors import SactError
-from sact.extract.feature_set import VideoRecord
 from sact.extract.videos import VideoDiscoveryError, resolve_video_path
 from sact.extract.views import ViewSpec
-from sact.extract.zarr_store import FeatureSetWriter
+from sact.store.feature_set import VideoRecord
+from sact.store.zarr_store import FeatureSetWriter
 
 PREFETCHED_PER_WORKER = 4  # clips each decoding worker keeps ready
 SHARED_MEMORY = Path("/dev/shm")

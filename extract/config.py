@@ -16,8 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sact.extract.errors import SactError
-from sact.extract.splits import load_split
+from sact.common.errors import SactError
+from sact.data.split_lists import load_split
 
 if TYPE_CHECKING:
     from sact.extract.backbone import FrozenBackbone, LoadedBackbone
@@ -120,7 +120,7 @@ def feature_set_identity(
     the CPU, tfloat32 on CUDA): features computed in two precisions never share a feature set.
     """
     # imported here: sampling imports numpy, and the command line reads this module at start-up
-    from sact.extract.sampling import FRAME_SAMPLING
+    from sact.store.sampling import FRAME_SAMPLING
 
     prep = loaded.preprocessing
     return {

@@ -1,6 +1,6 @@
 """Decode a video (or a frame folder) and sample T frames at segment centers.
 
-Frame sampling: the rule of extract/sampling.py, ``index_i = floor((i + 0.5) * n / T)``. The
+Frame sampling: the rule of store/sampling.py, ``index_i = floor((i + 0.5) * n / T)``. The
 indices are stored with the features, so nothing downstream has to guess.
 
 Two ways to reach the frames, chosen per video:
@@ -29,8 +29,8 @@ import av
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from sact.extract.sampling import segment_centers
 from sact.extract.videos import is_frame_file
+from sact.store.sampling import segment_centers
 
 # Seek only when decoding everything would decode more than this many frames per kept frame: below
 # that, the keyframe interval of common encodes (~12 to 250 frames) makes seeking no cheaper.

@@ -26,7 +26,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from sact.extract.errors import SactError
+from sact.common.errors import SactError
 
 # How long the ranks may take to meet at the start (the TCPStore's own timeout).
 RENDEZVOUS_TIMEOUT = timedelta(minutes=30)

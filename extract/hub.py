@@ -20,7 +20,7 @@ from pathlib import Path
 import huggingface_hub
 from timm.models import get_pretrained_cfg
 
-from sact.extract.errors import SactError
+from sact.common.errors import SactError
 
 # A reachable hub answers a HEAD request in well under a second; an unreachable one is refused at
 # once or never answers, and this bounds the wait for the latter.

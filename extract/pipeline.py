@@ -54,6 +54,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from sact.common.devices import resolve_device
+from sact.common.errors import SactError, is_storage_error, storage_error_reason
 from sact.extract.backbone import FrozenBackbone, PendingTokens, load_backbone
 from sact.extract.claims import SETUP, ClaimBook, RunInfo
 from sact.extract.clips import ClaimedOrder, ClipDataset, check_shared_memory, decoded_videos
@@ -64,14 +66,12 @@ from sact.extract.config import (
     provenance,
     view_provenance,
 )
-from sact.extract.devices import resolve_device
 from sact.extract.distributed import Job, Rank, device_for, joined, owned_shards, rank_from_env
-from sact.extract.errors import SactError, is_storage_error, storage_error_reason
-from sact.extract.feature_set import CANONICAL, VideoFailure, check_feature_set_name
 from sact.extract.shard_writer import ShardWriter
 from sact.extract.videos import VideoList, list_videos
 from sact.extract.views import ViewSpec
-from sact.extract.zarr_store import (
+from sact.store.feature_set import CANONICAL, VideoFailure, check_feature_set_name
+from sact.store.zarr_store import (
     FeatureSetWriter,
     ShardResult,
     ZarrFeatureSet,

@@ -21,7 +21,7 @@ from contextlib import suppress
 from types import TracebackType
 
 from sact.extract.claims import ClaimBook, shard_topic
-from sact.extract.zarr_store import FeatureSetWriter, ShardResult
+from sact.store.zarr_store import FeatureSetWriter, ShardResult
 
 _DONE = None  # tells the thread that no shard follows
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from sact.extract.errors import SactError
-from sact.extract.feature_set import VideoRecord
-from sact.extract.splits import SplitEntry, load_split
+from sact.common.errors import SactError
+from sact.data.split_lists import SplitEntry, load_split
+from sact.store.feature_set import VideoRecord
 
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp"}

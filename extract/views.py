@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from sact.extract.errors import SactError
-from sact.extract.sampling import segment_centers
-from sact.extract.splits import direction_sensitive
+from sact.common.errors import SactError
+from sact.data.split_lists import direction_sensitive
+from sact.store.sampling import segment_centers
 
 CANONICAL = "canonical"
 CORNER_CROPS = ("tl", "tr", "bl", "br")

@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from sact.extract.files import atomic_path
+from sact.common.files import atomic_path
 from sact.fewshot.model import SACT
 
 PATCH_COLOURS = ("red", "lime", "cyan", "yellow")

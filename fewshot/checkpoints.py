@@ -30,11 +30,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from sact.extract.errors import SactError
-from sact.extract.store import FeatureSet
-from sact.extract.tensor_files import load_tensors
+from sact.common.errors import SactError
+from sact.common.tensor_files import load_tensors
 from sact.fewshot.heads import FewShotHead
 from sact.fewshot.kinds import create_model, is_model, model_names
+from sact.store.backends import FeatureSet
 
 CHECKPOINT_FORMAT = 1
 WEIGHTS = "model.safetensors"

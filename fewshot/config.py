@@ -15,8 +15,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from sact.extract.errors import SactError
-from sact.extract.splits import SPLIT_PARTS, resolve_split_dir
+from sact.common.errors import SactError
+from sact.data.split_lists import SPLIT_PARTS, resolve_split_dir
 from sact.fewshot.kinds import is_model, kinds_by_option, model_names, one_of
 
 CHECKPOINTS = ("best", "last")  # the checkpoints a run keeps
@@ -121,7 +121,7 @@ class TrainConfig:
             resolve_split_dir(self.split)
         if not self.resume:
             # imported here: numpy, kept off the command line's start-up
-            from sact.extract.feature_set import is_url
+            from sact.store.feature_set import is_url
 
             if not is_url(self.feats) and not Path(self.feats).exists():
                 raise TrainingError(f"no feature store at {self.feats}")
@@ -208,3 +208,16 @@ def latest_run(runs_dir: Path) -> Path:
             f"no trained run under {runs_dir}/; train one with `sact train` or pass --run/--ckpt"
         )
     return max(markers, key=lambda marker: marker.stat().st_mtime).parents[2]
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """What `sact explain` draws: a query video's attention onto a support video."""
+
+    run: Path  # a SA-CT run directory
+    query: str  # video ids in the run's feature set
+    support: str
+    out: Path | None = None  # None: <run>/attention-<query>-<support>.png
+    checkpoint: str = "best"
+    patches: int = 2  # query patches drawn per frame
+    feats: str | None = None  # None: the store the run was trained on

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from sact.extract.errors import SactError
-from sact.extract.files import write_text_atomic
-from sact.extract.splits import SPLIT_PARTS, SplitEntry, load_split
-from sact.extract.store import FeatureSet
+from sact.common.errors import SactError
+from sact.common.files import write_text_atomic
+from sact.data.split_lists import SPLIT_PARTS, SplitEntry, load_split
+from sact.store.backends import FeatureSet
 
 EPISODE_FILE_FORMAT = 1
 # Without a split list the store's classes are divided like the SSv2 OTAM split (64/12/24 of 100).

@@ -27,9 +27,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from sact.extract.devices import autocast_for, resolve_device
-from sact.extract.files import write_text_atomic
-from sact.extract.store import FeatureSet, open_feature_set
+from sact.common.devices import autocast_for, resolve_device
+from sact.common.files import write_text_atomic
 from sact.fewshot.accuracy import mean_and_interval, score_episodes, score_episodes_over_views
 from sact.fewshot.checkpoints import (
     Checkpoint,
@@ -52,6 +51,7 @@ from sact.fewshot.episodes import (
 )
 from sact.fewshot.features import SplitFeatures
 from sact.fewshot.records import record_name, weights_digest, write_record
+from sact.store.backends import FeatureSet, open_feature_set
 
 
 @dataclass

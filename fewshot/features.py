@@ -36,12 +36,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sact.extract.errors import SactError
-from sact.extract.feature_set import CANONICAL
-from sact.extract.sampling import segment_centers
-from sact.extract.store import FeatureSet
+from sact.common.errors import SactError
 from sact.fewshot.episodes import VideoPool
 from sact.fewshot.memory import available_host_bytes, free_device_bytes
+from sact.store.backends import FeatureSet
+from sact.store.feature_set import CANONICAL
+from sact.store.sampling import segment_centers
 
 BYTES_PER_GB = 1024**3
 # Shares of the free memory the feature cache may take by default. The GPU keeps a quarter for the
@@ -67,7 +67,7 @@ def segment_frames(
 
     The stored frames are cut into `used` equal segments; with `rng` one random frame per segment
     (training), without it each segment's center, the rule stage 1 samples source frames by
-    (extract/sampling.py).
+    (store/sampling.py).
     """
     if used > stored:
         raise FeatureError(f"the model uses {used} frames but the store holds only {stored}")

@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sact.extract.files import atomic_path
+from sact.common.files import atomic_path
 
 # Per-step losses are noisy; the curve shows their mean over a window this many steps wide.
 SMOOTHING_STEPS = 50

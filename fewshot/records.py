@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from sact.extract.errors import SactError
-from sact.extract.files import write_text_atomic
+from sact.common.errors import SactError
+from sact.common.files import write_text_atomic
 from sact.fewshot.checkpoints import WEIGHTS, Checkpoint
 
 RECORD_FORMAT = 1

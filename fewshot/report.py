@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from sact.extract.errors import SactError
+from sact.common.errors import SactError
 from sact.fewshot.accuracy import mean_and_interval
 from sact.fewshot.records import Record, SettingScores, run_records
 

@@ -52,11 +52,9 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sact.extract.devices import autocast_for, resolve_device
-from sact.extract.errors import storage_error_reason
-from sact.extract.feature_set import CANONICAL, is_url
-from sact.extract.files import write_text_atomic
-from sact.extract.store import FeatureSet, open_feature_set
+from sact.common.devices import autocast_for, resolve_device
+from sact.common.errors import storage_error_reason
+from sact.common.files import write_text_atomic
 from sact.fewshot.accuracy import score_episodes
 from sact.fewshot.attention import attention_weights, draw_attention, focused_patches
 from sact.fewshot.checkpoints import (
@@ -88,6 +86,8 @@ from sact.fewshot.heads import FewShotHead
 from sact.fewshot.model import SACT
 from sact.fewshot.tensorboard import FOLDER as TENSORBOARD_FOLDER
 from sact.fewshot.tensorboard import TensorBoardLog
+from sact.store.backends import FeatureSet, open_feature_set
+from sact.store.feature_set import CANONICAL, is_url
 
 # a numpy Generator's bit_generator.state: saved with each checkpoint, so a resumed run draws on
 # exactly where the interrupted one stopped

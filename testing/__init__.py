@@ -3,12 +3,11 @@
 
     sact.testing.stores      synthetic feature stores with class structure, and their split lists
     sact.testing.videos      small synthetic videos, a frame folder, broken files (PyAV)
-    sact.testing.bad_videos  the zoo of bad and unusual videos, and what extraction owes each
     sact.testing.extraction  the one tiny extraction config, in-process or as `sact extract` options
-    sact.testing.s3          a local S3-compatible server (moto) and its environment
     sact.testing.format1     a store in format 1, written with plain zarr as format 1 was
     sact.testing.damage      one flipped byte in a stored chunk
 
 Separate modules so each import pays only for what it uses: a store benchmark needs neither PyAV
-nor torch, and processes that import the tests afresh (claim racers) stay light.
+nor torch, and processes that import the tests afresh (claim racers) stay light. The
+fault-injection suite is not here: it is the repository's own tooling (tests/faults/).
 """

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sact.extract.feature_set import CANONICAL, FEATURES, VIEWS
+from sact.store.feature_set import CANONICAL, FEATURES, VIEWS
 
 SHARD_INDEX_ENTRY = 16  # bytes per inner chunk in a shard index: offset and length, uint64 each
 CRC32C_BYTES = 4

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sact.extract.feature_set import VideoRecord
-from sact.extract.splits import SPLIT_PARTS
+from sact.data.split_lists import SPLIT_PARTS
 from sact.extract.views import parse_view
-from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
+from sact.store.feature_set import VideoRecord
+from sact.store.zarr_store import FeatureSetWriter, ShardResult, open_root
 
 
 def video_id(label: str, number: int) -> str:

@@ -10,7 +10,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from sact.extract.synthetic import encode_video
+from sact.demo.synthetic import encode_video
 
 HEIGHT, WIDTH = 48, 64
 

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import torch
 
-from sact.testing.s3 import local_s3_server, make_bucket, s3_environment
 from sact.testing.stores import write_split_lists, write_synthetic_store
 from sact.testing.videos import write_corrupt_files, write_video_folder
+from tests.faults.s3 import local_s3_server, make_bucket, s3_environment
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The zoo of bad and unusual videos (sact.testing.bad_videos): each recorded with its own reason,
+"""The zoo of bad and unusual videos (tests.faults.bad_videos): each recorded with its own reason,
 extracted, or skipped and said so; none stops the run."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pytest
 
 from sact.extract import decode
 from sact.extract.decode import DecodeError, sample_clip
-from sact.extract.sampling import segment_centers
-from sact.testing.bad_videos import (
+from sact.store.sampling import segment_centers
+from sact.testing.extraction import extract_in_this_process, tiny_config
+from tests.faults.bad_videos import (
     LONG_VIDEO_FRAMES,
     ROTATED_FRAMES,
     ZOO_SECONDS,
@@ -20,7 +21,6 @@ from sact.testing.bad_videos import (
     write_bad_video_zoo,
     zoo_outcomes,
 )
-from sact.testing.extraction import extract_in_this_process, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 import sact
 from sact.cli import app
-from sact.config import DemoConfig, ExplainConfig
+from sact.demo.config import DemoConfig
 from sact.extract.config import ExtractConfig
-from sact.fewshot.config import EvalConfig, TrainConfig
+from sact.fewshot.config import EvalConfig, ExplainConfig, TrainConfig
 
 runner = CliRunner()
 COMMANDS = typer.main.get_command(app).commands  # type: ignore[attr-defined]

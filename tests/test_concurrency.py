@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from sact.extract.claims import ClaimBook, ClaimError, RunInfo, shard_topic
-from sact.extract.feature_set import CANONICAL
-from sact.extract.store import open_feature_set
-from sact.extract.zarr_store import open_root
+from sact.store.backends import open_feature_set
+from sact.store.feature_set import CANONICAL
+from sact.store.zarr_store import open_root
 from sact.testing.extraction import extract_in_this_process, tiny_cli_options
-from sact.testing.s3 import make_bucket
+from tests.faults.s3 import make_bucket
 
 TOPICS = [shard_topic(shard) for shard in range(12)]
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Silent corruption (sact.testing.corruption): a flipped byte in a feature chunk is reported when
+"""Silent corruption (tests.faults.corruption): a flipped byte in a feature chunk is reported when
 read, listed by `sact info --verify` and redone alone by the next `sact extract`."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from sact.cli import app
-from sact.extract.store import open_feature_set
-from sact.extract.verify import mark_for_redo, verify_store
-from sact.testing.corruption import silent_corruption
+from sact.store.backends import open_feature_set
+from sact.store.verify import mark_for_redo, verify_store
 from sact.testing.damage import flip_byte
 from sact.testing.stores import write_synthetic_store
+from tests.faults.corruption import silent_corruption
 
 runner = CliRunner()
 

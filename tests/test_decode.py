@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sact.demo.synthetic import encode_video
 from sact.extract.decode import (
     SEEK_MIN_FRAMES_PER_SAMPLE,
     DecodeError,
@@ -15,8 +16,7 @@ from sact.extract.decode import (
     read_frames,
     sample_clip,
 )
-from sact.extract.sampling import segment_centers
-from sact.extract.synthetic import encode_video
+from sact.store.sampling import segment_centers
 from sact.testing.videos import VIDEO_FRAMES, synthetic_frames
 
 # Lossy codecs (vp9 at its fastest setting most) change pixels by a few levels on average.

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from sact.demo import TASKS_PREDICTED, VARIANTS, DemoConfig, DemoError, run_demo
+from sact.demo.run import TASKS_PREDICTED, VARIANTS, DemoConfig, DemoError, run_demo
+from sact.demo.synthetic import TASKS
 from sact.extract.claims import CLAIMS_PREFIX
-from sact.extract.synthetic import TASKS
 
 TINY = {
     "videos_per_class": 2,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sact.extract.devices import autocast_for, bf16_is_native
+from sact.common.devices import autocast_for, bf16_is_native
 
 CUDA = torch.device("cuda")
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from sact.common.errors import SactError
 from sact.extract.claims import CLAIMS_PREFIX, Claim
 from sact.extract.distributed import Rank, device_for, joined, owned_shards, rank_from_env
-from sact.extract.errors import SactError
-from sact.extract.feature_set import PER_VIDEO_ARRAYS
-from sact.extract.store import open_feature_set
+from sact.store.backends import open_feature_set
+from sact.store.feature_set import PER_VIDEO_ARRAYS
 from sact.testing.extraction import TINY, extract_in_this_process, tiny_cli_options
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,6 @@ import jsonschema
 import numpy as np
 import pytest
 
-from sact.extract.store import open_feature_set
 from sact.fewshot.episodes import (
     EpisodeError,
     EpisodeSampler,
@@ -20,6 +19,7 @@ from sact.fewshot.episodes import (
     resolve_split,
     save_episodes,
 )
+from sact.store.backends import open_feature_set
 from sact.testing.stores import write_split_lists, write_synthetic_store
 
 SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "episodes.schema.json"

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from sact.extract.store import open_feature_set
 from sact.fewshot.episodes import (
     EpisodeError,
     EpisodeSampler,
@@ -18,6 +17,7 @@ from sact.fewshot.episodes import (
     save_episodes,
     split_by_labels,
 )
+from sact.store.backends import open_feature_set
 from sact.testing.stores import class_names, video_id, write_split_lists, write_synthetic_store
 
 CLASSES, VIDEOS = 12, 6

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from sact.extract.errors import SactError
-from sact.extract.store import open_feature_set
+from sact.common.errors import SactError
 from sact.fewshot.accuracy import embed_videos, episode_logits, mean_and_interval
 from sact.fewshot.checkpoints import read_checkpoint
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
@@ -21,6 +20,7 @@ from sact.fewshot.evaluation import EvalConfig, evaluate, results_table
 from sact.fewshot.features import SplitFeatures, segment_frames
 from sact.fewshot.records import read_record
 from sact.fewshot.training import TrainConfig, train
+from sact.store.backends import open_feature_set
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,9 +13,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sact.cli import app
+from sact.demo.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
 from sact.explain import ExplainConfig, ExplainError, explain
 from sact.extract.pipeline import run_extraction
-from sact.extract.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
 from sact.fewshot.attention import (
     DPI,
     PANEL_INCHES,

@@ -21,13 +21,13 @@ from rich.progress import Progress
 from typer.testing import CliRunner, Result
 
 from sact.cli import app
+from sact.common.errors import SactError
 from sact.extract.backbone import ComputePlan, flush_denormals, load_backbone
 from sact.extract.clips import check_shared_memory, shared_memory_needed
 from sact.extract.decode import sample_clip
-from sact.extract.errors import SactError
-from sact.extract.feature_set import FeatureStoreError
 from sact.extract.pipeline import ExtractSummary, VideosPerSecond, run_extraction
-from sact.extract.store import open_feature_set
+from sact.store.backends import open_feature_set
+from sact.store.feature_set import FeatureStoreError
 from sact.testing.extraction import tiny_cli_options, tiny_config
 
 # The tests' tiny extraction at 64 px (a 2×2 ResNet grid), named after its config.

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from sact.extract.feature_set import CANONICAL
-from sact.extract.store import open_feature_set
 from sact.fewshot import features as features_module
 from sact.fewshot.episodes import build_pool, resolve_split
 from sact.fewshot.features import (
@@ -21,6 +19,8 @@ from sact.fewshot.features import (
     plan_cache,
     segment_frames,
 )
+from sact.store.backends import open_feature_set
+from sact.store.feature_set import CANONICAL
 from sact.testing.stores import write_split_lists, write_synthetic_store
 
 CLASSES, VIDEOS, STORED_FRAMES = 9, 4, 8

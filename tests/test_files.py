@@ -1,4 +1,4 @@
-"""The one atomic write (extract/files.py) every writer of a whole file goes through."""
+"""The one atomic write (common/files.py) every writer of a whole file goes through."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sact.extract.files import atomic_path, write_text_atomic
+from sact.common.files import atomic_path, write_text_atomic
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_partial(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """Flaky object storage: the local S3 server behind a proxy that drops connections, answers 500 and
-503 and delays requests (sact.testing.flaky_s3). Extraction completes through the retries or stops
+503 and delays requests (tests.faults.flaky_s3). Extraction completes through the retries or stops
 in one line and resumes; nothing is lost or duplicated; readers only ever see done shards."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from email.message import Message
 import pytest
 
 from sact.extract.claims import ClaimBook, shard_topic
-from sact.extract.zarr_store import open_root
-from sact.testing.flaky_s3 import FaultRates, FlakyS3Proxy
-from sact.testing.s3 import make_bucket
+from sact.store.zarr_store import open_root
+from tests.faults.flaky_s3 import FaultRates, FlakyS3Proxy
+from tests.faults.s3 import make_bucket
 
 
 @contextmanager

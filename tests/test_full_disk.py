@@ -1,6 +1,6 @@
 """A full disk: extraction and training stop with one line, keep what they wrote, and the same
 command (or --resume) carries on once there is space. On a real small tmpfs where this machine
-lets the suite mount one (sact.testing.full_disk), and everywhere with writes that fail."""
+lets the suite mount one (tests.faults.full_disk), and everywhere with writes that fail."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from sact.cli import app
-from sact.extract.store import open_feature_set
-from sact.extract.zarr_store import FeatureSetWriter
 from sact.fewshot.checkpoints import read_checkpoint
+from sact.store.backends import open_feature_set
+from sact.store.zarr_store import FeatureSetWriter
 from sact.testing.extraction import tiny_cli_options
-from sact.testing.full_disk import can_mount_tmpfs, in_a_namespace
+from tests.faults.full_disk import can_mount_tmpfs, in_a_namespace
 
 runner = CliRunner()
 

@@ -1,6 +1,6 @@
 """Hostile inputs are refused in one line, before anything is read into memory or executed: split
 lists whose parts share a class, pickled objects in a resume state or a weights file, a store
-claiming absurd shapes or dtypes (sact.testing.hostile makes them)."""
+claiming absurd shapes or dtypes (tests.faults.hostile makes them)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import torch
 from typer.testing import CliRunner, Result
 
 from sact.cli import app
-from sact.extract.feature_set import MAX_VIDEOS
-from sact.extract.splits import SplitError, load_split
+from sact.data.split_lists import SplitError, load_split
 from sact.fewshot.training import TrainConfig, train
+from sact.store.feature_set import MAX_VIDEOS
 from sact.testing.extraction import tiny_cli_options
-from sact.testing.hostile import ABSURD_VIDEOS, claim, claims_absurd_videos
 from sact.testing.stores import write_synthetic_store
+from tests.faults.hostile import ABSURD_VIDEOS, claim, claims_absurd_videos
 
 runner = CliRunner()
 

@@ -1,5 +1,5 @@
-"""Kills: `sact extract` and `sact train` SIGKILLed at seeded moments (sact.testing.faults, the
-quick part of python -m sact.testing.reliability), and what those kills found."""
+"""Kills: `sact extract` and `sact train` SIGKILLed at seeded moments (tests.faults.scenarios, the
+quick part of python -m tests.faults.reliability), and what those kills found."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from sact.fewshot.checkpoints import read_checkpoint, save_checkpoint
 from sact.fewshot.kinds import create_model
-from sact.testing.faults import RESUMED_EQUAL, kill_extraction, kill_one_writer, kill_training
+from tests.faults.scenarios import RESUMED_EQUAL, kill_extraction, kill_one_writer, kill_training
 
 MODEL_CONFIG = {"dim": 8, "frames": 2, "grid": [1, 1], "d_k": 4}
 

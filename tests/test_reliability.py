@@ -1,5 +1,5 @@
 """The command that runs the whole fault-injection suite and writes docs/RELIABILITY.md
-(sact.testing.reliability), on the scenarios that take seconds."""
+(tests.faults.reliability), on the scenarios that take seconds."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sact.testing.faults import Injection
-from sact.testing.reliability import main, report
+from tests.faults.reliability import main, report
+from tests.faults.scenarios import Injection
 
 
 def test_the_page_counts_each_fault_and_shows_what_was_not_as_owed() -> None:
@@ -32,7 +32,7 @@ def test_one_command_runs_scenarios_and_writes_the_page(tmp_path: Path) -> None:
     injections = json.loads(details.read_text())
     assert len(injections) >= 15 and all(injection["expected"] for injection in injections)
     page = out.read_text()
-    assert "python -m sact.testing.reliability --repeat 1 --only 'bad videos'" in page
+    assert "python -m tests.faults.reliability --repeat 1 --only 'bad videos'" in page
     assert (
         "| bad video: dangling symbolic link | 1 | 1 | 0 | recorded: dangling symbolic link" in page
     )

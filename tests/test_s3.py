@@ -14,13 +14,13 @@ import pytest
 from typer.testing import CliRunner
 
 from sact.cli import app
+from sact.demo.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
 from sact.extract.config import ExtractConfig
 from sact.extract.pipeline import run_extraction
-from sact.extract.store import list_feature_sets, open_feature_set
-from sact.extract.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
-from sact.extract.zarr_store import zarr_feature_set_names
 from sact.fewshot.evaluation import EvalConfig, evaluate
 from sact.fewshot.training import TrainConfig, train
+from sact.store.backends import list_feature_sets, open_feature_set
+from sact.store.zarr_store import zarr_feature_set_names
 from sact.testing.extraction import tiny_config
 
 # Two classes in each split part: enough for 2-way episodes, small enough to extract in seconds.
@@ -145,7 +145,7 @@ def test_bad_bucket_is_one_line(s3_server: str) -> None:
 def test_a_feature_set_created_later_is_seen_by_a_process_that_looked_before(
     s3_bucket: str,
 ) -> None:
-    # Found by the flaky-storage scenario's readers (sact.testing.shared_store): fsspec kept the
+    # Found by the flaky-storage scenario's readers (tests.faults.shared_store): fsspec kept the
     # first listing of the store, so a process that had looked at it before a feature set was
     # created (a notebook, a reader polling a store being extracted) never saw that feature set.
     location = f"{s3_bucket}/feats.zarr"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from sact.extract.claims import shard_topic
-from sact.extract.feature_set import CANONICAL
 from sact.extract.shard_writer import ShardWriter
-from sact.extract.zarr_store import ShardResult
+from sact.store.feature_set import CANONICAL
+from sact.store.zarr_store import ShardResult
 
 WAIT_S = 10.0
 

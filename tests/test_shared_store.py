@@ -1,4 +1,4 @@
-"""A store read while it is written, by runs and readers at once (sact.testing.shared_store): the
+"""A store read while it is written, by runs and readers at once (tests.faults.shared_store): the
 scenarios, and what they found."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import pytest
 
 from sact.extract.claims import ClaimBook, RunInfo, shard_topic
 from sact.extract.clips import ClaimedOrder
-from sact.extract.feature_set import FeatureSet, VideoRecord
-from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
-from sact.testing.shared_store import flaky_object_storage, writers_and_readers
+from sact.store.feature_set import FeatureSet, VideoRecord
+from sact.store.zarr_store import FeatureSetWriter, ShardResult, open_root
+from tests.faults.shared_store import flaky_object_storage, writers_and_readers
 
 
 class ArraysOfOneFeatureSet(FeatureSet):

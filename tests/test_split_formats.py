@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from sact.extract.splits import SplitError, load_split
-from sact.extract.store import open_feature_set
-from sact.extract.synthetic import encode_video
+from sact.data.split_lists import SplitError, load_split
+from sact.demo.synthetic import encode_video
 from sact.extract.videos import VideoDiscoveryError, list_videos
 from sact.fewshot.episodes import build_pool, resolve_split
+from sact.store.backends import open_feature_set
 from sact.testing.extraction import extract_in_this_process
 from sact.testing.videos import synthetic_frames
 

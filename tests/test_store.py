@@ -17,11 +17,11 @@ import h5py
 import numpy as np
 import pytest
 
-from sact.extract.feature_set import FeatureStoreError, VideoRecord
-from sact.extract.hdf5 import export_hdf5
-from sact.extract.store import list_feature_sets, open_feature_set
-from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
-from sact.testing.s3 import make_bucket
+from sact.store.backends import list_feature_sets, open_feature_set
+from sact.store.feature_set import FeatureStoreError, VideoRecord
+from sact.store.hdf5 import export_hdf5
+from sact.store.zarr_store import FeatureSetWriter, ShardResult, open_root
+from tests.faults.s3 import make_bucket
 
 FRAMES, PATCHES, DIM, GRID = 4, 4, 8, (2, 2)
 EPISODES_PER_READER = 5

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sact.extract.store import open_feature_set
+from sact.store.backends import open_feature_set
 from sact.testing.stores import video_id, write_synthetic_store
 
 STORE_DOC = Path(__file__).resolve().parents[1] / "docs" / "STORE.md"

@@ -16,11 +16,11 @@ import pytest
 import zarr
 from test_store_docs import section_code
 
-from sact.extract.feature_set import CANONICAL, FeatureStoreError, VideoRecord
-from sact.extract.store import open_feature_set
-from sact.extract.verify import MISSING, has_checksums, mark_for_redo, verify_store
 from sact.extract.views import parse_view
-from sact.extract.zarr_store import FeatureSetWriter, ShardResult, open_root
+from sact.store.backends import open_feature_set
+from sact.store.feature_set import CANONICAL, FeatureStoreError, VideoRecord
+from sact.store.verify import MISSING, has_checksums, mark_for_redo, verify_store
+from sact.store.zarr_store import FeatureSetWriter, ShardResult, open_root
 from sact.testing.damage import chunk_file, flip_byte
 from sact.testing.format1 import DIM, FRAMES, PATCHES, write_format1_store
 

@@ -14,12 +14,12 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sact.extract.store import open_feature_set
 from sact.fewshot.accuracy import episode_accuracies
 from sact.fewshot.config import TrainConfig
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.kinds import create_model
 from sact.fewshot.training import Trainer, new_model, prepare_data
+from sact.store.backends import open_feature_set
 
 aten = torch.ops.aten
 META = torch.device("meta")

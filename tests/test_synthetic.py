@@ -8,8 +8,8 @@ import av
 import numpy as np
 import pytest
 
-from sact.extract.splits import load_split
-from sact.extract.synthetic import (
+from sact.data.split_lists import load_split
+from sact.demo.synthetic import (
     ACTION_CLASSES,
     IDENTITIES,
     PHASE_COLOURS,

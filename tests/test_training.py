@@ -15,9 +15,7 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-from sact.extract.errors import SactError
-from sact.extract.store import open_feature_set
-from sact.extract.zarr_store import FeatureSetWriter, open_root
+from sact.common.errors import SactError
 from sact.fewshot import features as features_module
 from sact.fewshot.accuracy import embed_videos
 from sact.fewshot.checkpoints import read_checkpoint
@@ -34,6 +32,8 @@ from sact.fewshot.training import (
     read_metrics,
     train,
 )
+from sact.store.backends import open_feature_set
+from sact.store.zarr_store import FeatureSetWriter, open_root
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

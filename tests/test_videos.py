@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sact.extract.splits import SplitError
+from sact.data.split_lists import SplitError
 from sact.extract.videos import (
     VideoDiscoveryError,
     find_videos,

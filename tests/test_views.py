@@ -19,13 +19,13 @@ from sact.extract.backbone import FrozenBackbone, load_backbone
 from sact.extract.claims import ClaimBook, RunInfo, shard_topic
 from sact.extract.config import ExtractConfig
 from sact.extract.decode import read_frames
-from sact.extract.feature_set import CANONICAL
-from sact.extract.hdf5 import export_hdf5
 from sact.extract.pipeline import ExtractSummary, run_extraction
-from sact.extract.sampling import segment_centers
-from sact.extract.store import open_feature_set
 from sact.extract.views import ViewError, ViewSpec, parse_view, requested_views
-from sact.extract.zarr_store import open_root
+from sact.store.backends import open_feature_set
+from sact.store.feature_set import CANONICAL
+from sact.store.hdf5 import export_hdf5
+from sact.store.sampling import segment_centers
+from sact.store.zarr_store import open_root
 
 TINY = {"backbone": "resnet10t", "random_init": True, "size": 32, "frames": 4, "workers": 0}
 runner = CliRunner()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sact.testing.extraction import tiny_cli_options
-from sact.testing.faults import (
+from tests.faults.scenarios import (
     Injection,
     run_sact,
     train_arguments,
@@ -105,7 +105,7 @@ def claim(store: Path, name: str, array: str | None, **changes: Any) -> None:
 
 def claims_absurd_videos(store: Path, name: str) -> None:
     """Every array claims ABSURD_VIDEOS rows: consistent, so only the limits can tell."""
-    from sact.extract.feature_set import FEATURES, PER_VIDEO_ARRAYS
+    from sact.store.feature_set import FEATURES, PER_VIDEO_ARRAYS
 
     for array in (FEATURES, *PER_VIDEO_ARRAYS):
         shape = json.loads((store / name / array / "zarr.json").read_text())["shape"]

@@ -1,6 +1,6 @@
 """The whole fault-injection suite in one command, and the page it writes:
 
-    python -m sact.testing.reliability --repeat 2 --out docs/RELIABILITY.md
+    python -m tests.faults.reliability --repeat 2 --out docs/RELIABILITY.md
 
 runs every scenario ``--repeat`` times with seeds 0, 1, ... (each in a fresh folder), then writes
 a table of every fault: how many times it was injected, what sact did (resumed equal, refused with
@@ -10,7 +10,7 @@ scenarios once, small (tests/test_kills.py, test_full_disk.py, test_shared_store
 test_bad_videos.py, test_hostile_inputs.py, test_corruption.py); this command is the long
 repetition, on demand.
 
-The scenarios (sact.testing.faults, full_disk, shared_store, corruption, bad_videos, hostile):
+The scenarios (tests.faults.scenarios, full_disk, shared_store, corruption, bad_videos, hostile):
 
     kills            sact extract SIGKILLed at 10 seeded moments, sact train at 5, a checkpoint
                      killed twice, one of two concurrent writers killed; each then resumed
@@ -38,7 +38,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sact.testing.faults import (
+from tests.faults.scenarios import (
     Injection,
     kill_extraction,
     kill_one_writer,
@@ -53,7 +53,7 @@ FULL_DISK_ROOMS = (0.1, 0.4, 0.7)  # fractions of what a clean run writes that s
 
 def _full_disk(kind: str) -> Scenario:
     def run(workdir: Path, seed: int) -> list[Injection]:
-        from sact.testing.full_disk import can_mount_tmpfs, in_a_namespace
+        from tests.faults.full_disk import can_mount_tmpfs, in_a_namespace
 
         if not can_mount_tmpfs(workdir):
             return []
@@ -63,20 +63,20 @@ def _full_disk(kind: str) -> Scenario:
 
 
 def _flaky_s3(workdir: Path, seed: int) -> list[Injection]:
-    from sact.testing.shared_store import flaky_object_storage
+    from tests.faults.shared_store import flaky_object_storage
 
     return [flaky_object_storage(workdir, seed=seed)]
 
 
 def _outage(workdir: Path, seed: int) -> list[Injection]:
-    from sact.testing.shared_store import object_storage_outage
+    from tests.faults.shared_store import object_storage_outage
 
     return [object_storage_outage(workdir, seed=seed)]
 
 
 def _load(on_s3: bool) -> Scenario:
     def run(workdir: Path, seed: int) -> list[Injection]:
-        from sact.testing.shared_store import writers_and_readers
+        from tests.faults.shared_store import writers_and_readers
 
         return [writers_and_readers(workdir, seed=seed, on_s3=on_s3)]
 
@@ -84,19 +84,19 @@ def _load(on_s3: bool) -> Scenario:
 
 
 def _bad_videos(workdir: Path, seed: int) -> list[Injection]:
-    from sact.testing.bad_videos import zoo_extraction
+    from tests.faults.bad_videos import zoo_extraction
 
     return zoo_extraction(workdir)
 
 
 def _corruption(workdir: Path, seed: int) -> list[Injection]:
-    from sact.testing.corruption import silent_corruption
+    from tests.faults.corruption import silent_corruption
 
     return silent_corruption(workdir, seed=seed)
 
 
 def _hostile(workdir: Path, seed: int) -> list[Injection]:
-    from sact.testing.hostile import hostile_inputs
+    from tests.faults.hostile import hostile_inputs
 
     return hostile_inputs(workdir)
 
@@ -149,7 +149,7 @@ def report(
         "# Reliability: the fault-injection suite",
         "",
         "What sact does when things go wrong, tried on purpose, repeatedly, with the result",
-        "written down. Written by the suite itself (`sact.testing.reliability`); run it again with",
+        "written down. Written by the suite itself (`tests.faults.reliability`); run it again with",
         "",
         "```bash",
         command,
@@ -225,21 +225,23 @@ def run_suite(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m sact.testing.reliability",
-        description="Run the fault-injection suite and write docs/RELIABILITY.md.",
+        prog="python -m tests.faults.reliability",
+        description="Run the fault-injection suite; print its page, or write it with --out.",
     )
     parser.add_argument("--repeat", type=int, default=1, help="repetitions, seeds 0..N-1")
     parser.add_argument(
         "--only", nargs="+", choices=sorted(SCENARIOS), help="these scenarios (default: all)"
     )
-    parser.add_argument("--out", type=Path, default=Path("docs/RELIABILITY.md"))
+    parser.add_argument("--out", type=Path, help="write the page here (docs/RELIABILITY.md)")
     parser.add_argument("--json", type=Path, help="also write every injection here")
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
     options = parser.parse_args(argv)
     names = options.only or list(SCENARIOS)
-    command = "python -m sact.testing.reliability --repeat " + str(options.repeat)
+    command = "python -m tests.faults.reliability --repeat " + str(options.repeat)
     if options.only:
         command += " --only " + " ".join(repr(name) for name in names)
+    if options.out is not None:
+        command += f" --out {options.out}"
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=options.workdir) as scratch:
         injections, skipped = run_suite(
@@ -252,12 +254,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     page = report(
         injections, command=command, repeat=options.repeat, seconds=seconds, skipped=skipped
     )
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(page + "\n")
+    if options.out is None:
+        print(page)
+    else:
+        options.out.parent.mkdir(parents=True, exist_ok=True)
+        options.out.write_text(page + "\n")
     if options.json:
         options.json.write_text(json.dumps([i.to_json() for i in injections], indent=1) + "\n")
     owed = sum(injection.expected for injection in injections)
-    print(f"{owed} of {len(injections)} faults as owed; written to {options.out}")
+    written = "" if options.out is None else f"; written to {options.out}"
+    print(f"{owed} of {len(injections)} faults as owed{written}", file=sys.stderr)
     if owed != len(injections):
         raise SystemExit(1)
 

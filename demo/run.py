@@ -1,6 +1,6 @@
 """`sact demo`: a suite of synthetic few-shot tasks with known answers, offline, on a laptop CPU.
 
-For each task (extract/synthetic.py, TASKS):
+For each task (demo/synthetic.py, TASKS):
 
     generate videos ─▶ sact extract (a small random-init timm backbone)
         ─▶ sact train: every variant of VARIANTS, once per training seed, on the same store
@@ -32,12 +32,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sact.config import DemoConfig, ExplainConfig
+from sact.common.errors import SactError
+from sact.common.files import write_text_atomic
+from sact.demo.config import DemoConfig
+from sact.demo.synthetic import TASKS, SyntheticDatasetConfig, make_synthetic_dataset
 from sact.explain import explain
-from sact.extract.errors import SactError
-from sact.extract.files import write_text_atomic
 from sact.extract.pipeline import ExtractConfig, run_extraction
-from sact.extract.synthetic import TASKS, SyntheticDatasetConfig, make_synthetic_dataset
+from sact.fewshot.config import ExplainConfig
 from sact.fewshot.evaluation import EvalConfig, evaluate
 from sact.fewshot.report import Report, build_report, report_json
 from sact.fewshot.training import CONFIG_FILE, TrainConfig, train

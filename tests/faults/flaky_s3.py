@@ -1,5 +1,5 @@
 """Object storage that fails on purpose: an HTTP proxy on 127.0.0.1 in front of the local S3 server
-(``sact.testing.s3``) that drops connections, answers 500 and 503, and delays a seeded fraction of
+(``tests.faults.s3``) that drops connections, answers 500 and 503, and delays a seeded fraction of
 the requests, as a busy bucket or a flaky network does.
 
     with local_s3_server() as s3, FlakyS3Proxy(s3, FaultRates(error_503=0.1), seed=0) as endpoint:

@@ -6,8 +6,8 @@ command writes still fits. The command meets ENOSPC where it happens to be; then
 
     in_a_namespace("extract", workdir, rooms=[0.1, 0.4, 0.7])   # or "train"
 
-runs ``python -m sact.testing.full_disk extract WORKDIR --room 0.1 0.4 0.7`` in the namespace and
-reads back one ``Injection`` (sact.testing.faults) per fraction, as JSON lines on its stdout. A
+runs ``python -m tests.faults.full_disk extract WORKDIR --room 0.1 0.4 0.7`` in the namespace and
+reads back one ``Injection`` (tests.faults.scenarios) per fraction, as JSON lines on its stdout. A
 fraction is of the space a clean run takes; each stop must be one line saying the disk is full,
 leave what was written before readable and as it was, and the same command (for training,
 ``--resume`` once the run exists) must then finish equal to a clean run.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sact.testing.faults import (
+from tests.faults.scenarios import (
     FEATURE_SET,
     Injection,
     extract_arguments,
@@ -36,6 +36,7 @@ from sact.testing.faults import (
     steps_lost,
     store_arrays,
     store_differences,
+    suite_environment,
     train_arguments,
     videos_lost,
     write_kill_videos,
@@ -196,7 +197,7 @@ def extraction_on_a_full_disk(workdir: Path, rooms: Sequence[float]) -> list[Inj
 
 
 def training_on_a_full_disk(workdir: Path, rooms: Sequence[float]) -> list[Injection]:
-    from sact.extract.errors import SactError
+    from sact.common.errors import SactError
     from sact.fewshot.checkpoints import checkpoint_folder, read_checkpoint, read_resume_state
     from sact.fewshot.training import CONFIG_FILE
 
@@ -253,16 +254,18 @@ SCENARIOS = {"extract": extraction_on_a_full_disk, "train": training_on_a_full_d
 
 def in_a_namespace(scenario: str, workdir: Path, rooms: Sequence[float]) -> list[Injection]:
     """Run ``scenario`` in a mount namespace of its own; its injections."""
-    command = [*namespace_command(), sys.executable, "-m", "sact.testing.full_disk"]
+    command = [*namespace_command(), sys.executable, "-m", "tests.faults.full_disk"]
     command += [scenario, str(workdir), "--room", *(str(room) for room in rooms)]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    completed = subprocess.run(
+        command, env=suite_environment(), capture_output=True, text=True, timeout=1800
+    )
     if completed.returncode != 0:
         raise RuntimeError(f"{scenario} on a full disk failed: {completed.stderr[-3000:]}")
     return [Injection(**json.loads(line)) for line in completed.stdout.splitlines() if line]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sact.testing.full_disk", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.faults.full_disk", description=__doc__)
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--room", type=float, nargs="+", required=True)

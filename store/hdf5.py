@@ -3,7 +3,7 @@
 ``sact export feats.zarr --to feats.h5`` writes the same arrays under the same names, with the same
 attributes (JSON text, since HDF5 attributes hold no nested mappings), ``features`` chunked one
 video per chunk like the zarr store. ``open_feature_set("feats.h5")`` reads it back as an
-``HDF5FeatureSet`` (the ``FeatureSet`` interface, extract/feature_set.py), so ``sact train``,
+``HDF5FeatureSet`` (the ``FeatureSet`` interface, store/feature_set.py), so ``sact train``,
 ``evaluate`` and ``info`` take an HDF5 file wherever they take a store. An HDF5 copy is read-only
 for sact: extraction always writes zarr.
 
@@ -27,7 +27,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sact.extract.feature_set import (
+from sact.common.files import atomic_path
+from sact.store.feature_set import (
     CANONICAL,
     FEATURE_SET_NAME,
     FEATURES,
@@ -39,8 +40,7 @@ from sact.extract.feature_set import (
     FeatureStoreError,
     choose_feature_set,
 )
-from sact.extract.files import atomic_path
-from sact.extract.zarr_store import ZarrFeatureSet, feature_set_names, open_root
+from sact.store.zarr_store import ZarrFeatureSet, feature_set_names, open_root
 
 STRING_ARRAYS = ("video_id", "path", "label", "error")
 DIMENSION_NAMES = {

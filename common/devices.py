@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from sact.extract.errors import SactError
+from sact.common.errors import SactError
 
 # bfloat16 tensor cores arrived with Ampere (compute capability 8.0).
 NATIVE_BF16_CAPABILITY = (8, 0)

@@ -5,8 +5,8 @@ per-video arrays (video_id, path, label, error, done, num_frames, frame_index) a
 canonical view. Format 2 adds augmented views (extract/views.py), each with its own features,
 frame_index, crop_origin, error and done. The backends implement ``FeatureSet`` on their storage:
 
-    extract/zarr_store.py  the zarr v3 store that `sact extract` writes (local path or fsspec URL)
-    extract/hdf5.py        a read-only HDF5 copy made by `sact export`
+    store/zarr_store.py  the zarr v3 store that `sact extract` writes (local path or fsspec URL)
+    store/hdf5.py        a read-only HDF5 copy made by `sact export`
 
 and ``extract.store.open_feature_set`` picks the backend from the location. Nothing here imports
 zarr or h5py.
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sact.extract.errors import SactError
+from sact.common.errors import SactError
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # format 1: no views, no checksums; read as is, upgraded when written to

@@ -32,7 +32,7 @@ import zarr
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sact.extract.feature_set import (
+from sact.store.feature_set import (
     CANONICAL,
     DAMAGED_CHUNK_ERRORS,
     FEATURES,
@@ -43,8 +43,8 @@ from sact.extract.feature_set import (
     as_text,
     is_hdf5,
 )
-from sact.extract.feature_set import FeatureStoreError as VerifyError
-from sact.extract.zarr_store import feature_set_names, open_root, view_groups
+from sact.store.feature_set import FeatureStoreError as VerifyError
+from sact.store.zarr_store import feature_set_names, open_root, view_groups
 
 # Arrays whose row of a video done without an error never equals the array's fill value: the
 # features (no backbone gives all zeros over a whole clip), frame indices (>= 0), frame counts

@@ -22,14 +22,14 @@ from typing import Literal
 import av
 import numpy as np
 
-from sact.extract.synthetic import encode_video
-from sact.testing.faults import Injection
+from sact.demo.synthetic import encode_video
 from sact.testing.videos import (
     synthetic_frames,
     write_audio_only,
     write_frame_folder,
     write_zero_frames,
 )
+from tests.faults.scenarios import Injection
 
 Outcome = Literal["recorded", "extracted", "skipped"]
 
@@ -67,7 +67,7 @@ def _encode(
         stream = container.add_stream(codec, rate=12)
         assert isinstance(stream, av.VideoStream)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], pixel_format
-        stream.codec_context.thread_count = 1  # the same bytes every time (extract/synthetic.py)
+        stream.codec_context.thread_count = 1  # the same bytes every time (demo/synthetic.py)
         if pts_ms is not None:
             stream.time_base = Fraction(1, 1000)
         for index, pixels in enumerate(frames):
@@ -271,7 +271,7 @@ def zoo_extraction(workdir: Path) -> list[Injection]:
     the run was not stopped and took less than ZOO_SECONDS."""
     import time
 
-    from sact.testing.faults import FEATURE_SET, extract_arguments, failure_message, run_sact
+    from tests.faults.scenarios import FEATURE_SET, extract_arguments, failure_message, run_sact
 
     zoo = write_bad_video_zoo(workdir / "zoo")
     store = workdir / "zoo.zarr"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sact.extract.store import FeatureSet, list_feature_sets, open_feature_set
+from sact.store.backends import FeatureSet, list_feature_sets, open_feature_set
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from sact.extract.errors import SactError
+from sact.common.errors import SactError
 
 # How torch names the object a weights-only load refused: "Unsupported global: GLOBAL mod.name"
 REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+)")

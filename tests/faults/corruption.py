@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sact.testing.faults import (
+from tests.faults.scenarios import (
     FEATURE_SET,
     Injection,
     extract_arguments,

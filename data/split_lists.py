@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sact.extract.errors import SactError
+from sact.common.errors import SactError
 
 SPLIT_PARTS = ("train", "val", "test")
 FEW_SHOT_LINE = re.compile(r"(?P<label>(?:train|val|test)\d+)/(?P<rest>.+)")

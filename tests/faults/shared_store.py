@@ -1,4 +1,4 @@
-"""Fault-injection scenarios on a store that others read while it is written (sact.testing.faults
+"""Fault-injection scenarios on a store that others read while it is written (tests.faults.scenarios
 has the kills): flaky object storage, and load.
 
     flaky_object_storage   `sact extract` into the local S3 server behind FlakyS3Proxy (drops,
@@ -29,7 +29,9 @@ from types import TracebackType
 
 import numpy as np
 
-from sact.testing.faults import (
+from tests.faults.flaky_s3 import FaultRates, FlakyS3Proxy
+from tests.faults.s3 import local_s3_server, make_bucket, s3_environment
+from tests.faults.scenarios import (
     COMMAND_TIMEOUT_S,
     FEATURE_SET,
     SHARD_SIZE,
@@ -43,8 +45,6 @@ from sact.testing.faults import (
     videos_lost,
     write_kill_videos,
 )
-from sact.testing.flaky_s3 import FaultRates, FlakyS3Proxy
-from sact.testing.s3 import local_s3_server, make_bucket, s3_environment
 
 # What a busy bucket on a bad day does to a request: one in ten meets a fault.
 FLAKY_RATES = FaultRates(
@@ -76,8 +76,8 @@ class DoneRowReader:
         self.thread = threading.Thread(target=self._read_until_stopped, daemon=True)
 
     def _read_once(self) -> None:
-        from sact.extract.feature_set import FeatureStoreError
-        from sact.extract.zarr_store import open_zarr_feature_set
+        from sact.store.feature_set import FeatureStoreError
+        from sact.store.zarr_store import open_zarr_feature_set
 
         try:
             features = open_zarr_feature_set(self.location, self.name)
@@ -156,7 +156,7 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
 def claims_held(location: str, shards: int) -> list[str]:
     """Shard topics whose latest claim is still held (by a run that is gone: none may be)."""
     from sact.extract.claims import ClaimBook, shard_topic
-    from sact.extract.zarr_store import open_root
+    from sact.store.zarr_store import open_root
 
     book = ClaimBook(open_root(location, mode="a"), FEATURE_SET)
     topics = [shard_topic(shard) for shard in range(shards)]

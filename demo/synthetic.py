@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from sact.extract.files import atomic_path, write_text_atomic
+from sact.common.files import atomic_path, write_text_atomic
 
 CODECS = {".mp4": "libx264", ".webm": "libvpx-vp9", ".mkv": "libx264", ".avi": "mpeg4"}
 CONTAINERS = {".mp4": "mp4", ".webm": "webm", ".mkv": "matroska", ".avi": "avi"}

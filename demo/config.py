@@ -1,7 +1,7 @@
-"""What `sact demo` and `sact explain` are asked to do: their configs, each default written once.
+"""What `sact demo` is asked to do: its config, each default written once.
 
 The command line takes its option defaults from these dataclasses before it imports torch, so this
-module imports nothing heavy. Why the demo's defaults are what they are: demo.py.
+module imports nothing heavy. Why the demo's defaults are what they are: demo/run.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class DemoConfig:
 
     out: Path = Path("sact-demo")
     seed: int = 0
-    task: str = "motion"  # a task of extract/synthetic.py, or "all"
+    task: str = "motion"  # a task of demo/synthetic.py, or "all"
     seeds: int = 1  # training seeds per variant: seed, seed + 1, ...
     # the dataset
     videos_per_class: int = 20
@@ -54,14 +54,3 @@ class DemoConfig:
             return list(value) if isinstance(value, tuple) else value
 
         return {key: plain(value) for key, value in asdict(self).items()}
-
-
-@dataclass(frozen=True)
-class ExplainConfig:
-    run: Path  # a SA-CT run directory
-    query: str  # video ids in the run's feature set
-    support: str
-    out: Path | None = None  # None: <run>/attention-<query>-<support>.png
-    checkpoint: str = "best"
-    patches: int = 2  # query patches drawn per frame
-    feats: str | None = None  # None: the store the run was trained on

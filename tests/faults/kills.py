@@ -1,8 +1,8 @@
 """Kill a `sact` command with SIGKILL at an exact moment: its k-th file-system operation under a
 folder (the store it extracts into, the run it trains), counted by a Python audit hook.
 
-    python -m sact.testing.kills --under feats.zarr --trace ops.txt -- extract --videos v ...
-    python -m sact.testing.kills --under feats.zarr --at 17 -- extract --videos v ...
+    python -m tests.faults.kills --under feats.zarr --trace ops.txt -- extract --videos v ...
+    python -m tests.faults.kills --under feats.zarr --at 17 -- extract --videos v ...
 
 The first form runs the command to the end and writes one line per operation (``index kind
 path``); the second kills the process just before operation 17, as a power cut or the OOM killer
@@ -106,7 +106,7 @@ class KillSwitch:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sact.testing.kills", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.faults.kills", description=__doc__)
     parser.add_argument("--under", type=Path, required=True, help="the folder whose ops count")
     parser.add_argument("--at", type=int, help="SIGKILL just before this operation (1-based)")
     parser.add_argument("--trace", type=Path, help="write every counted operation to this file")

@@ -1,5 +1,5 @@
 """The fault-injection suite's scenarios, shared by its quick tests (tests/test_faults_*.py) and
-the whole suite (``python -m sact.testing.reliability``, which writes docs/RELIABILITY.md).
+the whole suite (``python -m tests.faults.reliability``, which writes docs/RELIABILITY.md).
 
 Each scenario injects one kind of fault into real `sact` commands, seeded and bounded in time, and
 returns one ``Injection`` per fault injected: when and how, what sact did (the outcome), whether
@@ -10,7 +10,7 @@ that is what sact owes this fault, and how many videos or training steps were lo
     kill_training_twice  killed between a checkpoint's renames, then again while resuming
     kill_one_writer      one of two concurrent `sact extract` runs SIGKILLed
 
-and, in modules of their own, a full disk (sact.testing.full_disk, in a mount namespace).
+and, in modules of their own, a full disk (tests.faults.full_disk, in a mount namespace).
 
 Processes run with one torch thread (``OMP_NUM_THREADS=1``), so their float sums happen in the same
 order and stores and weights can be compared bit for bit.
@@ -32,7 +32,7 @@ import numpy as np
 
 from sact.extract.claims import CLAIMS_PREFIX
 from sact.testing.extraction import tiny_cli_options
-from sact.testing.kills import Operation, read_trace
+from tests.faults.kills import Operation, read_trace
 
 RESUMED_EQUAL = "resumed equal"
 # Every array of a feature set: a resumed store must equal a clean run's in all of them.
@@ -56,9 +56,20 @@ class Injection:
         return asdict(self)
 
 
+# the checkout's root: child processes import this suite as `tests.faults` from there
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def suite_environment() -> dict[str, str]:
+    """This environment, with the checkout's root first on PYTHONPATH so that child processes
+    (`python -m tests.faults.kills`, ...) import this suite wherever they run."""
+    paths = [str(REPOSITORY), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+
+
 def one_thread_environment() -> dict[str, str]:
-    """This environment (its PYTHONPATH makes this checkout's sact importable) on one thread."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    """The suite's environment (suite_environment) on one thread."""
+    return {**suite_environment(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def run_sact(
@@ -80,8 +91,8 @@ def run_killed(
     arguments: Sequence[str], *, under: Path, at: int | None, trace: Path
 ) -> subprocess.CompletedProcess[str]:
     """``sact ARGUMENTS`` killed just before its operation ``at`` under ``under`` (None: never),
-    each operation traced to ``trace`` (sact.testing.kills)."""
-    killer = [sys.executable, "-m", "sact.testing.kills", "--under", str(under)]
+    each operation traced to ``trace`` (tests.faults.kills)."""
+    killer = [sys.executable, "-m", "tests.faults.kills", "--under", str(under)]
     killer += ["--trace", str(trace)] + (["--at", str(at)] if at is not None else [])
     return subprocess.run(
         [*killer, "--", *arguments],
@@ -185,7 +196,7 @@ def videos_lost(location: str, reference: str, name: str) -> int:
 def claims_still_held(location: str, name: str) -> list[str]:
     """Topics of ``name`` whose latest claim is neither released nor free (its holder is gone)."""
     from sact.extract.claims import ClaimBook
-    from sact.extract.zarr_store import open_root
+    from sact.store.zarr_store import open_root
 
     claims = ClaimBook(open_root(location, mode="a"), name)
     folder = Path(location) / CLAIMS_PREFIX / name
@@ -475,7 +486,7 @@ def _race_with_a_kill(
 ) -> tuple[int, int]:
     """Two runs of ``arguments`` at once, the first SIGKILLed before its operation ``at``; their
     exit statuses."""
-    killer = [sys.executable, "-m", "sact.testing.kills", "--under", str(store)]
+    killer = [sys.executable, "-m", "tests.faults.kills", "--under", str(store)]
     killer += ["--trace", str(trace), "--at", str(at), "--"]
     runs = [
         subprocess.Popen(

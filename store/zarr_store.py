@@ -34,8 +34,8 @@ import zarr
 import zarr.storage
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-from sact.extract.errors import is_storage_error
-from sact.extract.feature_set import (
+from sact.common.errors import is_storage_error
+from sact.store.feature_set import (
     CANONICAL,
     FEATURE_SET_NAME,
     FEATURES,
