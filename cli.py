@@ -1,21 +1,23 @@
 """The `sact` command line: parses options and calls the library, nothing more.
 
-Every option's default is read from its command's config dataclass (`sact.extract.config`,
-`sact.fewshot.config`, `sact.demo.config`), so each default is written once. Those modules import
-nothing heavy, and a command imports torch and timm only once its options are checked, so a
-mistake is reported in a fraction of a second.
+A command's options are the fields of its config dataclass (`sact.extract.config`,
+`sact.fewshot.config`, `sact.demo.config`) declared with `option` (sact.common.options): each
+option's name, type, default and help are written once, on its field, and `with_options` builds
+the command's signature (which typer reads) from them. Those modules import nothing heavy, and a
+command imports torch and timm only once its config is checked, so a mistake is reported in a
+fraction of a second.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import MISSING
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar, get_args, get_origin, get_type_hints
 
 import typer
 from rich.console import Console
@@ -26,10 +28,10 @@ from typer.core import TyperGroup
 
 from sact import __version__
 from sact.common.errors import SactError
+from sact.common.options import checked, declared_options, default_of, option_name
 from sact.demo.config import DemoConfig
 from sact.extract.config import ExtractConfig
-from sact.fewshot.config import EvalConfig, ExplainConfig, TrainConfig
-from sact.fewshot.kinds import kinds_by_option, model_names, one_of
+from sact.fewshot.config import EvalConfig, ExplainConfig, TrainConfig, prepare_training
 
 stderr = Console(stderr=True)
 
@@ -104,22 +106,66 @@ app = typer.Typer(
 )
 
 
-def defaults(config: type) -> Any:
-    """A config dataclass's defaults as attributes: the options below take theirs from here."""
-    values = {}
-    for field in dataclasses.fields(config):
-        if field.default is not dataclasses.MISSING:
-            value = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            value = field.default_factory()
-        else:
-            continue
-        values[field.name] = list(value) if isinstance(value, tuple) else value  # repeatable
-    return SimpleNamespace(**values)
+Command = TypeVar("Command", bound=Callable[..., Any])
+Config = TypeVar("Config")
 
 
-EXTRACT, TRAIN, EVAL = defaults(ExtractConfig), defaults(TrainConfig), defaults(EvalConfig)
-DEMO, EXPLAIN = defaults(DemoConfig), defaults(ExplainConfig)
+def command_options(config: type) -> list[inspect.Parameter]:
+    """A command's options: one per field of `config` declared with `option`, with the field's
+    name, type, default and help. A tuple field is a repeatable option; a required field is
+    None on the command line until given (`config_from` asks for it by name)."""
+    types = get_type_hints(config)
+    parameters = []
+    for field, spec in declared_options(config):
+        kind, default = types[field.name], default_of(field)
+        if default is MISSING:
+            kind, default = kind | None, None
+        elif get_origin(kind) is tuple:
+            kind, default = list[get_args(kind)[0]], list(default)  # type: ignore[misc]
+        names = (spec.flag,) if spec.flag else ()
+        parameters.append(
+            inspect.Parameter(
+                field.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=Annotated[kind, typer.Option(*names, help=spec.help)],
+                default=default,
+            )
+        )
+    return parameters
+
+
+def with_options(config: type) -> Callable[[Command], Command]:
+    """A command that takes `config`'s options, before its own: typer reads the signature made
+    here, and calls the command with every option as a keyword argument (its `**options`)."""
+
+    def decorate(command: Command) -> Command:
+        own = [
+            parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for parameter in inspect.signature(command, eval_str=True).parameters.values()
+            if parameter.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        signature = inspect.Signature([*command_options(config), *own])
+        command.__signature__ = signature  # type: ignore[attr-defined]
+        return command
+
+    return decorate
+
+
+def config_from(config: type[Config], options: dict[str, Any], *, command: str) -> Config:
+    """`config` from the values of its options (a repeatable one as a tuple); a required option
+    that is missing is refused in one line naming what the command needs."""
+    required = {
+        field.name: f"{option_name(config, field.name)} {spec.metavar}"
+        for field, spec in declared_options(config)
+        if default_of(field) is MISSING
+    }
+    missing = [needed for name, needed in required.items() if options[name] is None]
+    if missing:
+        *others, last = required.values()
+        needs = f"{', '.join(others)} and {last}" if others else last
+        fail(f"missing {', '.join(missing)} (sact {command} needs {needs})")
+    values = {name: tuple(v) if isinstance(v, list) else v for name, v in options.items()}
+    return config(**values)
 
 
 def parameter_given(ctx: typer.Context, name: str) -> bool:
@@ -164,85 +210,16 @@ def main(
         "torchrun --nproc-per-node 8 $(which sact) extract --videos v/ --out f.zarr",
     )
 )
+@with_options(ExtractConfig)
 def extract(
-    videos: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder of videos (flat or class folders) or class/video/ frame folders."
-        ),
-    ] = None,
-    out: Annotated[str | None, typer.Option(help="Feature store (.zarr path or URL).")] = None,
-    split: Annotated[
-        str | None, typer.Option(help="Only this split's videos: a built-in name or a folder.")
-    ] = EXTRACT.split,
-    backbone: Annotated[str, typer.Option(help="Any timm model name.")] = EXTRACT.backbone,
-    weights: Annotated[
-        Path | None, typer.Option(help="Backbone weights file (.safetensors or .pth).")
-    ] = EXTRACT.weights,
-    random_init: Annotated[
-        bool, typer.Option("--random-init", help="Seeded random weights (tests, demos).")
-    ] = EXTRACT.random_init,
-    frames: Annotated[int, typer.Option(help="Frames per video, T.")] = EXTRACT.frames,
-    size: Annotated[int | None, typer.Option(help="Crop size; default: the backbone's.")] = (
-        EXTRACT.size
-    ),
-    grid: Annotated[int | None, typer.Option(help="Pool the patch grid to H×H.")] = EXTRACT.grid,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = EXTRACT.device,
-    batch_size: Annotated[int, typer.Option(help="Videos per forward pass.")] = EXTRACT.batch_size,
-    workers: Annotated[
-        int, typer.Option(help="Decoding processes (0: none); default: CPU cores - 1, up to 8.")
-    ] = EXTRACT.workers,
-    name: Annotated[str | None, typer.Option(help="Feature set name; default from config.")] = (
-        EXTRACT.name
-    ),
-    shard_size: Annotated[int, typer.Option(help="Videos per shard (unit of resume).")] = (
-        EXTRACT.shard_size
-    ),
-    view: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="An augmented view besides the canonical one (repeatable): parts joined by _ "
-            "from jitter, crop-{tl,tr,bl,br,random}, flip, d<k>; e.g. jitter_crop-random_d0."
-        ),
-    ] = None,
-    random_views: Annotated[
-        int, typer.Option(help="Add K views of jittered frames and random crops (no flip).")
-    ] = EXTRACT.random_views,
-    allow_flip: Annotated[
-        bool,
-        typer.Option("--allow-flip", help="Extract flipped views even on an SSv2 split."),
-    ] = EXTRACT.allow_flip,
     json_out: Annotated[
         bool, typer.Option("--json", help="Also print the summary as JSON on stdout.")
     ] = False,
+    **options: Any,
 ) -> None:
     """Extract frozen-backbone patch features of every video into a resumable feature store."""
-
-    if videos is None:
-        fail("missing --videos DIR (the folder of videos to extract)")
-    if out is None:
-        fail("missing --out STORE (where to write the features, e.g. feats.zarr)")
-    config = ExtractConfig(
-        videos=videos,
-        out=out,
-        split=split,
-        backbone=backbone,
-        weights=weights,
-        random_init=random_init,
-        frames=frames,
-        size=size,
-        grid=grid,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-        name=name,
-        shard_size=shard_size,
-        views=tuple(view or ()),
-        random_views=random_views,
-        allow_flip=allow_flip,
-    )
-    with user_errors():
-        config.check()  # before torch is imported: a mistake is refused at once
+    with user_errors():  # before torch is imported: a mistake is refused at once
+        config = checked(config_from(ExtractConfig, options, command="extract"))
     from sact.extract.claims import process_start_time
     from sact.extract.distributed import rank_from_env
     from sact.extract.pipeline import run_extraction
@@ -380,81 +357,9 @@ def export(
         "sact train --out runs/sact-r50 --resume",
     )
 )
+@with_options(TrainConfig)
 def train(
     ctx: typer.Context,
-    feats: Annotated[str | None, typer.Option(help="Feature store (.zarr path or URL).")] = None,
-    feature_set: Annotated[
-        str | None, typer.Option(help="Feature set in the store; needed if it holds several.")
-    ] = TRAIN.feature_set,
-    split: Annotated[
-        str | None,
-        typer.Option(help="Split list: a built-in name or a folder; default: the store's split."),
-    ] = TRAIN.split,
-    model: Annotated[str, typer.Option(help=f"{one_of(model_names())}.")] = TRAIN.model,
-    way: Annotated[int, typer.Option(help="Classes per episode, N.")] = TRAIN.way,
-    shot: Annotated[int, typer.Option(help="Support videos per class, K.")] = TRAIN.shot,
-    query: Annotated[int, typer.Option(help="Query videos per class, Q.")] = TRAIN.query,
-    frames: Annotated[
-        int | None, typer.Option(help="Frames the model sees; default: all stored frames.")
-    ] = TRAIN.frames,
-    d_k: Annotated[
-        int | None,
-        typer.Option(help=f"Projection width d_k ({', '.join(kinds_by_option()['d_k'])})."),
-    ] = TRAIN.d_k,
-    tmixer: Annotated[
-        bool, typer.Option(help="SA-CT's TMixer (ablation: --no-tmixer).")
-    ] = TRAIN.tmixer,
-    cpe: Annotated[bool, typer.Option(help="SA-CT's CPE (ablation: --no-cpe).")] = TRAIN.cpe,
-    input_norm: Annotated[
-        bool, typer.Option(help="SA-CT: LayerNorm on the input features (seed: --no-input-norm).")
-    ] = TRAIN.input_norm,
-    distance: Annotated[
-        str, typer.Option(help="SA-CT's distance of frame sums (sum), means (mean) or the seed's.")
-    ] = TRAIN.distance,
-    iterations: Annotated[int, typer.Option(help="Optimiser steps.")] = TRAIN.iterations,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = TRAIN.lr,
-    optimizer: Annotated[str, typer.Option(help="adamw, adam or sgd.")] = TRAIN.optimizer,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay.")] = TRAIN.weight_decay,
-    warmup: Annotated[
-        int, typer.Option(help="Linear warm-up steps, then cosine decay to zero.")
-    ] = TRAIN.warmup,
-    tasks_per_batch: Annotated[int, typer.Option(help="Episodes per optimiser step.")] = (
-        TRAIN.tasks_per_batch
-    ),
-    val_every: Annotated[int, typer.Option(help="Validate and checkpoint every N steps.")] = (
-        TRAIN.val_every
-    ),
-    val_episodes: Annotated[int, typer.Option(help="Fixed val episodes per validation.")] = (
-        TRAIN.val_episodes
-    ),
-    out: Annotated[str | None, typer.Option(help="Run directory; default runs/NAME.")] = TRAIN.out,
-    seed: Annotated[int, typer.Option(help="Seed of every random draw.")] = TRAIN.seed,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = TRAIN.device,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
-    ] = TRAIN.resume,
-    cache_gb: Annotated[
-        float | None,
-        typer.Option(
-            help="Cache at most this many GB of the split's features, on the GPU first, then "
-            "in host memory; the rest is read from the store. Default: 75% of the GPU's free "
-            "memory, then half of the host's available memory."
-        ),
-    ] = TRAIN.cache_gb,
-    log: Annotated[
-        str | None,
-        typer.Option(
-            help="tensorboard: also TensorBoard event files in the run (metrics.jsonl "
-            "is always written)."
-        ),
-    ] = TRAIN.log,
-    views: Annotated[
-        str,
-        typer.Option(
-            help="Stored views to draw one of per video per episode: all (those holding the "
-            "whole train split) or names joined by commas, e.g. canonical."
-        ),
-    ] = TRAIN.views,
     rerun: Annotated[
         Path | None,
         typer.Option(
@@ -463,50 +368,17 @@ def train(
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    **options: Any,
 ) -> None:
     """Train a few-shot head on cached features (episodic; resumable, bitwise on a CPU)."""
     from dataclasses import asdict
 
-    from sact.fewshot.config import config_to_rerun
-
-    if feats is None and not resume and rerun is None:
-        fail("missing --feats STORE (the feature store written by `sact extract`)")
-    config = TrainConfig(
-        feats=feats or "",
-        feature_set=feature_set,
-        split=split,
-        model=model,
-        way=way,
-        shot=shot,
-        query=query,
-        frames=frames,
-        d_k=d_k,
-        tmixer=tmixer,
-        cpe=cpe,
-        input_norm=input_norm,
-        distance=distance,
-        iterations=iterations,
-        lr=lr,
-        optimizer=optimizer,
-        weight_decay=weight_decay,
-        warmup=warmup,
-        tasks_per_batch=tasks_per_batch,
-        val_every=val_every,
-        val_episodes=val_episodes,
-        out=out,
-        seed=seed,
-        device=device,
-        resume=resume,
-        cache_gb=cache_gb,
-        log=log,
-        views=views,
-    )
-    if rerun is not None:
-        given = [name for name in ctx.params if parameter_given(ctx, name)]
-        with user_errors():
-            config = config_to_rerun(rerun, config, options=given)
-    with user_errors():
-        config.check()  # before torch is imported: a mistake is refused at once
+    with user_errors():  # before torch is imported: a mistake is refused at once
+        config = prepare_training(
+            config_from(TrainConfig, options, command="train"),
+            rerun=rerun,
+            typed=[name for name in options if parameter_given(ctx, name)],
+        )
     from sact.fewshot.training import train as run_training
 
     with user_errors():
@@ -529,92 +401,26 @@ def train(
         "sact evaluate --run runs/sact --shot 1 --episodes 1000 --json",
     )
 )
+@with_options(EvalConfig)
 def evaluate(
     ctx: typer.Context,
-    run: Annotated[
-        Path | None, typer.Option(help="Run directory; default: the latest run under runs/.")
-    ] = EVAL.run,
-    ckpt: Annotated[
-        Path | None, typer.Option(help="A checkpoint folder instead of a run.")
-    ] = EVAL.ckpt,
-    checkpoint: Annotated[str, typer.Option(help="Which checkpoint of a run: best or last.")] = (
-        EVAL.checkpoint
-    ),
-    feats: Annotated[
-        str | None, typer.Option(help="Feature store; default: the run's own.")
-    ] = EVAL.feats,
-    feature_set: Annotated[
-        str | None, typer.Option(help="Feature set; default: the run's own.")
-    ] = EVAL.feature_set,
-    split: Annotated[str, typer.Option(help="Split part to score: train, val or test.")] = (
-        EVAL.split
-    ),
-    split_list: Annotated[
-        str | None, typer.Option(help="Split list name or folder; default: the run's split.")
-    ] = EVAL.split_list,
-    way: Annotated[int, typer.Option(help="Classes per episode, N.")] = EVAL.way,
-    shot: Annotated[list[int], typer.Option(help="Shots K (repeatable).")] = EVAL.shots,
-    query: Annotated[int, typer.Option(help="Queries per class, Q.")] = EVAL.query,
-    episodes: Annotated[int, typer.Option(help="Episodes per shot setting.")] = EVAL.episodes,
-    seed: Annotated[int, typer.Option(help="Seed of the episodes.")] = EVAL.seed,
-    episodes_file: Annotated[
-        Path | None, typer.Option(help="Episode file: read if it exists, else written.")
-    ] = EVAL.episodes_file,
-    compare: Annotated[
-        list[Path],
-        typer.Option(help="Another run scored on the same episodes (repeatable): paired Δ."),
-    ] = EVAL.compare,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1, ...")] = EVAL.device,
-    batch_size: Annotated[int, typer.Option(help="Videos per embedding forward.")] = (
-        EVAL.batch_size
-    ),
-    tta: Annotated[
-        bool,
-        typer.Option(
-            "--tta",
-            help="Also score with logits averaged over every stored view (test-time "
-            "augmentation), reported apart.",
-        ),
-    ] = EVAL.tta,
-    out: Annotated[
-        Path | None,
-        typer.Option(help="Also write the results here (every run keeps its own: evaluations/)."),
-    ] = EVAL.out,
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    **options: Any,
 ) -> None:
     """Few-shot accuracy ± 95% CI on the test split; paired differences with --compare."""
-
-    config = EvalConfig(
-        run=None if run is None else str(run),
-        ckpt=None if ckpt is None else str(ckpt),
-        checkpoint=checkpoint,
-        feats=feats,
-        feature_set=feature_set,
-        split=split,
-        split_list=split_list,
-        way=way,
-        shots=tuple(shot),
-        query=query,
-        episodes=episodes,
-        seed=seed,
-        episodes_file=None if episodes_file is None else str(episodes_file),
-        compare=tuple(str(path) for path in compare),
-        device=device,
-        batch_size=batch_size,
-        out=None if out is None else str(out),
-        tta=tta,
-    )
-    with user_errors():
-        config.check()  # before torch is imported: a mistake is refused at once
+    with user_errors():  # before torch is imported: a mistake is refused at once
+        config = checked(config_from(EvalConfig, options, command="evaluate"))
     from sact.fewshot.evaluation import evaluate as run_evaluation
     from sact.fewshot.evaluation import results_table
 
+    # what an existing episode file decides
     ignored = [
-        f"--{name}"
-        for name in ("way", "shot", "query", "episodes", "seed")
+        option_name(EvalConfig, name)
+        for name in ("way", "shots", "query", "episodes", "seed")
         if parameter_given(ctx, name)
     ]
-    if episodes_file is not None and episodes_file.exists() and ignored:
+    episodes_file = config.config.episodes_file
+    if episodes_file is not None and Path(episodes_file).exists() and ignored:
         warn(f"{', '.join(ignored)} ignored: the episodes, with their way, shot and query, come "
              f"from {episodes_file}")  # fmt: skip
     with user_errors():
@@ -667,22 +473,16 @@ def report(
         "sact demo --task all --seeds 3",
     )
 )
+@with_options(DemoConfig)
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for dataset, store, runs, plots.")] = DEMO.out,
-    task: Annotated[
-        str, typer.Option(help="appearance, order, motion, clutter, or all of them.")
-    ] = DEMO.task,
-    seeds: Annotated[int, typer.Option(help="Training seeds per model variant.")] = DEMO.seeds,
-    seed: Annotated[int, typer.Option(help="Seed of the dataset, weights and episodes.")] = (
-        DEMO.seed
-    ),
     json_out: Annotated[bool, typer.Option("--json", help="Print demo.json on stdout.")] = False,
+    **options: Any,
 ) -> None:
     """Synthetic tasks with known answers: every model variant, seeds, predicted vs measured."""
     from sact.demo.run import run_demo
 
     with user_errors():
-        result = run_demo(DemoConfig(out=out, task=task, seeds=seeds, seed=seed), console=stderr)
+        result = run_demo(config_from(DemoConfig, options, command="demo"), console=stderr)
     for table in result.tables:
         print_table(stderr if json_out else Console(), table)
     stderr.print(f"results in {result.path} and {result.markdown_path}", highlight=False)
@@ -697,33 +497,15 @@ def demo(
         "sact explain --run runs/sact --query 195025 --support 19977 --patches 4",
     )
 )
-def explain(
-    run: Annotated[Path | None, typer.Option(help="A SA-CT run directory.")] = None,
-    query: Annotated[str | None, typer.Option(help="Query video id (in the run's store).")] = None,
-    support: Annotated[str | None, typer.Option(help="Support video id.")] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="PNG to write; default: in the run.")
-    ] = EXPLAIN.out,
-    checkpoint: Annotated[str, typer.Option(help="Which checkpoint: best or last.")] = (
-        EXPLAIN.checkpoint
-    ),
-    patches: Annotated[int, typer.Option(help="Query patches drawn per frame (1-4).")] = (
-        EXPLAIN.patches
-    ),
-    feats: Annotated[
-        str | None, typer.Option(help="Feature store; default: the run's.")
-    ] = EXPLAIN.feats,
-) -> None:
+@with_options(ExplainConfig)
+def explain(**options: Any) -> None:
     """Draw SA-CT's cross-attention, frame by frame, from a query video onto a support video."""
+    with user_errors():  # before torch is imported: a mistake is refused at once
+        config = checked(config_from(ExplainConfig, options, command="explain"))
     from sact.explain import explain as draw
 
-    if run is None or query is None or support is None:
-        fail("sact explain needs --run DIR, --query VIDEO_ID and --support VIDEO_ID")
-    if not 1 <= patches <= 4:
-        fail(f"--patches must lie in 1..4, got {patches}")
     with user_errors():
-        path = draw(ExplainConfig(run=run, query=query, support=support, out=out,
-                                  checkpoint=checkpoint, patches=patches, feats=feats))  # fmt: skip
+        path = draw(config)
     stderr.print(f"attention figure in {path}", highlight=False)
 
 

@@ -16,22 +16,18 @@ from typing import TypeGuard
 import numpy as np
 import torch
 
-from sact.common.errors import SactError
+from sact.common.options import Checked, checked
 from sact.extract.backbone import Preprocessing
 from sact.extract.decode import DecodeError, read_frames
 from sact.extract.videos import VideoDiscoveryError, resolve_video_path
 from sact.fewshot.attention import attention_weights, draw_attention, focused_patches
 from sact.fewshot.checkpoints import check_compatible, checkpoint_of_run
-from sact.fewshot.config import ExplainConfig
+from sact.fewshot.config import ExplainConfig, ExplainError
 from sact.fewshot.features import segment_frames
 from sact.fewshot.model import SACT
 from sact.store.backends import FeatureSet, open_feature_set
 
 RESIZE_CROP = re.compile(r"^resize shorter side to (\d+), center crop (\d+)x(\d+)$")
-
-
-class ExplainError(SactError):
-    """A figure that cannot be drawn as asked; the message is one line for the user."""
 
 
 def is_positive_int(value: object) -> TypeGuard[int]:
@@ -88,8 +84,10 @@ def source_frames(feature_set: FeatureSet, index: int, frames: np.ndarray) -> np
     return crops.permute(0, 2, 3, 1).numpy()  # (len, S, S, 3)
 
 
-def explain(config: ExplainConfig) -> Path:
-    """Write the attention figure of ``config.query`` against ``config.support``; its path."""
+def explain(config: ExplainConfig | Checked[ExplainConfig]) -> Path:
+    """Write the attention figure of ``config.query`` against ``config.support``; its path. A
+    config the command line checked runs as it is."""
+    config = checked(config).config
     checkpoint = checkpoint_of_run(Path(config.run), config.checkpoint)
     if checkpoint.model != "sact":
         raise ExplainError(

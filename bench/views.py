@@ -33,7 +33,6 @@ from sact.demo.config import DemoConfig
 from sact.demo.run import extract_config, generate
 from sact.extract.pipeline import run_extraction
 from sact.fewshot.accuracy import score_episodes
-from sact.fewshot.config import TrainConfig
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.features import SplitFeatures
 from sact.fewshot.training import METRICS_FILE, read_metrics, train
@@ -82,21 +81,14 @@ def train_run(
     scorers: dict[str, Scorer],
 ) -> list[dict[str, Any]]:
     """One SA-CT run with the demo's settings; returns its metrics, scored at each validation."""
-    config = TrainConfig(
+    config = replace(
+        demo.training,
         feats=store,
         feature_set="demo",
         split=str(dataset),
         model="sact",
-        way=demo.way,
-        shot=demo.train_shot,
-        query=demo.train_query,
-        d_k=demo.d_k,
         iterations=steps,
-        lr=demo.lr,
-        warmup=demo.warmup,
-        tasks_per_batch=demo.tasks_per_batch,
         val_every=val_every,
-        val_episodes=demo.val_episodes,
         out=str(out),
         seed=seed,
         device=demo.device,

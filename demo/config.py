@@ -1,7 +1,10 @@
 """What `sact demo` is asked to do: its config, each default written once.
 
-The command line takes its option defaults from these dataclasses before it imports torch, so this
-module imports nothing heavy. Why the demo's defaults are what they are: demo/run.py.
+The demo trains and evaluates with `sact train`'s and `sact evaluate`'s own configs: `training` and
+`evaluation` hold only what the demo changes from their defaults (the store, split, model, run
+folder and seed are set per run). The command line takes the demo's options from here before it
+imports torch, so this module imports nothing heavy. Why the demo's values are what they are:
+demo/run.py.
 """
 
 from __future__ import annotations
@@ -10,15 +13,29 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sact.common.options import option
+from sact.fewshot.config import EvalConfig, TrainConfig
+
+# how every variant trains (the nearest mean without d_k)
+TRAINING = TrainConfig(
+    query=3, d_k=128, iterations=200, lr=3e-3, warmup=20, tasks_per_batch=1, val_every=100,
+    val_episodes=100,
+)  # fmt: skip
+# how every run is scored
+EVALUATION = EvalConfig(episodes=1000)
+
 
 @dataclass(frozen=True)
 class DemoConfig:
     """Everything the demo depends on; saved in demo.json."""
 
-    out: Path = Path("sact-demo")
-    seed: int = 0
-    task: str = "motion"  # a task of demo/synthetic.py, or "all"
-    seeds: int = 1  # training seeds per variant: seed, seed + 1, ...
+    out: Path = option(Path("sact-demo"), help="Folder for dataset, store, runs, plots.")
+    task: str = option(  # a task of demo/synthetic.py, or "all"
+        "motion", help="appearance, order, motion, clutter, or all of them."
+    )
+    # seed, seed + 1, ...
+    seeds: int = option(1, help="Training seeds per model variant.")
+    seed: int = option(0, help="Seed of the dataset, weights and episodes.")
     # the dataset
     videos_per_class: int = 20
     video_frames: int = 16
@@ -32,25 +49,18 @@ class DemoConfig:
     size: int = 64
     frames: int = 8
     workers: int = 1
-    # stage 2
-    d_k: int = 128
-    iterations: int = 200
-    lr: float = 3e-3
-    warmup: int = 20
-    tasks_per_batch: int = 1
-    val_every: int = 100
-    val_episodes: int = 100
-    episodes: int = 1000
-    way: int = 5
-    train_shot: int = 5
-    train_query: int = 3
-    shots: tuple[int, ...] = (1, 5)
+    # every stage
     device: str = "cpu"
+    # stage 2
+    training: TrainConfig = TRAINING
+    evaluation: EvalConfig = EVALUATION
 
     def to_json(self) -> dict[str, Any]:
         def plain(value: Any) -> Any:
             if isinstance(value, Path):
                 return str(value)
+            if isinstance(value, dict):
+                return {key: plain(item) for key, item in value.items()}
             return list(value) if isinstance(value, tuple) else value
 
         return {key: plain(value) for key, value in asdict(self).items()}

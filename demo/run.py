@@ -39,7 +39,7 @@ from sact.demo.synthetic import TASKS, SyntheticDatasetConfig, make_synthetic_da
 from sact.explain import explain
 from sact.extract.pipeline import ExtractConfig, run_extraction
 from sact.fewshot.config import ExplainConfig
-from sact.fewshot.evaluation import EvalConfig, evaluate
+from sact.fewshot.evaluation import evaluate
 from sact.fewshot.report import Report, build_report, report_json
 from sact.fewshot.training import CONFIG_FILE, TrainConfig, train
 
@@ -224,20 +224,12 @@ def train_config(
 ) -> TrainConfig:
     """The same budget, learning rate and episodes for every variant; only the seed differs
     between a variant's runs."""
-    base = TrainConfig(
+    base = replace(
+        config.training,
         feats=store,
         split=str(dataset),
         model=variant.model,
-        way=config.way,
-        shot=config.train_shot,
-        query=config.train_query,
-        d_k=config.d_k if variant.model != "nearest-mean" else None,
-        iterations=config.iterations,
-        lr=config.lr,
-        warmup=config.warmup,
-        tasks_per_batch=config.tasks_per_batch,
-        val_every=config.val_every,
-        val_episodes=config.val_episodes,
+        d_k=config.training.d_k if variant.model != "nearest-mean" else None,
         out=str(run_dir),
         seed=config.seed + seed,
         device=config.device,
@@ -269,11 +261,9 @@ def evaluate_runs(config: DemoConfig, runs: list[Path], folder: Path, console: C
     """Every run on the task's test episodes, drawn once and kept in test_episodes.json."""
     for run_dir in runs:
         evaluate(
-            EvalConfig(
+            replace(
+                config.evaluation,
                 run=str(run_dir),
-                way=config.way,
-                shots=config.shots,
-                episodes=config.episodes,
                 seed=config.seed,
                 device=config.device,
                 episodes_file=str(folder / "test_episodes.json"),

@@ -1,6 +1,7 @@
 """What `sact extract` is asked to do, and what decides and describes the features it writes.
 
-``ExtractConfig`` is the command's options, resolved; ``feature_set_identity`` is everything that
+``ExtractConfig`` is the command's options, resolved (each declared once, as a field carrying its
+help: sact.common.options); ``feature_set_identity`` is everything that
 decides the stored values (two runs with equal identity may share a feature set, docs/STORE.md);
 ``provenance`` is where the features came from. Both are saved in the feature set's attrs.
 """
@@ -10,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sact.common.errors import SactError
+from sact.common.options import option
 from sact.data.split_lists import load_split
 
 if TYPE_CHECKING:
@@ -39,25 +41,44 @@ def default_workers() -> int:
 class ExtractConfig:
     """Everything `sact extract` needs; saved, resolved, in the feature set's attrs."""
 
-    videos: Path
-    out: str
-    split: str | None = None
-    backbone: str = "resnet50.tv_in1k"
-    weights: Path | None = None
-    random_init: bool = False
-    frames: int = 8
-    size: int | None = None  # crop size; None: the backbone's own
-    grid: int | None = None  # pool the patch grid to grid×grid; None: keep the backbone's grid
-    device: str = "auto"
-    batch_size: int = 16  # videos per forward pass (batch_size·T frames)
-    workers: int = field(default_factory=default_workers)  # decoding processes; 0: in-process
-    name: str | None = None  # feature set name; None: derived from the config
-    shard_size: int = 64  # videos per shard: the unit of work, writing and resume
+    videos: Path = option(
+        help="Folder of videos (flat or class folders) or class/video/ frame folders.",
+        metavar="DIR",
+    )
+    out: str = option(help="Feature store (.zarr path or URL).", metavar="STORE")
+    split: str | None = option(None, help="Only this split's videos: a built-in name or a folder.")
+    backbone: str = option("resnet50.tv_in1k", help="Any timm model name.")
+    weights: Path | None = option(None, help="Backbone weights file (.safetensors or .pth).")
+    random_init: bool = option(
+        False, help="Seeded random weights (tests, demos).", flag="--random-init"
+    )
+    frames: int = option(8, help="Frames per video, T.")
+    size: int | None = option(None, help="Crop size; default: the backbone's.")
+    grid: int | None = option(None, help="Pool the patch grid to H×H.")  # None: the backbone's
+    device: str = option("auto", help="auto, cpu, cuda, cuda:1, ...")
+    batch_size: int = option(16, help="Videos per forward pass.")  # batch_size·T frames
+    workers: int = option(
+        default_factory=default_workers,
+        help="Decoding processes (0: none); default: CPU cores - 1, up to 8.",
+    )
+    name: str | None = option(None, help="Feature set name; default from config.")
+    # the unit of work, writing and resume
+    shard_size: int = option(64, help="Videos per shard (unit of resume).")
     seed: int = 0  # the random init's seed
     write_queue: int = 2  # finished shards waiting for the writer thread; 0: written in the loop
-    views: tuple[str, ...] = ()  # augmented views besides the canonical one (extract/views.py)
-    random_views: int = 0  # this many more: jittered frames, random crop (jitter_crop-random_dK)
-    allow_flip: bool = False  # flipped views even on a direction-sensitive split (SSv2)
+    # extract/views.py
+    views: tuple[str, ...] = option(
+        (),
+        flag="--view",
+        help="An augmented view besides the canonical one (repeatable): parts joined by _ from "
+        "jitter, crop-{tl,tr,bl,br,random}, flip, d<k>; e.g. jitter_crop-random_d0.",
+    )
+    # each named jitter_crop-random_dK
+    random_views: int = option(0, help="Add K views of jittered frames and random crops (no flip).")
+    # flips are refused on a direction-sensitive split (SSv2) unless asked for
+    allow_flip: bool = option(
+        False, help="Extract flipped views even on an SSv2 split.", flag="--allow-flip"
+    )
 
     def view_specs(self) -> list[ViewSpec]:
         """The augmented views to extract, in order; refuses flips on SSv2 without allow_flip."""
@@ -75,7 +96,7 @@ class ExtractConfig:
         """Everything that can be checked without the backbone or the decoder: the command line
         calls it before it imports torch and timm, so a mistake is refused in a fraction of a
         second."""
-        for option, value, least in (
+        for flag, value, least in (
             ("--frames", self.frames, 1),
             ("--batch-size", self.batch_size, 1),
             ("--shard-size", self.shard_size, 1),
@@ -83,7 +104,7 @@ class ExtractConfig:
             ("write_queue", self.write_queue, 0),
         ):
             if value < least:
-                raise ExtractConfigError(f"{option} must be at least {least}, got {value}")
+                raise ExtractConfigError(f"{flag} must be at least {least}, got {value}")
         if not Path(self.videos).is_dir():
             raise ExtractConfigError(
                 f"videos folder {self.videos} does not exist or is not a folder"

@@ -56,6 +56,7 @@ from rich.text import Text
 
 from sact.common.devices import resolve_device
 from sact.common.errors import SactError, is_storage_error, storage_error_reason
+from sact.common.options import Checked, checked
 from sact.extract.backbone import FrozenBackbone, PendingTokens, load_backbone
 from sact.extract.claims import SETUP, ClaimBook, RunInfo
 from sact.extract.clips import ClaimedOrder, ClipDataset, check_shared_memory, decoded_videos
@@ -470,7 +471,7 @@ def summarize(
 
 
 def run_extraction(
-    config: ExtractConfig,
+    config: ExtractConfig | Checked[ExtractConfig],
     *,
     console: Console | None = None,
     on_plan: Callable[[list[ViewCost]], None] | None = None,
@@ -482,8 +483,9 @@ def run_extraction(
     prints it). ``run_started`` is when the run started (default: now; `sact extract` gives its
     process's start): a run retries the failures recorded before it started, not those of runs
     alongside it (``ClaimedOrder``). Under torchrun this process extracts its rank's share, then
-    waits for the other ranks.
+    waits for the other ranks. A config the command line checked runs as it is.
     """
+    config = checked(config).config
     rank = rank_from_env()
     device = device_for(rank, resolve_device(config.device))
     try:
@@ -521,7 +523,6 @@ def _extract_as_rank(
     if not rank.is_main:
         console = Console(stderr=True, quiet=True)  # one progress bar per job, not per rank
     started = time.perf_counter()
-    config.check()
     for warning in config.warnings():
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     video_list = list_videos(config.videos, config.split)

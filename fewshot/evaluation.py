@@ -29,6 +29,7 @@ from rich.table import Table
 
 from sact.common.devices import autocast_for, resolve_device
 from sact.common.files import write_text_atomic
+from sact.common.options import Checked, checked
 from sact.fewshot.accuracy import mean_and_interval, score_episodes, score_episodes_over_views
 from sact.fewshot.checkpoints import (
     Checkpoint,
@@ -201,9 +202,12 @@ def score_over_views(
     return accuracies, views
 
 
-def evaluate(config: EvalConfig, console: Console | None = None) -> dict[str, Any]:
-    """Score a run (and `compare` runs) on the same episodes; results also written as JSON."""
-    config.check()
+def evaluate(
+    config: EvalConfig | Checked[EvalConfig], console: Console | None = None
+) -> dict[str, Any]:
+    """Score a run (and `compare` runs) on the same episodes; results also written as JSON. A
+    config the command line checked runs as it is."""
+    config = checked(config).config
     if config.ckpt:
         checkpoint = read_checkpoint(Path(config.ckpt))
     else:

@@ -1,16 +1,19 @@
-"""The one list of model kinds: what `--model` accepts, how tables name each kind, its head class,
-and which of `sact train`'s model options its constructor takes.
+"""The one list of model kinds: what `--model` accepts, how tables name each kind, its head class.
 
 Every head class is a `FewShotHead` (fewshot/heads.py). Adding a kind is one `register_model` line
-at the end of this file (or a call from your own code), naming the class as "module:Class". This
-module imports nothing heavy: the command line checks `--model` and lists the kinds in its help
-before torch is imported, and a head class is imported when a model of its kind is built.
-Training, evaluation, checkpoints, the demo and the benchmarks read the kinds from here.
+at the end of this file (or a call from your own code), naming the class as "module:Class". The
+model options a kind takes are read from its head's constructor (`ModelKind.options`): `sact train`
+passes it those of its model options (TrainConfig's `model_option` fields) the constructor names.
+This module imports nothing heavy: the command line checks `--model` and lists the kinds in its
+help before torch is imported, and a head class is imported when a model of its kind is built or
+its options are read. Training, evaluation, checkpoints, the demo and the benchmarks read the
+kinds from here.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -24,7 +27,6 @@ class ModelKind:
     name: str  # what `--model` takes, and `model` in checkpoint.json
     display_name: str  # in tables and figures
     head: str  # "module:Class" of its FewShotHead subclass, imported on first use
-    options: tuple[str, ...]  # the model options of `sact train` (TrainConfig fields) it takes
 
     def head_class(self) -> type[FewShotHead[Any]]:
         from sact.fewshot.heads import FewShotHead
@@ -35,6 +37,19 @@ class ModelKind:
             raise TypeError(f"model kind {self.name!r}: {self.head} is not a FewShotHead")
         return head
 
+    def options(self) -> tuple[str, ...]:
+        """The keyword options of its head's constructor besides those every head takes (dim,
+        frames, grid), read from the constructor; imports the head."""
+        from sact.fewshot.heads import FewShotHead
+
+        every_head = inspect.signature(FewShotHead.__init__).parameters
+        constructor = inspect.signature(self.head_class().__init__).parameters
+        return tuple(
+            name
+            for name, parameter in constructor.items()
+            if parameter.kind is parameter.KEYWORD_ONLY and name not in every_head
+        )
+
     def build(self, **config: Any) -> FewShotHead[Any]:
         """A head of this kind from the kwargs `head.config()` returned."""
         return self.head_class()(**config)
@@ -44,13 +59,11 @@ class ModelKind:
 _KINDS: dict[str, ModelKind] = {}
 
 
-def register_model(
-    name: str, *, display_name: str, head: str, options: Sequence[str] = ()
-) -> ModelKind:
+def register_model(name: str, *, display_name: str, head: str) -> ModelKind:
     """Make `head` ("module:Class", a FewShotHead subclass) the model kind `name`."""
     if name in _KINDS:
         raise ValueError(f"model kind {name!r} is already registered ({_KINDS[name].head})")
-    kind = ModelKind(name, display_name, head, tuple(options))
+    kind = ModelKind(name, display_name, head)
     _KINDS[name] = kind
     return kind
 
@@ -66,15 +79,6 @@ def model_kinds() -> tuple[ModelKind, ...]:
 
 def model_names() -> list[str]:
     return list(_KINDS)
-
-
-def kinds_by_option() -> dict[str, list[str]]:
-    """Each model option some kind takes -> the names of the kinds that take it."""
-    taken_by: dict[str, list[str]] = {}
-    for kind in _KINDS.values():
-        for option in kind.options:
-            taken_by.setdefault(option, []).append(kind.name)
-    return taken_by
 
 
 def model_kind(name: str) -> ModelKind:
@@ -95,19 +99,10 @@ def one_of(names: Sequence[str]) -> str:
     return f"{', '.join(others)} or {last}" if others else last
 
 
-register_model(
-    "sact",
-    display_name="SA-CT",
-    head="sact.fewshot.model:SACT",
-    options=("d_k", "tmixer", "cpe", "input_norm", "distance"),
-)
-register_model(
-    "protonet", display_name="ProtoNet", head="sact.fewshot.baselines:ProtoNet", options=("d_k",)
-)
+register_model("sact", display_name="SA-CT", head="sact.fewshot.model:SACT")
+register_model("protonet", display_name="ProtoNet", head="sact.fewshot.baselines:ProtoNet")
 register_model(
     "nearest-mean", display_name="nearest mean", head="sact.fewshot.baselines:NearestMean"
 )
-register_model("trx", display_name="TRX", head="sact.fewshot.baselines:TRX", options=("d_k",))
-register_model(
-    "trx-grid", display_name="TRX-grid", head="sact.fewshot.baselines:GridTRX", options=("d_k",)
-)
+register_model("trx", display_name="TRX", head="sact.fewshot.baselines:TRX")
+register_model("trx-grid", display_name="TRX-grid", head="sact.fewshot.baselines:GridTRX")

@@ -55,6 +55,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from sact.common.devices import autocast_for, resolve_device
 from sact.common.errors import storage_error_reason
 from sact.common.files import write_text_atomic
+from sact.common.options import Checked
 from sact.fewshot.accuracy import score_episodes
 from sact.fewshot.attention import attention_weights, draw_attention, focused_patches
 from sact.fewshot.checkpoints import (
@@ -65,7 +66,7 @@ from sact.fewshot.checkpoints import (
     read_resume_state,
     save_checkpoint,
 )
-from sact.fewshot.config import TrainConfig, TrainingError, read_train_config
+from sact.fewshot.config import CONFIG_FILE, TrainConfig, TrainingError, prepare_training
 from sact.fewshot.episodes import (
     Episode,
     EpisodeSampler,
@@ -96,14 +97,11 @@ RngState = Mapping[str, Any]
 # (None with a single training view)
 Task = tuple[Episode, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]
 SGD_MOMENTUM = 0.9
-CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "training_curve.png"
 ATTENTION_FILE = "val_attention.png"  # with --log tensorboard, SA-CT only
 ATTENTION_PATCHES = 2  # query patches drawn per frame
 GRID_CELL_PX = 16  # size of a patch in the pixel-free attention figure
-# what can change when a run is resumed: where and how it runs, never what it computes
-RUNTIME_FIELDS = ("device", "cache_gb", "workers", "prefetch", "resume", "log")
 
 
 @dataclass(frozen=True)
@@ -233,22 +231,8 @@ def prepare_data(config: TrainConfig, console: Console | None) -> Data:
     )
 
 
-def resolve_config(config: TrainConfig) -> tuple[TrainConfig, Path | None]:
-    """On --resume, the saved config (runtime fields from `config`); else `config` as given."""
-    if not config.resume:
-        return config, None
-    if config.out is None:
-        raise TrainingError("--resume needs --out, the run directory to continue")
-    run_dir = Path(config.out)
-    if not (run_dir / CONFIG_FILE).exists():
-        raise TrainingError(f"nothing to resume: {run_dir / CONFIG_FILE} does not exist")
-    resumed = read_train_config(run_dir / CONFIG_FILE)
-    runtime = {name: getattr(config, name) for name in RUNTIME_FIELDS}
-    return replace(resumed, **runtime, out=str(run_dir)), run_dir
-
-
 def train(
-    config: TrainConfig,
+    config: TrainConfig | Checked[TrainConfig],
     console: Console | None = None,
     *,
     on_validation: Callable[[torch.nn.Module], dict[str, float]] | None = None,
@@ -256,10 +240,14 @@ def train(
     """Train `config.model` on the store's train split, validating on its val split.
 
     `on_validation(model)`, called after each validation, returns more numbers to log with it in
-    metrics.jsonl (bench/views.py scores the test split over training this way).
+    metrics.jsonl (bench/views.py scores the test split over training this way). A config the
+    command line prepared (`prepare_training`: merged and checked) runs as it is.
     """
-    config, run_dir = resolve_config(config)
-    config.check()
+    if not isinstance(config, Checked):
+        config = prepare_training(config)
+    config = config.config
+    # the run continued; prepare_training refuses a resumed run without its directory
+    run_dir = Path(config.out) if config.resume and config.out else None
     if config.iterations < config.warmup and console is not None:
         console.print(
             f"note: {config.iterations} steps are fewer than the {config.warmup} warm-up steps: "

@@ -4,6 +4,7 @@ variant with two seeds, the report and the prediction beside it."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +22,13 @@ TINY = {
     "video_size": 32,
     "size": 32,
     "frames": 4,
-    "d_k": 8,
-    "iterations": 2,
-    "val_every": 2,
-    "val_episodes": 2,
-    "episodes": 30,
-    "train_shot": 1,
-    "train_query": 1,
-    "shots": (1,),
     "workers": 0,
     "seeds": 2,
     "task": "order",
+    "training": replace(
+        DemoConfig.training, d_k=8, iterations=2, val_every=2, val_episodes=2, shot=1, query=1
+    ),
+    "evaluation": replace(DemoConfig.evaluation, episodes=30, shots=(1,)),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ from torch import Tensor
 from typer.main import get_command
 
 from sact.cli import app
+from sact.common.options import declared_options
 from sact.fewshot import kinds
 from sact.fewshot.checkpoints import CheckpointError, build_model
 from sact.fewshot.config import TrainConfig, TrainingError
@@ -62,12 +63,20 @@ def test_the_built_in_kinds_in_order_with_their_names():
         model_kind("resnet")
 
 
-def test_every_model_option_is_a_train_option_and_a_command_line_option():
-    train_fields = {field.name for field in fields(TrainConfig)}
+def test_each_kind_takes_the_model_options_its_constructor_names():
+    assert {kind.name: kind.options() for kind in model_kinds()} == {
+        "sact": ("d_k", "tmixer", "cpe", "input_norm", "distance"),
+        "protonet": ("d_k",),
+        "nearest-mean": (),
+        "trx": ("d_k", "cardinalities", "dropout"),
+        "trx-grid": ("d_k", "cardinalities", "dropout", "cells", "width"),
+    }
+    model_options = {f.name for f, spec in declared_options(TrainConfig) if spec.model}
     command = get_command(app).commands["train"]
-    cli_options = {param.name for param in command.params}
-    for kind in model_kinds():
-        assert set(kind.options) <= train_fields & cli_options, kind.name
+    assert model_options <= {param.name for param in command.params}
+    # every model option of `sact train` reaches some kind's constructor
+    assert model_options <= {name for kind in model_kinds() for name in kind.options()}
+    assert TrainConfig(feats="", model="trx", d_k=8).model_options() == {"d_k": 8}
 
 
 def test_the_kinds_are_listed_without_importing_torch():
@@ -84,7 +93,7 @@ def test_one_line_adds_a_kind(registry):
         "nearest-frames", display_name="Nearest frames", head=f"{__name__}:NearestFrames"
     )
     assert [kind.name for kind in model_kinds()][-1] == "nearest-frames"
-    TrainConfig(feats="", model="nearest-frames").check()
+    TrainConfig(feats=".", model="nearest-frames").check()
     model = build_model("nearest-frames", {"dim": 6, "frames": 4, "grid": 2})
     assert isinstance(model, NearestFrames)
     assert model.config() == {"dim": 6, "frames": 4, "grid": [2, 2]}

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from typer.testing import CliRunner
 
 from sact.cli import app
-from sact.fewshot.config import TrainConfig, config_to_rerun, read_train_config
+from sact.fewshot.config import TrainConfig, prepare_training, read_train_config
 from sact.fewshot.training import Trainer, learning_rate, read_metrics, train
 from sact.testing.stores import write_split_lists, write_synthetic_store
 
@@ -133,7 +133,8 @@ def test_rerun_from_a_saved_config_with_overrides(store, tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     rerun = read_train_config(third / "config.json")
     assert rerun == replace(saved, out=str(third), iterations=3, seed=4)
-    assert config_to_rerun(first / "config.json", saved, options=["seed"]).out is None
+    again = prepare_training(saved, rerun=first / "config.json", typed=["seed"]).config
+    assert again.out is None and not again.resume
 
 
 def test_warmup_and_weight_decay_options_and_a_run_shorter_than_the_warmup(
