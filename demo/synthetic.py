@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +16,12 @@ CODECS = {".mp4": "libx264", ".webm": "libvpx-vp9", ".mkv": "libx264", ".avi": "
 CONTAINERS = {".mp4": "mp4", ".webm": "webm", ".mkv": "matroska", ".avi": "avi"}
 
 
-def encode_video(path: Path, frames: np.ndarray, *, fps: int = 12) -> Path:
+def encode_video(
+    path: Path, frames: np.ndarray, *, fps: int = 12, options: Mapping[str, object] | None = None
+) -> Path:
     """Write ``frames`` (T, H, W, 3) uint8 RGB to ``path``; the codec follows the suffix.
+    ``options`` are the encoder's (FFmpeg's names: ``crf``, ``preset``, ...); by default VP9
+    encodes at realtime speed and the others at their codec's defaults.
 
     H and W must be even (yuv420p). The file is written next to its final name and renamed, so a
     killed run never leaves a half-written video behind. The same frames give the same file.
@@ -39,7 +43,9 @@ def encode_video(path: Path, frames: np.ndarray, *, fps: int = 12) -> Path:
         # One encoder thread: x264's threaded encoder was seen to give different frames for the
         # same input on a busy machine, and tests compare runs bit for bit.
         stream.codec_context.thread_count = 1
-        if codec == "libvpx-vp9":
+        if options is not None:
+            stream.options = dict(options)
+        elif codec == "libvpx-vp9":
             stream.options = {"deadline": "realtime", "cpu-used": "8"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -82,9 +83,9 @@ class Preprocessing:
     def rule(self) -> str:
         return f"resize shorter side to {self.resize_to}, center crop {self.size}x{self.size}"
 
-    def resize(self, frames: np.ndarray) -> torch.Tensor:
-        """(T, H, W, 3) uint8 RGB frames -> (T, 3, H', W') uint8, shorter side ``resize_to``."""
-        images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # (T, 3, H, W)
+    def resize_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(T, 3, H, W) uint8 RGB on any device -> (T, 3, H', W') uint8 there, shorter side
+        ``resize_to``."""
         return TF.resize(
             images,
             [self.resize_to],
@@ -92,22 +93,36 @@ class Preprocessing:
             antialias=True,
         )
 
-    def resize_and_crop(self, frames: np.ndarray) -> torch.Tensor:
-        """(T, H, W, 3) uint8 RGB frames -> (T, 3, size, size) uint8 center crops."""
-        return TF.center_crop(self.resize(frames), [self.size, self.size]).contiguous()
+    def resize_and_crop_images(self, images: torch.Tensor) -> torch.Tensor:
+        """(T, 3, H, W) uint8 RGB on any device -> (T, 3, size, size) uint8 center crops."""
+        return TF.center_crop(self.resize_images(images), [self.size, self.size]).contiguous()
 
-    def resize_and_crop_at(
-        self, frames: np.ndarray, origin: Callable[[int, int], tuple[int, int]], *, flip: bool
+    def resize_and_crop_images_at(
+        self, images: torch.Tensor, origin: Callable[[int, int], tuple[int, int]], *, flip: bool
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """The crop of an augmented view (extract/views.py): the size×size square whose top-left
         corner ``origin(H', W')`` places in the resized frames, the same on every frame, mirrored
-        left to right when ``flip``. Returns (T, 3, size, size) uint8 and (top, left)."""
-        images = self.resize(frames)  # (T, 3, H', W')
-        top, left = origin(images.shape[-2], images.shape[-1])
-        crops = TF.crop(images, top, left, self.size, self.size)  # (T, 3, S, S)
+        left to right when ``flip``. (T, 3, H, W) uint8 in; (T, 3, size, size) uint8 and
+        (top, left) out."""
+        resized = self.resize_images(images)  # (T, 3, H', W')
+        top, left = origin(resized.shape[-2], resized.shape[-1])
+        crops = TF.crop(resized, top, left, self.size, self.size)  # (T, 3, S, S)
         if flip:
             crops = TF.horizontal_flip(crops)
         return crops.contiguous(), (top, left)
+
+    @staticmethod
+    def as_images(frames: np.ndarray) -> torch.Tensor:
+        """(T, H, W, 3) uint8 RGB frames (numpy, as decoded) -> a (T, 3, H, W) view."""
+        return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+
+    def resize(self, frames: np.ndarray) -> torch.Tensor:
+        """(T, H, W, 3) uint8 RGB frames -> (T, 3, H', W') uint8, shorter side ``resize_to``."""
+        return self.resize_images(self.as_images(frames))
+
+    def resize_and_crop(self, frames: np.ndarray) -> torch.Tensor:
+        """(T, H, W, 3) uint8 RGB frames -> (T, 3, size, size) uint8 center crops."""
+        return self.resize_and_crop_images(self.as_images(frames))
 
     def mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-channel mean and std as (1, 3, 1, 1) float32 tensors on ``device``."""
@@ -482,17 +497,31 @@ class Staging:
 
 
 class PendingTokens:
-    """A submitted batch's float16 tokens, on their way to the host."""
+    """A submitted batch's float16 tokens, on their way to the host. ``seconds`` is how long the
+    device computed it (CUDA events; the call itself on the CPU), known once the result is."""
 
-    def __init__(self, staging: Staging, frames: int) -> None:
+    def __init__(
+        self,
+        staging: Staging,
+        frames: int,
+        *,
+        computed: tuple[torch.cuda.Event, torch.cuda.Event] | None = None,
+        seconds: float = 0.0,
+    ) -> None:
         self.staging = staging
         self.frames = frames
+        self.computed = computed  # events around the forward on CUDA
+        self.seconds = seconds
 
     def result(self) -> np.ndarray:
         """(B, P, D) float16: a view of the staging buffer, valid until the second ``submit``
         after the one that returned this; copy it out before then."""
         if self.staging.downloaded is not None:
             self.staging.downloaded.synchronize()
+        if self.computed is not None:
+            started, finished = self.computed
+            self.seconds = started.elapsed_time(finished) / 1000  # milliseconds
+            self.computed = None
         self.staging.awaiting_result = False
         return self.staging.tokens[: self.frames].numpy()
 
@@ -556,30 +585,44 @@ class FrozenBackbone:
 
     @torch.inference_mode()
     def submit(self, clips: Sequence[torch.Tensor]) -> PendingTokens:
-        """Start the backbone on the clips' crops ((T, 3, S, S) uint8 each), as one batch."""
+        """Start the backbone on the clips' crops ((T, 3, S, S) uint8 each), as one batch: crops
+        in host memory (decoded on the CPU) are staged and uploaded, crops already on the device
+        (a GPU decoder's) are used where they are."""
         frames = sum(len(clip) for clip in clips)
         staging = self._next_staging(frames)
-        staged = staging.crops[:frames]
-        if staging.uploaded is not None:
+        on_device = clips[0].device.type == "cuda"
+        if not on_device and staging.uploaded is not None:
             staging.uploaded.synchronize()  # the last batch staged here has left
-        torch.cat(list(clips), out=staged)  # (B, 3, S, S) uint8
         staging.awaiting_result = True
         if not self.plan.side_streams:
+            staged = staging.crops[:frames]
+            torch.cat(list(clips), out=staged)  # (B, 3, S, S) uint8
+            started = time.perf_counter()
             staging.tokens[:frames] = self._forward(staged)
-            return PendingTokens(staging, frames)
+            return PendingTokens(staging, frames, seconds=time.perf_counter() - started)
         compute = torch.cuda.current_stream(self.device)
-        with torch.cuda.stream(self.upload):
-            crops = staged.to(self.device, non_blocking=True)
-            staging.uploaded.record(self.upload)  # type: ignore[union-attr]
-        compute.wait_stream(self.upload)
-        crops.record_stream(compute)  # made on the upload stream, used on this one
+        if on_device:
+            for clip in clips:
+                clip.record_stream(compute)  # made on a decoding thread's stream, read here
+            crops = torch.cat(list(clips))  # (B, 3, S, S) uint8
+        else:
+            staged = staging.crops[:frames]
+            torch.cat(list(clips), out=staged)  # (B, 3, S, S) uint8
+            with torch.cuda.stream(self.upload):
+                crops = staged.to(self.device, non_blocking=True)
+                staging.uploaded.record(self.upload)  # type: ignore[union-attr]
+            compute.wait_stream(self.upload)
+            crops.record_stream(compute)  # made on the upload stream, used on this one
+        computed = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        computed[0].record(compute)
         tokens = self._forward(crops)
+        computed[1].record(compute)
         self.download.wait_stream(compute)
         with torch.cuda.stream(self.download):
             staging.tokens[:frames].copy_(tokens, non_blocking=True)
             staging.downloaded.record(self.download)  # type: ignore[union-attr]
         tokens.record_stream(self.download)
-        return PendingTokens(staging, frames)
+        return PendingTokens(staging, frames, computed=computed)
 
     def __call__(self, crops: torch.Tensor) -> np.ndarray:
         """(B, 3, S, S) uint8 -> (B, P, D) float16 numpy, waiting for it."""

@@ -1,19 +1,27 @@
-"""Decoded clips for the backbone: the work list's videos, decoded, sampled and cropped by
-DataLoader worker processes a few videos ahead of the model, in the order shards are claimed.
+"""Decoded clips for the backbone: the work list's videos, decoded, sampled and cropped a few
+videos ahead of the model, in the order shards are claimed.
 
     shards still to do ─▶ ClaimedOrder (claims each shard just before its first video is drawn)
                                 │ work-list positions
                                 ▼
     ClipDataset[i]: decode + sample T frames + resize/crop ─▶ DecodedVideo (or its failure reason)
+
+A CPU decoder (extract/decoders.py) runs in DataLoader worker processes and hands crops over
+through shared memory; a GPU decoder runs in threads of the main process (its sessions), each on
+its own CUDA stream, and its crops stay on the GPU.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +31,15 @@ from torch.utils.data import DataLoader, Dataset
 from sact.common.errors import SactError
 from sact.extract.backbone import Preprocessing
 from sact.extract.claims import ClaimBook, RunInfo, shard_topic
-from sact.extract.decode import DecodeError, sample_clip
+from sact.extract.decode import DecodeError
+from sact.extract.decoders import Decoder, PyAVDecoder
 from sact.extract.videos import VideoDiscoveryError, resolve_video_path
 from sact.extract.views import ViewSpec
 from sact.store.feature_set import VideoRecord
+from sact.store.sampling import segment_centers
 from sact.store.zarr_store import FeatureSetWriter
 
-PREFETCHED_PER_WORKER = 4  # clips each decoding worker keeps ready
+PREFETCHED_PER_WORKER = 4  # clips each decoding worker (process or GPU session) keeps ready
 SHARED_MEMORY = Path("/dev/shm")
 
 
@@ -89,16 +99,17 @@ class ClaimedOrder:
 
 @dataclass
 class DecodedVideo:
-    crops: torch.Tensor  # (T, 3, S, S) uint8; empty when the video failed
+    crops: torch.Tensor  # (T, 3, S, S) uint8 on the decoder's device; empty when it failed
     frame_index: np.ndarray  # (T,) int64; -1 when the video failed
     num_frames: int
     error: str  # "" when the video decoded
     crop_origin: tuple[int, int] = (-1, -1)  # (top, left) in the resized frames; views only
+    seconds: float = 0.0  # decoding, sampling, resizing and cropping it took
 
 
 class ClipDataset(Dataset[DecodedVideo]):
-    """Video i of the work list, decoded, sampled and cropped as ``view`` says (the canonical
-    view by default); failures come back as reasons."""
+    """Video i of the work list, decoded by ``decoder`` (PyAV by default), sampled and cropped
+    as ``view`` says (the canonical view by default); failures come back as reasons."""
 
     def __init__(
         self,
@@ -108,42 +119,49 @@ class ClipDataset(Dataset[DecodedVideo]):
         frames: int,
         preprocessing: Preprocessing,
         view: ViewSpec | None = None,
+        decoder: Decoder | None = None,
     ) -> None:
         self.videos_dir = videos_dir
         self.records = records
         self.frames = frames
         self.preprocessing = preprocessing
         self.view = view if view is not None and not view.is_canonical else None
+        self.decoder = decoder if decoder is not None else PyAVDecoder()
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> DecodedVideo:
+        started = time.perf_counter()
         record = self.records[index]
         try:
             path = resolve_video_path(self.videos_dir, record.path)
             if self.view is None:
-                clip = sample_clip(path, self.frames)
-                crops = self.preprocessing.resize_and_crop(clip.frames)  # (T, 3, S, S)
-                return DecodedVideo(crops, clip.indices, clip.num_frames, "")
+                clip = self.decoder.sample(path, self.frames, segment_centers)
+                crops = self.preprocessing.resize_and_crop_images(clip.images)  # (T, 3, S, S)
+                return DecodedVideo(
+                    crops, clip.indices, clip.num_frames, "", seconds=time.perf_counter() - started
+                )
             view, video_id, size = self.view, record.video_id, self.preprocessing.size
-            clip = sample_clip(
+            clip = self.decoder.sample(
                 path,
                 self.frames,
-                frame_rule=lambda count, frames: view.frame_indices(count, frames, video_id),
+                lambda count, frames: view.frame_indices(count, frames, video_id),
             )
-            crops, origin = self.preprocessing.resize_and_crop_at(
-                clip.frames,
+            crops, origin = self.preprocessing.resize_and_crop_images_at(
+                clip.images,
                 lambda height, width: view.crop_origin(height, width, size, video_id),
                 flip=view.flip,
             )  # (T, 3, S, S)
-            return DecodedVideo(crops, clip.indices, clip.num_frames, "", origin)
+            seconds = time.perf_counter() - started
+            return DecodedVideo(crops, clip.indices, clip.num_frames, "", origin, seconds)
         except (DecodeError, VideoDiscoveryError) as error:
             return DecodedVideo(
                 crops=torch.empty(0, dtype=torch.uint8),
                 frame_index=np.full(self.frames, -1, dtype=np.int64),
                 num_frames=0,
                 error=str(error) or type(error).__name__,
+                seconds=time.perf_counter() - started,
             )
 
 
@@ -159,9 +177,13 @@ def _single_thread_worker(_: int) -> None:
 def decoded_videos(
     dataset: ClipDataset, *, workers: int, order: Iterable[int] | None = None
 ) -> Iterator[DecodedVideo]:
-    """The dataset's videos in ``order`` (default: all, in order), decoded by ``workers``
-    processes a few videos ahead. Not pinned here: the backbone copies each batch into its own
-    pinned buffer (``FrozenBackbone.submit``)."""
+    """The dataset's videos in ``order`` (default: all, in order), decoded a few videos ahead by
+    ``workers`` processes, or with a GPU decoder by ``workers`` threads (its sessions; at least
+    one). Not pinned here: the backbone copies each batch into its own pinned buffer
+    (``FrozenBackbone.submit``)."""
+    if dataset.decoder.on_gpu:
+        yield from _decoded_in_threads(dataset, sessions=max(1, workers), order=order)
+        return
     loader = DataLoader(
         dataset,
         batch_size=None,
@@ -173,6 +195,43 @@ def decoded_videos(
         prefetch_factor=PREFETCHED_PER_WORKER if workers > 0 else None,
     )
     yield from loader
+
+
+class _SessionStreams(threading.local):
+    """Each decoding thread's own CUDA stream: its resizes never wait for the backbone's work on
+    the main thread's stream, nor for another session's."""
+
+    stream: torch.cuda.Stream | None = None
+
+
+def _decoded_in_threads(
+    dataset: ClipDataset, *, sessions: int, order: Iterable[int] | None
+) -> Iterator[DecodedVideo]:
+    """Videos decoded on the GPU by ``sessions`` threads, in ``order``. Positions are drawn from
+    ``order`` in this thread, as the DataLoader's sampler is, so shards are claimed just ahead of
+    the work; each clip's GPU work has finished before it is yielded."""
+    streams = _SessionStreams()
+
+    def decode(position: int) -> DecodedVideo:
+        if streams.stream is None:
+            streams.stream = torch.cuda.Stream()
+        with torch.cuda.stream(streams.stream):
+            video = dataset[position]
+        streams.stream.synchronize()  # the crops are complete before another stream reads them
+        return video
+
+    positions = iter(order if order is not None else range(len(dataset)))
+    with ThreadPoolExecutor(max_workers=sessions, thread_name_prefix="gpu-decode") as pool:
+        pending: deque[Future[DecodedVideo]] = deque(
+            pool.submit(decode, position)
+            for position in islice(positions, sessions * PREFETCHED_PER_WORKER)
+        )
+        while pending:
+            video = pending.popleft().result()
+            following = next(positions, None)
+            if following is not None:
+                pending.append(pool.submit(decode, following))
+            yield video
 
 
 def shared_memory_needed(

@@ -9,7 +9,6 @@ decides the stored values (two runs with equal identity may share a feature set,
 from __future__ import annotations
 
 import dataclasses
-import os
 import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,8 +32,9 @@ class ExtractConfigError(SactError):
     """Options that cannot work together; the message is one line for the user."""
 
 
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+# `sact extract --decoder` (extract/decoders.py); here so the command line checks a name before
+# it imports torch
+DECODER_CHOICES = ("auto", "pyav", "torchcodec-cpu", "torchcodec-cuda")
 
 
 @dataclass
@@ -56,10 +56,21 @@ class ExtractConfig:
     size: int | None = option(None, help="Crop size; default: the backbone's.")
     grid: int | None = option(None, help="Pool the patch grid to H×H.")  # None: the backbone's
     device: str = option("auto", help="auto, cpu, cuda, cuda:1, ...")
-    batch_size: int = option(16, help="Videos per forward pass.")  # batch_size·T frames
-    workers: int = option(
-        default_factory=default_workers,
-        help="Decoding processes (0: none); default: CPU cores - 1, up to 8.",
+    # batch_size·T frames; None: chosen for the device (extract/sizing.py)
+    batch_size: int | None = option(
+        None, help="Videos per forward pass; default: 256 frames on a GPU, 16 videos on a CPU."
+    )
+    # None: chosen from the cores and the card (extract/sizing.py)
+    workers: int | None = option(
+        None,
+        help="Decoding processes (0: none), or a GPU decoder's sessions; default: from the cores "
+        "and the card.",
+    )
+    # extract/decoders.py
+    decoder: str = option(
+        "auto",
+        help="auto, pyav, torchcodec-cpu or torchcodec-cuda (pip install 'sact[torchcodec]'); "
+        "auto: a GPU decoder when one is installed and the backbone is on the GPU, else pyav.",
     )
     name: str | None = option(None, help="Feature set name; default from config.")
     # the unit of work, writing and resume
@@ -103,8 +114,12 @@ class ExtractConfig:
             ("--workers", self.workers, 0),
             ("write_queue", self.write_queue, 0),
         ):
-            if value < least:
+            if value is not None and value < least:
                 raise ExtractConfigError(f"{flag} must be at least {least}, got {value}")
+        if self.decoder not in DECODER_CHOICES:
+            raise ExtractConfigError(
+                f"--decoder must be one of {', '.join(DECODER_CHOICES)}, got {self.decoder!r}"
+            )
         if not Path(self.videos).is_dir():
             raise ExtractConfigError(
                 f"videos folder {self.videos} does not exist or is not a folder"
@@ -133,12 +148,14 @@ class ExtractConfig:
 
 
 def feature_set_identity(
-    loaded: LoadedBackbone, *, frames: int, compute_dtype: str
+    loaded: LoadedBackbone, *, frames: int, compute_dtype: str, decoder: str, decoder_version: str
 ) -> dict[str, Any]:
     """Everything that decides the stored values: two runs with equal identity may share a set.
 
     ``compute_dtype`` is the backbone's arithmetic (``FrozenBackbone.compute_dtype``: float32 on
     the CPU, tfloat32 on CUDA): features computed in two precisions never share a feature set.
+    ``decoder`` and ``decoder_version`` (extract/decoders.py): neither do frames of two decoders,
+    or of two versions of one, whose pixels may differ in their last bits.
     """
     # imported here: sampling imports numpy, and the command line reads this module at start-up
     from sact.store.sampling import FRAME_SAMPLING
@@ -159,6 +176,8 @@ def feature_set_identity(
         "dim": loaded.dim,
         "dtype": FEATURE_DTYPE,
         "compute_dtype": compute_dtype,
+        "decoder": decoder,
+        "decoder_version": decoder_version,
     }
 
 

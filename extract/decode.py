@@ -21,6 +21,7 @@ held upright) turns them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,6 +45,9 @@ FrameRule = Callable[[int, int], np.ndarray]
 # The largest frame sact decodes: 8192 x 8192, above 8K UHD (7680 x 4320). One RGB frame of this
 # size is 192 MiB; a header claiming more is corrupt or hostile, not a dataset's video.
 MAX_FRAME_PIXELS = 8192 * 8192
+# A decoder's thread count that leaves the choice to FFmpeg (PyAV's default: slice threads, as
+# many as cores).
+AUTO_THREADS = 0
 
 
 class DecodeError(Exception):
@@ -126,7 +130,9 @@ def _container_of(path: Path) -> str | None:
     return None
 
 
-def _open_video(path: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+def open_video(
+    path: Path, *, threads: int = AUTO_THREADS
+) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     try:
         size = path.stat().st_size
     except OSError as error:
@@ -160,6 +166,8 @@ def _open_video(path: Path) -> tuple[av.container.InputContainer, av.video.strea
             f"its header claims frames of {context.width}x{context.height}, more than the "
             f"{MAX_FRAME_PIXELS} pixels sact decodes (8K is 7680x4320): not decoded"
         )
+    if threads != AUTO_THREADS:
+        context.thread_count = threads
     return container, stream
 
 
@@ -172,49 +180,58 @@ def _announced_frames(stream: av.video.stream.VideoStream) -> int:
     return 0
 
 
-def _decode_all(path: Path) -> list[av.VideoFrame]:
-    container, stream = _open_video(path)
+def _decode_through(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> list[av.VideoFrame]:
+    """Every frame of ``stream`` from where the container stands, in order."""
     decoded: list[av.VideoFrame] = []
-    with container:
-        try:
-            decoded.extend(container.decode(stream))
-        except (av.FFmpegError, OSError) as error:
-            raise DecodeError(
-                f"decoding failed after {len(decoded)} frames: {_reason(error)}"
-            ) from error
+    try:
+        decoded.extend(container.decode(stream))
+    except (av.FFmpegError, OSError) as error:
+        raise DecodeError(
+            f"decoding failed after {len(decoded)} frames: {_reason(error)}"
+        ) from error
     if not decoded:
         raise DecodeError("no decodable video frames")
     return decoded
 
 
-def _seek_frames(path: Path, indices: np.ndarray) -> list[av.VideoFrame] | None:
-    """The frames at ``indices`` (sorted, unique) by seeking; None when a seek misses."""
-    container, stream = _open_video(path)
+def decode_all(path: Path, *, threads: int = AUTO_THREADS) -> list[av.VideoFrame]:
+    container, stream = open_video(path, threads=threads)
     with container:
-        if not stream.average_rate or not stream.time_base:
-            return None
-        start = stream.start_time or 0
-        frame_seconds = 1 / float(stream.average_rate)
-        picked: list[av.VideoFrame] = []
-        try:
-            for index in indices:
-                target = float(index) * frame_seconds
-                container.seek(start + int(target / float(stream.time_base)), stream=stream)
-                frame = next(
-                    (
-                        candidate
-                        for candidate in container.decode(stream)
-                        if candidate.pts is not None
-                        and (candidate.pts - start) * float(stream.time_base)
-                        >= target - frame_seconds / 2
-                    ),
-                    None,
-                )
-                if frame is None:
-                    return None
-                picked.append(frame)
-        except (av.FFmpegError, OSError):
-            return None
+        return _decode_through(container, stream)
+
+
+def _seek_frames(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    indices: np.ndarray,
+) -> list[av.VideoFrame] | None:
+    """The frames at ``indices`` (sorted, unique) by seeking; None when a seek misses."""
+    if not stream.average_rate or not stream.time_base:
+        return None
+    start = stream.start_time or 0
+    frame_seconds = 1 / float(stream.average_rate)
+    picked: list[av.VideoFrame] = []
+    try:
+        for index in indices:
+            target = float(index) * frame_seconds
+            container.seek(start + int(target / float(stream.time_base)), stream=stream)
+            frame = next(
+                (
+                    candidate
+                    for candidate in container.decode(stream)
+                    if candidate.pts is not None
+                    and (candidate.pts - start) * float(stream.time_base)
+                    >= target - frame_seconds / 2
+                ),
+                None,
+            )
+            if frame is None:
+                return None
+            picked.append(frame)
+    except (av.FFmpegError, OSError):
+        return None
     return picked
 
 
@@ -241,9 +258,39 @@ def num_frames(path: Path) -> int:
     """Frames in a frame folder, or in a video (announced by the container, else counted)."""
     if path.is_dir():
         return len(frame_files(path))
-    container, stream = _open_video(path)
-    container.close()
-    return _announced_frames(stream) or len(_decode_all(path))
+    container, stream = open_video(path)
+    with container:
+        return _announced_frames(stream) or len(_decode_through(container, stream))
+
+
+def _pick(
+    path: Path,
+    unique_indices: Callable[[int], np.ndarray],
+    *,
+    strategy: Strategy,
+    threads: int,
+    samples: int,
+) -> tuple[list[av.VideoFrame], np.ndarray, int]:
+    """The frames a video's ``unique_indices(frame count)`` names (sorted, unique), those
+    indices and the frame count, opening the file once: by seeking (a long video that announces
+    its length, or ``strategy`` says so) or by decoding through. A missed seek decodes through
+    from a fresh start."""
+    container, stream = open_video(path, threads=threads)
+    with container:
+        announced = _announced_frames(stream)
+        if _seeks(announced, samples, strategy):
+            with suppress(DecodeError):  # an index past the announced end: count by decoding
+                indices = unique_indices(announced)
+                picked = _seek_frames(container, stream, indices)
+                if picked is not None:
+                    return picked, indices, announced
+        else:
+            decoded = _decode_through(container, stream)
+            indices = unique_indices(len(decoded))
+            return [decoded[i] for i in indices], indices, len(decoded)
+    decoded = decode_all(path, threads=threads)
+    indices = unique_indices(len(decoded))
+    return [decoded[i] for i in indices], indices, len(decoded)
 
 
 def read_frames(
@@ -264,15 +311,13 @@ def read_frames(
         if unique[-1] >= len(files):
             raise DecodeError(f"frame {unique[-1]} asked, the folder holds {len(files)} frames")
         return _stack([_read_image(files[i]) for i in unique], path.name)[inverse]
-    container, stream = _open_video(path)
-    announced = _announced_frames(stream)
-    container.close()
-    picked = _seek_frames(path, unique) if _seeks(announced, len(unique), strategy) else None
-    if picked is None:
-        decoded = _decode_all(path)
-        if unique[-1] >= len(decoded):
-            raise DecodeError(f"frame {unique[-1]} asked, the video has {len(decoded)} frames")
-        picked = [decoded[i] for i in unique]
+
+    def asked(count: int) -> np.ndarray:
+        if unique[-1] >= count:
+            raise DecodeError(f"frame {unique[-1]} asked, the video has {count} frames")
+        return unique
+
+    picked, _, _ = _pick(path, asked, strategy=strategy, threads=AUTO_THREADS, samples=len(unique))
     return _to_rgb(picked)[inverse]
 
 
@@ -282,25 +327,26 @@ def sample_clip(
     *,
     strategy: Strategy = "auto",
     frame_rule: FrameRule = segment_centers,
+    threads: int = AUTO_THREADS,
 ) -> SampledClip:
     """Decode ``path`` (a video file or a frame folder) and keep ``frames`` frames: segment
-    centers, or those ``frame_rule`` picks."""
+    centers, or those ``frame_rule`` picks. ``threads``: the decoder's threads (FFmpeg's own
+    choice by default; one is fastest when every core runs a decoding process)."""
     if path.is_dir():
         files = frame_files(path)
         if not files:
             raise DecodeError("a folder, not a video file, and it holds no frame images")
         indices = frame_rule(len(files), frames)
         return SampledClip(read_frames(path, indices), indices, len(files))
-    container, stream = _open_video(path)
-    announced = _announced_frames(stream)
-    container.close()
-    if _seeks(announced, frames, strategy):
-        indices = frame_rule(announced, frames)
-        unique, inverse = np.unique(indices, return_inverse=True)
-        picked = _seek_frames(path, unique)
-        if picked is not None:
-            return SampledClip(_to_rgb(picked)[inverse], indices, announced)
-    decoded = _decode_all(path)
-    indices = frame_rule(len(decoded), frames)
-    unique, inverse = np.unique(indices, return_inverse=True)
-    return SampledClip(_to_rgb([decoded[i] for i in unique])[inverse], indices, len(decoded))
+    rule: dict[int, np.ndarray] = {}  # frame count -> the rule's indices (called once per count)
+
+    def unique_indices(count: int) -> np.ndarray:
+        rule[count] = frame_rule(count, frames)
+        return np.unique(rule[count])
+
+    picked, unique, count = _pick(
+        path, unique_indices, strategy=strategy, threads=threads, samples=frames
+    )
+    indices = rule[count]
+    inverse = np.searchsorted(unique, indices)
+    return SampledClip(_to_rgb(picked)[inverse], indices, count)

@@ -67,8 +67,10 @@ from sact.extract.config import (
     provenance,
     view_provenance,
 )
+from sact.extract.decoders import Decoder, resolve_decoder
 from sact.extract.distributed import Job, Rank, device_for, joined, owned_shards, rank_from_env
 from sact.extract.shard_writer import ShardWriter
+from sact.extract.sizing import PipelinePlan, plan_pipeline
 from sact.extract.videos import VideoList, list_videos
 from sact.extract.views import ViewSpec
 from sact.store.feature_set import CANONICAL, VideoFailure, check_feature_set_name
@@ -105,6 +107,26 @@ class ViewSummary:
 
 
 @dataclass
+class StageTimes:
+    """Busy seconds of the two stages over the videos of a run: each decoding worker's, summed,
+    and the backbone's (device time on a GPU). What each stage alone could deliver follows."""
+
+    decoded: int = 0
+    decode_seconds: float = 0.0
+    computed: int = 0  # videos through the backbone
+    backbone_seconds: float = 0.0
+
+    def decode_rate(self, workers: int) -> float:
+        """Videos/s the decoding workers would deliver if never kept waiting."""
+        if not self.decoded or self.decode_seconds <= 0:
+            return 0.0
+        return max(1, workers) * self.decoded / self.decode_seconds
+
+    def backbone_rate(self) -> float:
+        return self.computed / self.backbone_seconds if self.backbone_seconds > 0 else 0.0
+
+
+@dataclass
 class ExtractSummary:
     """What a run did and where the feature set stands after it (counts of the canonical view;
     every view's in ``views``)."""
@@ -126,17 +148,31 @@ class ExtractSummary:
     write_seconds: float  # writing shards (in the background writer's thread), every view
     write_wait_seconds: float  # the work loop waited for writes (a full queue, the last shards)
     views: list[ViewSummary] = dataclasses.field(default_factory=list)  # canonical first
+    pipeline: dict[str, Any] = dataclasses.field(default_factory=dict)  # PipelinePlan.to_json
+    decode_bound: float = 0.0  # videos/s the decoders alone would deliver (every view)
+    backbone_bound: float = 0.0  # videos/s the backbone alone would deliver (every view)
 
     @property
     def videos_per_second(self) -> float:
         return self.extracted_now / self.work_seconds if self.work_seconds > 0 else 0.0
+
+    @property
+    def over_bound(self) -> float:
+        """The canonical view's rate over the slower of its two bounds (0 when not measured)."""
+        bound = min(self.decode_bound, self.backbone_bound)
+        return self.videos_per_second / bound if bound > 0 else 0.0
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def open_feature_set_for_writing(
-    config: ExtractConfig, frozen: FrozenBackbone, video_list: VideoList, *, claims: ClaimBook
+    config: ExtractConfig,
+    frozen: FrozenBackbone,
+    video_list: VideoList,
+    *,
+    claims: ClaimBook,
+    plan: PipelinePlan,
 ) -> list[FeatureSetWriter]:
     """Create the feature set, or open it and append new videos; refuse a different config.
     Then create the views asked for that it does not hold yet. Returns the writers of the
@@ -152,9 +188,13 @@ def open_feature_set_for_writing(
             root,
             claims.feature_set,
             identity=feature_set_identity(
-                loaded, frames=config.frames, compute_dtype=frozen.compute_dtype
+                loaded,
+                frames=config.frames,
+                compute_dtype=frozen.compute_dtype,
+                decoder=plan.decoder,
+                decoder_version=plan.decoder_version,
             ),
-            provenance=provenance(config, frozen),
+            provenance={**provenance(config, frozen), "pipeline": plan.to_json()},
             videos=video_list.records,
             frames=config.frames,
             patches=loaded.grid[0] * loaded.grid[1],
@@ -175,6 +215,7 @@ def open_for_this_rank(
     video_list: VideoList,
     job: Job,
     *,
+    plan: PipelinePlan,
     run_started: float | None = None,
 ) -> tuple[list[FeatureSetWriter], ClaimBook]:
     """Rank 0 creates or opens the feature set and its views while the other ranks wait; then
@@ -188,7 +229,9 @@ def open_for_this_rank(
     rank = job.rank
     if rank.is_main:
         try:
-            writers = open_feature_set_for_writing(config, frozen, video_list, claims=claims)
+            writers = open_feature_set_for_writing(
+                config, frozen, video_list, claims=claims, plan=plan
+            )
         except SactError as error:
             failure = error
     # No rank goes on before rank 0 is done, and all learn whether it failed.
@@ -303,11 +346,17 @@ class BatchLoop:
     """
 
     def __init__(
-        self, frozen: FrozenBackbone, shard_writer: ShardWriter, *, on_done: Callable[[int], None]
+        self,
+        frozen: FrozenBackbone,
+        shard_writer: ShardWriter,
+        *,
+        on_done: Callable[[int], None],
+        times: StageTimes,
     ) -> None:
         self.frozen = frozen
         self.shard_writer = shard_writer
         self.on_done = on_done  # called with the number of videos whose tokens landed
+        self.times = times
         self.in_flight: tuple[PendingTokens, ShardInProgress, list[int]] | None = None
 
     def submit(self, shard: ShardInProgress, waiting: list[tuple[int, torch.Tensor]]) -> None:
@@ -326,6 +375,8 @@ class BatchLoop:
         features = shard.result.features
         tokens = pending.result().reshape(len(positions), *features.shape[1:])  # (B, T, P, D)
         features[positions] = tokens
+        self.times.computed += len(positions)
+        self.times.backbone_seconds += pending.seconds
         shard.batches_in_flight -= 1
         self.on_done(len(positions))
         self.hand_over_if_complete(shard)
@@ -343,11 +394,15 @@ def extract_shards(
     config: ExtractConfig,
     progress: Progress,
     claims: ClaimBook,
+    plan: PipelinePlan,
+    decoder: Decoder,
+    times: StageTimes,
     view: ViewSpec | None = None,
 ) -> tuple[int, ShardWriter]:
     """Extract and write those of ``shards`` of the writer's view (``view``; the canonical one
-    when None) this run claims, in order; returns how many videos were processed, and the
-    writer (its timings)."""
+    when None) this run claims, in order, decoded by ``decoder`` as ``plan`` sizes it; returns
+    how many videos were processed, and the writer (its timings). ``times`` adds up each
+    stage's busy time."""
     work = [(shard, writer.records(shard)) for shard in shards]
     dataset = ClipDataset(
         videos_dir=config.videos,
@@ -355,6 +410,7 @@ def extract_shards(
         frames=config.frames,
         preprocessing=frozen.loaded.preprocessing,
         view=view,
+        decoder=decoder,
     )
     task = progress.add_task(writer.view, total=len(dataset), failed=0)
     failed = processed = 0
@@ -364,14 +420,16 @@ def extract_shards(
         progress.update(task, total=progress.tasks[task].total - count)  # type: ignore[operator, unused-ignore]
 
     order = ClaimedOrder(writer, shards, claims, on_skip=skip)
-    stream = iter(decoded_videos(dataset, workers=config.workers, order=order))
+    stream = iter(decoded_videos(dataset, workers=plan.workers, order=order))
     records_of = dict(work)
 
     def say(line: str) -> None:
         progress.console.print(line, highlight=False)
 
     with ShardWriter(writer, claims, queued=config.write_queue, say=say) as shard_writer:
-        batches = BatchLoop(frozen, shard_writer, on_done=lambda n: progress.advance(task, n))
+        batches = BatchLoop(
+            frozen, shard_writer, on_done=lambda n: progress.advance(task, n), times=times
+        )
         # The loader drew a shard's first position (claiming the shard) before yielding its video.
         while (first := next(stream, None)) is not None:
             shard = order.claimed.popleft()
@@ -391,6 +449,8 @@ def extract_shards(
             )
             waiting: list[tuple[int, torch.Tensor]] = []  # (position in shard, crops)
             for position, video in enumerate(chain([first], islice(stream, count - 1))):
+                times.decoded += 1
+                times.decode_seconds += video.seconds
                 if video.error:
                     current.result.errors[position] = video.error
                     failed += 1
@@ -401,7 +461,7 @@ def extract_shards(
                 if current.result.crop_origin is not None:
                     current.result.crop_origin[position] = video.crop_origin
                 waiting.append((position, video.crops))
-                if len(waiting) == config.batch_size:
+                if len(waiting) == plan.batch_size:
                     batches.submit(current, waiting)
                     waiting = []
             if waiting:
@@ -431,6 +491,8 @@ def summarize(
     work_seconds: float,
     spent: dict[str, tuple[int, float]],
     shard_writers: list[ShardWriter],
+    plan: PipelinePlan,
+    times: StageTimes,
 ) -> ExtractSummary:
     """The run's summary; ``spent`` holds each view's (videos processed, seconds) this run, the
     canonical view first."""
@@ -467,6 +529,9 @@ def summarize(
         write_seconds=round(sum(shards.write_seconds for shards in shard_writers), 3),
         write_wait_seconds=round(sum(shards.waited_seconds for shards in shard_writers), 3),
         views=views,
+        pipeline=plan.to_json(),
+        decode_bound=round(times.decode_rate(plan.workers), 3),
+        backbone_bound=round(times.backbone_rate(), 3),
     )
 
 
@@ -540,15 +605,28 @@ def _extract_as_rank(
         grid=config.grid,
         seed=config.seed,
     )
+    decoder = resolve_decoder(config.decoder, device)
+    plan = plan_pipeline(
+        decoder=decoder.name,
+        decoder_version=decoder.version,
+        decoder_on_gpu=decoder.on_gpu,
+        device=device,
+        frames=config.frames,
+        workers=config.workers,
+        batch_size=config.batch_size,
+    )
     crop = loaded.preprocessing.size
     check_shared_memory(
-        workers=config.workers,
+        workers=0 if plan.on_gpu else plan.workers,
         clip_bytes=config.frames * 3 * crop * crop,  # uint8
-        batch_videos=config.batch_size,
+        batch_videos=plan.batch_size,
         processes=rank.local_world_size,
     )
     frozen = FrozenBackbone(loaded, device=device)
-    writers, claims = open_for_this_rank(config, frozen, video_list, job, run_started=run_started)
+    writers, claims = open_for_this_rank(
+        config, frozen, video_list, job, plan=plan, run_started=run_started
+    )
+    console.print(plan.describe(), highlight=False, soft_wrap=True)
     specs = {view.name: view for view in config.view_specs()}
     work = [shards_for_this_process(writer, rank) for writer in writers]
     job.barrier("planned")  # every rank reads what is still to do before any shard is written
@@ -557,6 +635,7 @@ def _extract_as_rank(
     work_started = time.perf_counter()
     spent: dict[str, tuple[int, float]] = {}  # view: (videos processed, seconds)
     shard_writers = []
+    times = StageTimes()
     with claims.keep_alive(), _progress(console) as progress:
         for writer, shards in zip(writers, work, strict=True):
             view_started = time.perf_counter()
@@ -567,6 +646,9 @@ def _extract_as_rank(
                 config=config,
                 progress=progress,
                 claims=claims,
+                plan=plan,
+                decoder=decoder,
+                times=times,
                 view=specs.get(writer.view),
             )
             spent[writer.view] = (processed, time.perf_counter() - view_started)
@@ -584,4 +666,6 @@ def _extract_as_rank(
         work_seconds=spent[CANONICAL][1] if specs else finished - work_started,
         spent=spent,
         shard_writers=shard_writers,
+        plan=plan,
+        times=times,
     )

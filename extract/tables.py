@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 
 def summary_table(summary: ExtractSummary) -> Table:
-    """The end-of-run table: counts, then the failed videos with their reasons."""
+    """The end-of-run table: counts, the rate, and the rate against its two bounds: what the
+    decoders alone and the backbone alone would have delivered (their busy time in this run)."""
     table = Table(title=f"{summary.feature_set} in {summary.store}", show_header=True)
     table.add_column("videos", justify="right")
     table.add_column("done", justify="right", style="green")
@@ -21,7 +22,11 @@ def summary_table(summary: ExtractSummary) -> Table:
     table.add_column("pending", justify="right")
     table.add_column("this run", justify="right")
     table.add_column("videos/s", justify="right")
+    table.add_column("decoding alone", justify="right")
+    table.add_column("backbone alone", justify="right")
+    table.add_column("÷ slower", justify="right")
     table.add_column("seconds", justify="right")
+    measured = summary.over_bound > 0
     table.add_row(
         str(summary.videos),
         str(summary.done),
@@ -29,6 +34,9 @@ def summary_table(summary: ExtractSummary) -> Table:
         str(summary.pending),
         str(summary.extracted_now),
         f"{summary.videos_per_second:.1f}",
+        f"{summary.decode_bound:.1f}" if measured else "-",
+        f"{summary.backbone_bound:.1f}" if measured else "-",
+        f"{summary.over_bound:.2f}" if measured else "-",
         f"{summary.seconds:.1f}",
     )
     return table

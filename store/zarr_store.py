@@ -238,17 +238,28 @@ class ZarrFeatureSet(FeatureSet):
             return None
 
 
+# Keys that joined the identity later, with the value every feature set written before them had:
+# every video was decoded by PyAV until the decoder became a choice (issue 22).
+IDENTITY_BEFORE_RECORDED = {"decoder": "pyav"}
+
+
 def comparable_identities(
     attrs: dict[str, Any], wanted: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A feature set's stored identity and the ``wanted`` one, as far as they can be compared.
 
     A key that joined the identity after the set was written (``compute_dtype`` did) is read from
-    what the set recorded as provenance, and left out when it recorded nothing: a feature set
-    keeps opening for the config that wrote it.
+    what the set recorded as provenance, else it has the value every set had before it joined
+    (``IDENTITY_BEFORE_RECORDED``), else it is left out: a feature set keeps opening for the
+    config that wrote it, and only for that one where the key says so (a set written before
+    the decoder was recorded resumes with PyAV, and refuses another decoder).
     """
     stored = {key: attrs[key] for key in attrs["identity"]}
-    stored |= {key: attrs[key] for key in wanted.keys() - stored.keys() if key in attrs}
+    for key in wanted.keys() - stored.keys():
+        if key in attrs:
+            stored[key] = attrs[key]
+        elif key in IDENTITY_BEFORE_RECORDED:
+            stored[key] = IDENTITY_BEFORE_RECORDED[key]
     return stored, {key: value for key, value in wanted.items() if key in stored}
 
 

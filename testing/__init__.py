@@ -3,6 +3,7 @@
 
     sact.testing.stores      synthetic feature stores with class structure, and their split lists
     sact.testing.videos      small synthetic videos, a frame folder, broken files (PyAV)
+    sact.testing.clips       benchmark clips in SSv2's and Kinetics' formats, sized like theirs
     sact.testing.extraction  the one tiny extraction config, in-process or as `sact extract` options
     sact.testing.format1     a store in format 1, written with plain zarr as format 1 was
     sact.testing.damage      one flipped byte in a stored chunk

@@ -121,9 +121,9 @@ def test_auto_seeks_only_long_videos(long_video: Path, monkeypatch: pytest.Monke
     seeks: list[Path] = []
     original = decode._seek_frames
 
-    def counting(path: Path, indices: np.ndarray):  # type: ignore[no-untyped-def]
-        seeks.append(path)
-        return original(path, indices)
+    def counting(container, stream, indices: np.ndarray):  # type: ignore[no-untyped-def]
+        seeks.append(Path(container.name))
+        return original(container, stream, indices)
 
     monkeypatch.setattr(decode, "_seek_frames", counting)
     auto = sample_clip(long_video, 1)  # 72 frames for 1 sample: worth seeking
