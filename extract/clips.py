@@ -211,10 +211,12 @@ def _decoded_in_threads(
     ``order`` in this thread, as the DataLoader's sampler is, so shards are claimed just ahead of
     the work; each clip's GPU work has finished before it is yielded."""
     streams = _SessionStreams()
+    device = dataset.decoder.device
 
     def decode(position: int) -> DecodedVideo:
         if streams.stream is None:
-            streams.stream = torch.cuda.Stream()
+            torch.cuda.set_device(device)  # a new thread starts on device 0
+            streams.stream = torch.cuda.Stream(device)
         with torch.cuda.stream(streams.stream):
             video = dataset[position]
         streams.stream.synchronize()  # the crops are complete before another stream reads them

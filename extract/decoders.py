@@ -68,6 +68,7 @@ class PyAVDecoder:
 
     name = PYAV
     on_gpu = False
+    device = torch.device("cpu")
 
     def __init__(self, *, threads: int = 1) -> None:
         self.threads = threads
@@ -106,11 +107,10 @@ class TorchCodecDecoder:
     and the frames on the GPU). A file torchcodec cannot read is read again with PyAV to give
     the reason PyAV's decoder gives (``extract.decode``), or torchcodec's own if PyAV reads it."""
 
-    on_gpu: bool
-
-    def __init__(self, *, cuda: bool, threads: int = 1) -> None:
-        self.name = TORCHCODEC_CUDA if cuda else TORCHCODEC_CPU
-        self.on_gpu = cuda
+    def __init__(self, *, device: torch.device, threads: int = 1) -> None:
+        self.on_gpu = device.type == "cuda"
+        self.name = TORCHCODEC_CUDA if self.on_gpu else TORCHCODEC_CPU
+        self.device = device  # with its index on CUDA: decoding threads start on device 0
         self.threads = threads
 
     @property
@@ -138,7 +138,7 @@ class TorchCodecDecoder:
         try:
             decoder = VideoDecoder(
                 str(path),
-                device="cuda" if self.on_gpu else "cpu",
+                device=str(self.device),
                 seek_mode="exact",  # scans the packets once: the true frame count, exact frames
                 num_ffmpeg_threads=self.threads,
             )
@@ -150,7 +150,8 @@ class TorchCodecDecoder:
                 raise DecodeError("no decodable video frames")
             indices = frame_rule(count, frames)
             unique, inverse = np.unique(indices, return_inverse=True)
-            images = decoder.get_frames_at(indices=unique.tolist()).data[inverse]  # (T, 3, H, W)
+            decoded = decoder.get_frames_at(indices=unique.tolist()).data  # (unique, 3, H, W)
+            images = decoded[torch.from_numpy(inverse).to(decoded.device)]  # (T, 3, H, W)
         except DecodeError:
             raise
         except Exception as error:  # torchcodec raises RuntimeError and ValueError alike
@@ -184,7 +185,10 @@ def resolve_decoder(name: str, device: torch.device, *, threads: int = 1) -> Dec
         raise DecoderUnavailableError(f"--decoder {name}: {problem}")
     if name == PYAV:
         return PyAVDecoder(threads=threads)
-    return TorchCodecDecoder(cuda=name == TORCHCODEC_CUDA, threads=threads)
+    if name == TORCHCODEC_CPU:
+        return TorchCodecDecoder(device=torch.device("cpu"), threads=threads)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return TorchCodecDecoder(device=torch.device("cuda", index), threads=threads)
 
 
 # ---- how close a decoder's frames are to PyAV's ----

@@ -70,7 +70,7 @@ def test_auto_prefers_torchcodec_and_on_a_gpu_its_hardware_decoder(
     with_fake_torchcodec: None,
 ) -> None:
     assert resolve_decoder("auto", CPU).name == "torchcodec-cpu"
-    chosen = resolve_decoder("auto", torch.device("cuda"))
+    chosen = resolve_decoder("auto", torch.device("cuda", 0))
     assert chosen.name == "torchcodec-cuda" and chosen.on_gpu
 
 
