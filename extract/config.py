@@ -34,7 +34,7 @@ class ExtractConfigError(SactError):
 
 # `sact extract --decoder` (extract/decoders.py); here so the command line checks a name before
 # it imports torch
-DECODER_CHOICES = ("auto", "pyav", "torchcodec-cpu", "torchcodec-cuda")
+DECODER_CHOICES = ("auto", "pyav", "torchcodec-cpu", "torchcodec-cuda", "pynvvideocodec")
 
 
 @dataclass
@@ -69,8 +69,9 @@ class ExtractConfig:
     # extract/decoders.py
     decoder: str = option(
         "auto",
-        help="auto, pyav, torchcodec-cpu or torchcodec-cuda (pip install 'sact[torchcodec]'); "
-        "auto: a GPU decoder when one is installed and the backbone is on the GPU, else pyav.",
+        help="auto, pyav, torchcodec-cpu, torchcodec-cuda (pip install 'sact[torchcodec]') or "
+        "pynvvideocodec (pip install 'sact[nvdec]'); auto: a GPU decoder when one is installed "
+        "and the backbone is on the GPU, else pyav.",
     )
     name: str | None = option(None, help="Feature set name; default from config.")
     # the unit of work, writing and resume

@@ -4,12 +4,15 @@
     torchcodec-cpu   FFmpeg through torchcodec, in the decoding worker processes
     torchcodec-cuda  the GPU's hardware video decoder (NVDEC) through torchcodec, in threads of the
                      main process (``sessions``), frames decoded, resized and cropped on the GPU
+    pynvvideocodec   NVDEC through NVIDIA's PyNvVideoCodec, run as torchcodec-cuda is: it brings
+                     its own demuxer and CUDA runtime and hands frames over by DLPack, so it needs
+                     no build matched to torch or FFmpeg libraries, only the driver's NVDEC library
 
-torchcodec is an optional dependency (``pip install 'sact[torchcodec]'``, and FFmpeg's shared
-libraries; docs/STORE.md). ``auto`` takes the first of ``AUTO_ORDER`` that is installed and can
-run on the device: on a GPU its hardware decoder, else torchcodec's CPU decoder (its frames are
-PyAV's, bit for bit, on the benchmark clips, and it decodes them faster: bench/RESULTS.md), else
-PyAV. Frame folders (``class/video/00001.jpg``) are read with PIL by every decoder.
+torchcodec and PyNvVideoCodec are optional dependencies (``pip install 'sact[torchcodec]'``, and
+FFmpeg's shared libraries; ``pip install 'sact[nvdec]'``; docs/STORE.md). ``auto`` takes the first
+of ``AUTO_ORDER`` that is installed and can run on the device: on a GPU a hardware decoder, else
+torchcodec's CPU decoder (its frames are PyAV's, bit for bit, on the benchmark clips), else PyAV.
+Frame folders (``class/video/00001.jpg``) are read with PIL by every decoder.
 
 Decoders can differ in the last bits of a pixel (another YUV-to-RGB conversion: rounding, chroma
 upsampling), so the decoder and its version are part of a feature set's identity
@@ -42,10 +45,13 @@ from sact.extract.decode import (
 from sact.store.sampling import segment_centers
 
 PYAV, TORCHCODEC_CPU, TORCHCODEC_CUDA = "pyav", "torchcodec-cpu", "torchcodec-cuda"
-DECODER_NAMES = (PYAV, TORCHCODEC_CPU, TORCHCODEC_CUDA)
+PYNVVIDEOCODEC = "pynvvideocodec"
+DECODER_NAMES = (PYAV, TORCHCODEC_CPU, TORCHCODEC_CUDA, PYNVVIDEOCODEC)
 AUTO = "auto"
-AUTO_ORDER = (TORCHCODEC_CUDA, TORCHCODEC_CPU, PYAV)  # fastest first
+# fastest first, as far as measured: the GPU decoders' order awaits bench/gpu.py's first run
+AUTO_ORDER = (TORCHCODEC_CUDA, PYNVVIDEOCODEC, TORCHCODEC_CPU, PYAV)
 TORCHCODEC_INSTALL = "pip install 'sact[torchcodec]' (and FFmpeg's shared libraries, 4 to 7)"
+PYNVVIDEOCODEC_INSTALL = "pip install 'sact[nvdec]'"
 
 
 class DecoderUnavailableError(SactError):
@@ -120,15 +126,6 @@ class TorchCodecDecoder:
         ffmpeg = get_ffmpeg_library_versions().get("ffmpeg_version", "unknown")
         return f"torchcodec {metadata.version('torchcodec')}, FFmpeg {ffmpeg}"
 
-    def _why_not(self, path: Path, error: Exception) -> DecodeError:
-        """The reason a file failed: PyAV's when PyAV fails too, else torchcodec's."""
-        try:
-            decode_all(path)
-        except DecodeError as reason:
-            return reason
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return DecodeError(f"{self.name} cannot decode it: {first_line or type(error).__name__}")
-
     def sample(self, path: Path, frames: int, frame_rule: FrameRule) -> DecodedFrames:
         from torchcodec.decoders import VideoDecoder
 
@@ -155,19 +152,93 @@ class TorchCodecDecoder:
         except DecodeError:
             raise
         except Exception as error:  # torchcodec raises RuntimeError and ValueError alike
-            raise self._why_not(path, error) from error
+            raise _reason_for(self.name, path, error) from error
         return DecodedFrames(images, indices, count, time.perf_counter() - started)
 
 
-Decoder = PyAVDecoder | TorchCodecDecoder
+def _pynvvideocodec_problem() -> str | None:
+    """Why PyNvVideoCodec cannot decode here, or None when it can."""
+    try:
+        import PyNvVideoCodec  # noqa: F401  # loads the driver's libraries
+    except ImportError as error:
+        return f"PyNvVideoCodec is not installed ({error}): {PYNVVIDEOCODEC_INSTALL}"
+    except (OSError, RuntimeError) as error:  # no driver, no NVDEC library in the container
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return f"PyNvVideoCodec cannot load NVIDIA's video libraries ({first_line})"
+    if not torch.cuda.is_available():
+        return "pynvvideocodec decodes on a GPU, and torch sees none"
+    return None
+
+
+class PyNvVideoCodecDecoder:
+    """NVDEC through PyNvVideoCodec's ``SimpleDecoder``: decoded and converted to planar RGB on
+    the GPU, on the calling thread's CUDA stream, and read as torch tensors by DLPack."""
+
+    name = PYNVVIDEOCODEC
+    on_gpu = True
+
+    def __init__(self, *, device: torch.device) -> None:
+        self.device = device  # with its index
+
+    @property
+    def version(self) -> str:
+        import PyNvVideoCodec as nvc
+
+        return f"PyNvVideoCodec {nvc.__version__}"
+
+    def sample(self, path: Path, frames: int, frame_rule: FrameRule) -> DecodedFrames:
+        import PyNvVideoCodec as nvc
+
+        started = time.perf_counter()
+        if not path.is_file():  # a frame folder, a dangling link: PyAV's path says what it is
+            return PyAVDecoder().sample(path, frames, frame_rule)
+        try:
+            open_video(path)[0].close()  # PyAV's refusals of a bad header, before any decoding
+            decoder = nvc.SimpleDecoder(
+                str(path),
+                gpu_id=self.device.index or 0,
+                cuda_stream=torch.cuda.current_stream(self.device).cuda_stream,
+                use_device_memory=True,
+                need_scanned_stream_metadata=True,  # the frame count of a .webm, which has none
+                output_color_type=nvc.OutputColorType.RGBP,
+            )
+            count = len(decoder)
+            if count == 0:
+                raise DecodeError("no decodable video frames")
+            indices = frame_rule(count, frames)
+            unique, inverse = np.unique(indices, return_inverse=True)
+            decoded = decoder.get_batch_frames_by_index(unique.tolist())
+            planes = torch.stack([torch.from_dlpack(frame) for frame in decoded])  # (U, 3, H, W)
+            images = planes[torch.from_numpy(inverse).to(planes.device)]  # (T, 3, H, W)
+        except DecodeError:
+            raise
+        except Exception as error:  # PyNvVideoCodec raises RuntimeError and its own types
+            raise _reason_for(self.name, path, error) from error
+        return DecodedFrames(images, indices, count, time.perf_counter() - started)
+
+
+def _reason_for(name: str, path: Path, error: Exception) -> DecodeError:
+    """Why a file failed in decoder ``name``: PyAV's reason when PyAV fails too, else the
+    decoder's own."""
+    try:
+        decode_all(path)
+    except DecodeError as reason:
+        return reason
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return DecodeError(f"{name} cannot decode it: {first_line or type(error).__name__}")
+
+
+Decoder = PyAVDecoder | TorchCodecDecoder | PyNvVideoCodecDecoder
 
 
 def decoder_problem(name: str, device: torch.device) -> str | None:
     """Why decoder ``name`` cannot run with the backbone on ``device``, or None."""
     if name == PYAV:
         return None
-    if name == TORCHCODEC_CUDA and device.type != "cuda":
+    if name in (TORCHCODEC_CUDA, PYNVVIDEOCODEC) and device.type != "cuda":
         return f"{name} decodes on the GPU the backbone runs on, and the device is {device}"
+    if name == PYNVVIDEOCODEC:
+        return _pynvvideocodec_problem()
     return _torchcodec_problem(cuda=name == TORCHCODEC_CUDA)
 
 
@@ -188,6 +259,8 @@ def resolve_decoder(name: str, device: torch.device, *, threads: int = 1) -> Dec
     if name == TORCHCODEC_CPU:
         return TorchCodecDecoder(device=torch.device("cpu"), threads=threads)
     index = device.index if device.index is not None else torch.cuda.current_device()
+    if name == PYNVVIDEOCODEC:
+        return PyNvVideoCodecDecoder(device=torch.device("cuda", index))
     return TorchCodecDecoder(device=torch.device("cuda", index), threads=threads)
 
 

@@ -61,7 +61,10 @@ def ssv2_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ---- which decoder ----
 
 
-def test_auto_is_pyav_without_torchcodec(without_torchcodec: None) -> None:
+def test_auto_is_pyav_without_torchcodec(
+    without_torchcodec: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", None)
     assert resolve_decoder("auto", CPU).name == "pyav"
     assert resolve_decoder("auto", torch.device("cuda")).name == "pyav"
 
@@ -80,11 +83,17 @@ def test_a_decoder_asked_for_is_the_one_given(with_fake_torchcodec: None) -> Non
     assert resolve_decoder("pyav", torch.device("cuda")).name == "pyav"
 
 
-def test_a_missing_or_misplaced_decoder_is_refused_in_one_line(without_torchcodec: None) -> None:
+def test_a_missing_or_misplaced_decoder_is_refused_in_one_line(
+    without_torchcodec: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(DecoderUnavailableError, match=r"not installed.*sact\[torchcodec\]"):
         resolve_decoder("torchcodec-cpu", CPU)
-    with pytest.raises(DecoderUnavailableError, match=r"decodes on the GPU.*device is cpu"):
-        resolve_decoder("torchcodec-cuda", CPU)
+    for gpu_decoder in ("torchcodec-cuda", "pynvvideocodec"):
+        with pytest.raises(DecoderUnavailableError, match=r"decodes on the GPU.*device is cpu"):
+            resolve_decoder(gpu_decoder, CPU)
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", None)
+    with pytest.raises(DecoderUnavailableError, match=r"not installed.*sact\[nvdec\]"):
+        resolve_decoder("pynvvideocodec", torch.device("cuda", 0))
     with pytest.raises(DecoderUnavailableError, match="unknown decoder 'nvdec'"):
         resolve_decoder("nvdec", CPU)
     assert decoder_problem("pyav", CPU) is None
@@ -270,13 +279,14 @@ def test_torchcodec_on_the_cpu_gives_pyav_frames(ssv2_clip: Path) -> None:
     assert difference.within(), difference
 
 
-def test_the_gpu_decoder_gives_pyav_frames_within_the_tolerance(tmp_path: Path) -> None:
-    """The GPU half: torchcodec's NVDEC decoder against PyAV on an SSv2-like and a Kinetics-like
-    clip, the features of a tiny backbone on the GPU."""
+@pytest.mark.parametrize("name", ["torchcodec-cuda", "pynvvideocodec"])
+def test_the_gpu_decoder_gives_pyav_frames_within_the_tolerance(name: str, tmp_path: Path) -> None:
+    """The GPU half: an NVDEC decoder against PyAV on an SSv2-like and a Kinetics-like clip, the
+    features of a tiny backbone on the GPU."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    cuda = torch.device("cuda")
-    problem = decoder_problem("torchcodec-cuda", cuda)
+    cuda = torch.device("cuda", 0)
+    problem = decoder_problem(name, cuda)
     if problem is not None:
         pytest.skip(problem)
     clips = [
@@ -287,7 +297,7 @@ def test_the_gpu_decoder_gives_pyav_frames_within_the_tolerance(tmp_path: Path) 
     frozen = FrozenBackbone(loaded, device=cuda)
     difference = compare_decoders(
         PyAVDecoder(),
-        resolve_decoder("torchcodec-cuda", cuda),
+        resolve_decoder(name, cuda),
         clips,
         frames=8,
         features=lambda crops: torch.from_numpy(frozen(crops.to(cuda))),
