@@ -11,8 +11,9 @@
 torchcodec and PyNvVideoCodec are optional dependencies (``pip install 'sact[torchcodec]'``, and
 FFmpeg's shared libraries; ``pip install 'sact[nvdec]'``; docs/STORE.md). ``auto`` takes the first
 of ``AUTO_ORDER`` that is installed and can run on the device: on a GPU a hardware decoder, else
-torchcodec's CPU decoder (its frames are PyAV's, bit for bit, on the benchmark clips), else PyAV.
-Frame folders (``class/video/00001.jpg``) are read with PIL by every decoder.
+PyAV. torchcodec's CPU decoder gives PyAV's crops bit for bit on the benchmark clips but was not
+faster than PyAV here (bench/RESULTS.md), so ``auto`` does not take it. Frame folders
+(``class/video/00001.jpg``) are read with PIL by every decoder.
 
 Decoders can differ in the last bits of a pixel (another YUV-to-RGB conversion: rounding, chroma
 upsampling), so the decoder and its version are part of a feature set's identity
@@ -49,7 +50,7 @@ PYNVVIDEOCODEC = "pynvvideocodec"
 DECODER_NAMES = (PYAV, TORCHCODEC_CPU, TORCHCODEC_CUDA, PYNVVIDEOCODEC)
 AUTO = "auto"
 # fastest first, as far as measured: the GPU decoders' order awaits bench/gpu.py's first run
-AUTO_ORDER = (TORCHCODEC_CUDA, PYNVVIDEOCODEC, TORCHCODEC_CPU, PYAV)
+AUTO_ORDER = (TORCHCODEC_CUDA, PYNVVIDEOCODEC, PYAV)
 TORCHCODEC_INSTALL = "pip install 'sact[torchcodec]' (and FFmpeg's shared libraries, 4 to 7)"
 PYNVVIDEOCODEC_INSTALL = "pip install 'sact[nvdec]'"
 
@@ -138,6 +139,7 @@ class TorchCodecDecoder:
                 device=str(self.device),
                 seek_mode="exact",  # scans the packets once: the true frame count, exact frames
                 num_ffmpeg_threads=self.threads,
+                dimension_order="NHWC",  # as FFmpeg decodes, and as PyAV's frames are laid out
             )
             width, height = decoder.metadata.width or 0, decoder.metadata.height or 0
             if width * height > MAX_FRAME_PIXELS:
@@ -147,8 +149,9 @@ class TorchCodecDecoder:
                 raise DecodeError("no decodable video frames")
             indices = frame_rule(count, frames)
             unique, inverse = np.unique(indices, return_inverse=True)
-            decoded = decoder.get_frames_at(indices=unique.tolist()).data  # (unique, 3, H, W)
-            images = decoded[torch.from_numpy(inverse).to(decoded.device)]  # (T, 3, H, W)
+            decoded = decoder.get_frames_at(indices=unique.tolist()).data  # (U, H, W, 3)
+            picked = decoded[torch.from_numpy(inverse).to(decoded.device)]  # (T, H, W, 3)
+            images = picked.permute(0, 3, 1, 2)  # (T, 3, H, W), channels last in memory
         except DecodeError:
             raise
         except Exception as error:  # torchcodec raises RuntimeError and ValueError alike
@@ -171,8 +174,8 @@ def _pynvvideocodec_problem() -> str | None:
 
 
 class PyNvVideoCodecDecoder:
-    """NVDEC through PyNvVideoCodec's ``SimpleDecoder``: decoded and converted to planar RGB on
-    the GPU, on the calling thread's CUDA stream, and read as torch tensors by DLPack."""
+    """NVDEC through PyNvVideoCodec's ``SimpleDecoder``: decoded and converted to RGB on the GPU,
+    on the calling thread's CUDA stream, and read as torch tensors by DLPack."""
 
     name = PYNVVIDEOCODEC
     on_gpu = True
@@ -200,7 +203,7 @@ class PyNvVideoCodecDecoder:
                 cuda_stream=torch.cuda.current_stream(self.device).cuda_stream,
                 use_device_memory=True,
                 need_scanned_stream_metadata=True,  # the frame count of a .webm, which has none
-                output_color_type=nvc.OutputColorType.RGBP,
+                output_color_type=nvc.OutputColorType.RGB,  # interleaved, as PyAV's frames
             )
             count = len(decoder)
             if count == 0:
@@ -208,8 +211,9 @@ class PyNvVideoCodecDecoder:
             indices = frame_rule(count, frames)
             unique, inverse = np.unique(indices, return_inverse=True)
             decoded = decoder.get_batch_frames_by_index(unique.tolist())
-            planes = torch.stack([torch.from_dlpack(frame) for frame in decoded])  # (U, 3, H, W)
-            images = planes[torch.from_numpy(inverse).to(planes.device)]  # (T, 3, H, W)
+            pixels = torch.stack([torch.from_dlpack(frame) for frame in decoded])  # (U, H, W, 3)
+            picked = pixels[torch.from_numpy(inverse).to(pixels.device)]  # (T, H, W, 3)
+            images = picked.permute(0, 3, 1, 2)  # (T, 3, H, W), channels last in memory
         except DecodeError:
             raise
         except Exception as error:  # PyNvVideoCodec raises RuntimeError and its own types
