@@ -275,11 +275,12 @@ def resolve_decoder(name: str, device: torch.device, *, threads: int = 1) -> Dec
 class Tolerance:
     """How far a decoder's frames and features may be from PyAV's to be offered as default.
 
-    Another YUV-to-RGB conversion of the same decoded picture (rounding, chroma upsampling)
-    moves pixels by about half a level on average and a few levels at colour edges; a wrong
-    colour matrix or range (BT.601 for BT.709, limited for full) moves them by 3 to 15 levels on
-    average (tests/test_decoders.py measures both on a benchmark clip). ``feature_relative`` is
-    the RMS of the feature difference over the RMS of PyAV's features, at the backbone's output.
+    Another YUV-to-RGB conversion of the same decoded pictures (BT.601 as FFmpeg's, other
+    rounding, nearest-neighbour chroma) moves the pixels of an SSv2-like clip by 1.2 levels on
+    average (3 at most), and ResNet-50's features (random init, 224 px) by 0.035 relative; the
+    wrong colour matrix (BT.709 on BT.601 video) moves them by 3.9 levels (23 at most) and the
+    features by 0.14 (bench/RESULTS.md; tests/test_decoders.py checks both sides on a clip).
+    ``feature_relative`` is the norm of the feature difference over the norm of PyAV's features.
     """
 
     mean_abs_pixel: float = 1.5
