@@ -5,8 +5,9 @@ sessions, and the backbone's batch; each overridable (``--workers``, ``--batch-s
   which gathers batches, and the shard writer's thread keep one each). Decoding is the slower
   stage there (bench/RESULTS.md).
 - A CPU decoder with the backbone on the CPU: they share the cores, and decoding a clip costs a
-  small part of what the backbone costs (bench/extraction.py: 1-4% at ResNet-50), so one process
-  per 4 cores (at least one), the rest to torch's threads.
+  small part of what the backbone costs (about 1% of its CPU time at ResNet-50 224 px on
+  SSv2-like clips: bench/RESULTS.md), so one process per 4 cores (at least one), the rest to
+  torch's threads.
 - A GPU decoder: two sessions (threads of the main process, each decoding one video at a time)
   per hardware decoder (NVDEC) of the card, so one session demuxes the next file on the CPU while
   the other's frames are decoded; no more than the cores less two.
