@@ -69,9 +69,10 @@ class ExtractConfig:
     # extract/decoders.py
     decoder: str = option(
         "auto",
-        help="auto, pyav, torchcodec-cpu, torchcodec-cuda (pip install 'sact[torchcodec]') or "
-        "pynvvideocodec (pip install 'sact[nvdec]'); auto: a GPU decoder when one is installed "
-        "and the backbone is on the GPU, else pyav.",
+        # brackets escaped: the help is rich markup
+        help="auto, pyav, torchcodec-cpu, torchcodec-cuda (pip install 'sact\\[torchcodec]') or "
+        "pynvvideocodec (pip install 'sact\\[nvdec]'); auto: a GPU decoder when one is "
+        "installed and the backbone is on the GPU, else pyav.",
     )
     name: str | None = option(None, help="Feature set name; default from config.")
     # the unit of work, writing and resume
