@@ -153,8 +153,14 @@ class TupleHead(nn.Module):
         self.norm_key = nn.LayerNorm(d_k)
 
     def forward(self, frames: Tensor) -> tuple[Tensor, Tensor]:
-        tuples = frames[:, self.tuples]  # (B, n_tuples, card, D)
-        tuples = tuples.flatten(-2)  # (B, n_tuples, card*D): the tuple's frames side by side
+        # index_select rather than frames[:, self.tuples], which copies the same numbers but whose
+        # CPU backward adds each frame's gradient from its many tuples with parallel atomic float
+        # adds (index_put_ with accumulate, on 2+ threads): their order, and so the last bits of
+        # every gradient upstream (GridTRX's per-patch MLP), changed from run to run.
+        # index_select's backward adds them in a fixed order.
+        b, n_tuples = frames.shape[0], self.tuples.shape[0]
+        tuples = frames.index_select(1, self.tuples.flatten())  # (B, n_tuples*card, D)
+        tuples = tuples.reshape(b, n_tuples, -1)  # (B, n_tuples, card*D): frames side by side
         return self.norm_key(self.to_key(tuples)), self.to_value(tuples)  # (B, n_tuples, d_k) x2
 
 

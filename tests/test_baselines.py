@@ -4,6 +4,7 @@ shared model interface."""
 from __future__ import annotations
 
 import math
+import os
 from itertools import combinations
 
 import pytest
@@ -269,3 +270,33 @@ def test_learned_baselines_get_gradients_everywhere(kind: str) -> None:
         pool = model.embed(torch.cat([support, query]))
         indexed = model.match(pool[torch.arange(6)], labels, pool[6:])
         torch.testing.assert_close(indexed, model(support, labels, query))
+
+
+def test_grid_trx_gradients_are_bitwise_repeatable_on_many_threads() -> None:
+    """CPU training is bitwise repeatable (README), trx-grid included. Its tuple heads gather
+    every frame into many tuples, so the backward sums each frame's gradient over them; gathered
+    by advanced indexing, the CPU backward did that sum with parallel atomic adds whose order, and
+    so the last bits, changed from run to run. More busy threads than cores, splitting the 25
+    support videos mid-video, make that order vary on every call."""
+    threads = 4 * (os.cpu_count() or 1)
+    torch.set_num_threads(threads)  # the conftest fixture restores it
+    frames, videos = 8, 25  # 5-way 5-shot: 56 tuples of 3 frames a video
+    # torch gives a thread at least 32,768 elements (its grain size): 25 * 56 * 3 * dim elements
+    # of gathered tuples keep every thread busy
+    dim = 8 * threads
+    torch.manual_seed(0)
+    model = GridTRX(dim=dim, frames=frames, grid=GRID, d_k=D_K).eval()  # eval: no dropout draws
+    generator = torch.Generator().manual_seed(0)
+    support = torch.randn(videos, frames, PATCHES, dim, generator=generator)
+    query = torch.randn(15, frames, PATCHES, dim, generator=generator)
+    labels, targets = torch.arange(5).repeat_interleave(5), torch.arange(5).repeat_interleave(3)
+
+    def gradients() -> list[torch.Tensor]:
+        model.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(support, labels, query), targets)
+        loss.backward()
+        return [parameter.grad.clone() for parameter in model.parameters()]
+
+    first = gradients()
+    for _ in range(20):
+        assert all(map(torch.equal, gradients(), first)), "gradients differ between two calls"
