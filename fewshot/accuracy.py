@@ -64,15 +64,23 @@ def embed_videos(
     workers: int = 4,
     console: Console | None = None,
 ) -> tuple[VideoEmbedding, np.ndarray]:
-    """Embed the pool videos at `positions` once, at segment centers.
+    """Embed the pool videos at `positions` once, at segment centers, in store order.
 
-    Returns the embedding and `row_of` (len(pool),): the embedding row of each pool position
-    (-1 where not embedded).
+    In store order a batch's videos from the store are runs of consecutive rows, each run one
+    read, and the store's shards are read front to back, each video once; `workers` threads read
+    the batches ahead while the model embeds the one before (none when every video is on the
+    device). A video's embedding does not depend on the batch it is in, so the order changes no
+    result. Returns the embedding and `row_of` (len(pool),): the embedding row of each pool
+    position (-1 where not embedded).
     """
     model.eval()
     autocast = autocast or nullcontext()
     stored = features.feature_set.frames
-    batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
+    positions = np.asarray(positions, dtype=np.int64)
+    in_store_order = positions[np.argsort(features.rank[positions], kind="stable")]
+    batches = [
+        in_store_order[i : i + batch_size] for i in range(0, len(in_store_order), batch_size)
+    ]
 
     def load(batch: np.ndarray) -> torch.Tensor:
         return features.videos(batch, segment_frames(stored, features.frames, len(batch)))
@@ -90,7 +98,7 @@ def embed_videos(
                 parts.append(model.embed(videos))  # (B, ...) per field
             progress.advance(task, len(videos))
     row_of = np.full(len(features.pool), -1, dtype=np.int64)
-    row_of[positions] = np.arange(len(positions))
+    row_of[in_store_order] = np.arange(len(in_store_order))
     return concat_embeddings(parts), row_of
 
 

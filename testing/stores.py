@@ -84,8 +84,11 @@ def write_synthetic_store(
     scale: float = 1.0,
     shared: float = 0.0,
     views: Sequence[str] = (),
+    shuffled: bool = False,
 ) -> str:
-    """Write a labelled feature set of `classes` x `videos_per_class` synthetic videos.
+    """Write a labelled feature set of `classes` x `videos_per_class` synthetic videos, class by
+    class, or with `shuffled` in a random order: as `sact extract` stores a flat folder in name
+    order (SSv2's `<id>.webm`), where a split's videos are spread over every shard.
 
     `failed` video ids are recorded as failed; `pending_shards` are left unwritten (not done);
     `split` is recorded in the feature set's attrs as stage 1 does. Each of `views` (view specs,
@@ -101,6 +104,10 @@ def write_synthetic_store(
         for label in labels
         for n in range(videos_per_class)
     ]
+    class_of = np.repeat(np.arange(classes), videos_per_class)
+    if shuffled:  # its own generator, so that stores without it keep the features they had
+        order = np.random.default_rng([seed, 2]).permutation(len(records))
+        records, class_of = [records[number] for number in order], class_of[order]
     signal_dims = min(signal_dims, dim)
     signatures = rng.standard_normal((classes, signal_dims)).astype(np.float32)
     # its own generator, so that stores without it keep the features they always had
@@ -124,7 +131,6 @@ def write_synthetic_store(
         writer.add_view(spec.name, spec=spec.to_json(), provenance={})
         for spec in map(parse_view, views)
     ]
-    class_of = np.repeat(np.arange(classes), videos_per_class)
     for shard in range(writer.num_shards()):
         start, end = writer.shard_bounds(shard)
         features = synthetic_features(

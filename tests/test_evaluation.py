@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from sact.common.errors import SactError
-from sact.fewshot.accuracy import embed_videos, episode_logits, mean_and_interval
+from sact.fewshot import SACT
+from sact.fewshot.accuracy import (
+    embed_videos,
+    episode_logits,
+    mean_and_interval,
+    score_episodes,
+)
 from sact.fewshot.checkpoints import read_checkpoint
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.evaluation import EvalConfig, evaluate, results_table
@@ -21,6 +27,7 @@ from sact.fewshot.features import SplitFeatures, segment_frames
 from sact.fewshot.records import read_record
 from sact.fewshot.training import TrainConfig, train
 from sact.store.backends import open_feature_set
+from sact.testing.stores import write_split_lists, write_synthetic_store
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -200,3 +207,51 @@ def test_a_split_whose_videos_are_not_in_the_store_is_refused(runs, tmp_path):
         evaluate(config(tmp_path / "no-run"))
     with pytest.raises(SactError, match="no checkpoint at"):
         evaluate(EvalConfig(ckpt=str(tmp_path)))
+
+
+def test_evaluation_reads_the_store_once_front_to_back_and_scores_as_a_forward_per_episode(
+    tmp_path,
+):
+    """A store in another order than the split's classes (SSv2's, extracted from a flat folder):
+    every test video is read once, in store order, and each episode's accuracy is the one a full
+    forward per episode gives."""
+    classes, per_class = 6, 8
+    parts = {"train": range(0), "val": range(0), "test": range(classes)}
+    split = write_split_lists(tmp_path / "split", classes, per_class, parts)
+    location = write_synthetic_store(
+        tmp_path / "feats.zarr",
+        classes=classes,
+        videos_per_class=per_class,
+        frames=4,
+        shard_size=4,
+        shuffled=True,
+    )
+    feature_set = open_feature_set(location)
+    pool = build_pool(feature_set, resolve_split(feature_set, str(split)), "test")
+    assert not (np.diff(pool.store_indices) > 0).all()  # the pool's order is not the store's
+    read_rows: list[np.ndarray] = []  # in the order issued: one reader thread below
+    read = feature_set.read
+
+    def recorded(indices, *args, **kwargs):
+        read_rows.append(np.asarray(indices))
+        return read(indices, *args, **kwargs)
+
+    feature_set.read = recorded  # type: ignore[method-assign]
+    features = SplitFeatures(feature_set, pool, frames=4, device=torch.device("cpu"), cache_gb=0.0)
+    torch.manual_seed(0)
+    model = SACT(dim=16, frames=4, grid=(2, 2), d_k=16).eval()
+    episodes = EpisodeSampler(pool, way=3, shot=2, queries=2).episodes(30, seed=0)
+    (accuracies,) = score_episodes(model, features, [episodes], batch_size=5, workers=1)
+    rows = np.concatenate(read_rows)
+    assert len(read_rows) > 1 and (np.diff(rows) > 0).all()  # once each, front to back
+    assert set(rows) <= set(pool.store_indices)
+    forward = []
+    with torch.no_grad():
+        for episode in episodes:
+            support = features.videos(episode.support, segment_frames(4, 4, len(episode.support)))
+            query = features.videos(episode.query, segment_frames(4, 4, len(episode.query)))
+            logits = model(support, torch.from_numpy(episode.support_labels()), query)
+            correct = (logits.argmax(1).numpy() == episode.query_labels()).sum()
+            forward.append(correct / len(episode.query))
+    np.testing.assert_array_equal(accuracies, forward)
+    assert mean_and_interval(accuracies) == mean_and_interval(np.array(forward))
