@@ -220,8 +220,8 @@ def extract(
     """Extract frozen-backbone patch features of every video into a resumable feature store."""
     with user_errors():  # before torch is imported: a mistake is refused at once
         config = checked(config_from(ExtractConfig, options, command="extract"))
-    from sact.extract.claims import process_start_time
-    from sact.extract.distributed import rank_from_env
+    from sact.common.claims import process_start_time
+    from sact.common.distributed import rank_from_env
     from sact.extract.pipeline import run_extraction
     from sact.extract.tables import cost_table, failures_table, summary_table, views_table
 

@@ -28,11 +28,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sact.common.claims import ClaimBook, RunInfo
 from sact.common.errors import SactError
 from sact.extract.backbone import Preprocessing
-from sact.extract.claims import ClaimBook, RunInfo, shard_topic
 from sact.extract.decode import DecodeError
 from sact.extract.decoders import Decoder, PyAVDecoder
+from sact.extract.shard_writer import shard_topic
 from sact.extract.videos import VideoDiscoveryError, resolve_video_path
 from sact.extract.views import ViewSpec
 from sact.store.feature_set import VideoRecord

@@ -54,11 +54,12 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from sact.common.claims import SETUP, ClaimBook, RunInfo
 from sact.common.devices import resolve_device
+from sact.common.distributed import Job, Rank, device_for, joined, owned_shards, rank_from_env
 from sact.common.errors import SactError, is_storage_error, storage_error_reason
 from sact.common.options import Checked, checked
 from sact.extract.backbone import FrozenBackbone, PendingTokens, load_backbone
-from sact.extract.claims import SETUP, ClaimBook, RunInfo
 from sact.extract.clips import ClaimedOrder, ClipDataset, check_shared_memory, decoded_videos
 from sact.extract.config import (
     ExtractConfig,
@@ -68,7 +69,6 @@ from sact.extract.config import (
     view_provenance,
 )
 from sact.extract.decoders import Decoder, resolve_decoder
-from sact.extract.distributed import Job, Rank, device_for, joined, owned_shards, rank_from_env
 from sact.extract.shard_writer import ShardWriter
 from sact.extract.sizing import PipelinePlan, plan_pipeline
 from sact.extract.videos import VideoList, list_videos
@@ -186,7 +186,7 @@ def open_feature_set_for_writing(
     with claims.hold(SETUP, wait_s=SETUP_WAIT_S):
         writer = FeatureSetWriter.create_or_open(
             root,
-            claims.feature_set,
+            claims.scope,
             identity=feature_set_identity(
                 loaded,
                 frames=config.frames,

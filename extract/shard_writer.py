@@ -20,8 +20,16 @@ from collections.abc import Callable
 from contextlib import suppress
 from types import TracebackType
 
-from sact.extract.claims import ClaimBook, shard_topic
+from sact.common.claims import ClaimBook
+from sact.store.feature_set import CANONICAL
 from sact.store.zarr_store import FeatureSetWriter, ShardResult
+
+
+def shard_topic(shard: int, *, view: str = CANONICAL) -> str:
+    """The claim on one shard of one view: views are extracted and shared between runs apart."""
+    topic = f"shard-{shard:06d}"
+    return topic if view == CANONICAL else f"{view}-{topic}"
+
 
 _DONE = None  # tells the thread that no shard follows
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sact.extract.claims import ClaimBook, ClaimError, RunInfo, shard_topic
+from sact.common.claims import ClaimBook, ClaimError, RunInfo
+from sact.extract.shard_writer import shard_topic
 from sact.store.backends import open_feature_set
 from sact.store.feature_set import CANONICAL
 from sact.store.zarr_store import open_root

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from sact.common.claims import CLAIMS_PREFIX
 from sact.demo.run import TASKS_PREDICTED, VARIANTS, DemoConfig, DemoError, run_demo
 from sact.demo.synthetic import TASKS
-from sact.extract.claims import CLAIMS_PREFIX
 
 TINY = {
     "videos_per_class": 2,

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from sact.common.claims import CLAIMS_PREFIX, Claim
+from sact.common.distributed import Rank, device_for, joined, owned_shards, rank_from_env
 from sact.common.errors import SactError
-from sact.extract.claims import CLAIMS_PREFIX, Claim
-from sact.extract.distributed import Rank, device_for, joined, owned_shards, rank_from_env
 from sact.store.backends import open_feature_set
 from sact.store.feature_set import PER_VIDEO_ARRAYS
 from sact.testing.extraction import TINY, extract_in_this_process, tiny_cli_options
@@ -157,7 +157,7 @@ RANK_FINISHING_LATE = """
 import sys, time
 from datetime import timedelta
 import torch
-from sact.extract.distributed import Rank, joined
+from sact.common.distributed import Rank, joined
 rank = Rank(int(sys.argv[1]), 2, int(sys.argv[1]), 2)
 with joined(rank, device=torch.device("cpu")) as job:
     job.store.set_timeout(timedelta(seconds=0.5))  # any blocking wait would now fail

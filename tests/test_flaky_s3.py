@@ -10,7 +10,8 @@ from email.message import Message
 
 import pytest
 
-from sact.extract.claims import ClaimBook, shard_topic
+from sact.common.claims import ClaimBook
+from sact.extract.shard_writer import shard_topic
 from sact.store.zarr_store import open_root
 from tests.faults.flaky_s3 import FaultRates, FlakyS3Proxy
 from tests.faults.s3 import make_bucket

@@ -9,8 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from sact.extract.claims import shard_topic
-from sact.extract.shard_writer import ShardWriter
+from sact.extract.shard_writer import ShardWriter, shard_topic
 from sact.store.feature_set import CANONICAL
 from sact.store.zarr_store import ShardResult
 

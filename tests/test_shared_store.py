@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sact.extract.claims import ClaimBook, RunInfo, shard_topic
+from sact.common.claims import ClaimBook, RunInfo
 from sact.extract.clips import ClaimedOrder
+from sact.extract.shard_writer import shard_topic
 from sact.store.feature_set import FeatureSet, VideoRecord
 from sact.store.zarr_store import FeatureSetWriter, ShardResult, open_root
 from tests.faults.shared_store import flaky_object_storage, writers_and_readers

@@ -15,11 +15,12 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from sact.cli import app
+from sact.common.claims import ClaimBook, RunInfo
 from sact.extract.backbone import FrozenBackbone, load_backbone
-from sact.extract.claims import ClaimBook, RunInfo, shard_topic
 from sact.extract.config import ExtractConfig
 from sact.extract.decode import read_frames
 from sact.extract.pipeline import ExtractSummary, run_extraction
+from sact.extract.shard_writer import shard_topic
 from sact.extract.views import ViewError, ViewSpec, parse_view, requested_views
 from sact.store.backends import open_feature_set
 from sact.store.feature_set import CANONICAL

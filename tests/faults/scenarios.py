@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from sact.extract.claims import CLAIMS_PREFIX
+from sact.common.claims import CLAIMS_PREFIX
 from sact.testing.extraction import tiny_cli_options
 from tests.faults.kills import Operation, read_trace
 
@@ -195,7 +195,7 @@ def videos_lost(location: str, reference: str, name: str) -> int:
 
 def claims_still_held(location: str, name: str) -> list[str]:
     """Topics of ``name`` whose latest claim is neither released nor free (its holder is gone)."""
-    from sact.extract.claims import ClaimBook
+    from sact.common.claims import ClaimBook
     from sact.store.zarr_store import open_root
 
     claims = ClaimBook(open_root(location, mode="a"), name)

@@ -155,7 +155,8 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
 
 def claims_held(location: str, shards: int) -> list[str]:
     """Shard topics whose latest claim is still held (by a run that is gone: none may be)."""
-    from sact.extract.claims import ClaimBook, shard_topic
+    from sact.common.claims import ClaimBook
+    from sact.extract.shard_writer import shard_topic
     from sact.store.zarr_store import open_root
 
     book = ClaimBook(open_root(location, mode="a"), FEATURE_SET)

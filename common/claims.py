@@ -1,5 +1,8 @@
-"""Atomic claims: how independent extraction runs share one feature set without stepping on each
-other.
+"""Atomic claims: how independent runs share work without stepping on each other.
+
+Both stages use them: extraction runs claim the shards of a feature set, and `sact sweep`'s
+processes (one command, or the ranks of a torchrun job) claim the runs of a sweep
+(fewshot/sweep.py), so a process that dies leaves its work to whoever runs the same command next.
 
 Two people in a lab may start ``sact extract`` on the same feature set at the same time, on the same
 machine or on two machines writing to one shared filesystem or bucket. Each run claims a shard
@@ -14,9 +17,10 @@ of store offer:
   ``os.link`` it to the final name, which fails if the name exists);
 - S3 and S3-compatible servers: a conditional PUT (``If-None-Match: *``, s3fs ``mode="create"``).
 
-Claims live next to the feature sets, in a group that no reader looks into::
+Claims live in a zarr group, next to the feature sets in a group that no reader looks into::
 
     feats.zarr/.sact-claims/<feature-set>/<topic>/<generation>.json
+    <sweep>/.claims/.sact-claims/runs/<run>/<generation>.json       (a sweep's runs)
 
 A topic's current claim is its highest generation. Taking a topic over (its holder released it or
 is gone) means creating the next generation, never overwriting or deleting one, so two runs racing
@@ -35,7 +39,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,8 +50,6 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from sact.common.errors import SactError
-from sact.store.feature_set import CANONICAL
-from sact.store.zarr_store import require_group
 
 CLAIMS_PREFIX = ".sact-claims"
 SETUP = "setup"
@@ -132,19 +134,13 @@ def _topic_name(topic: str) -> str:
     return topic
 
 
-def shard_topic(shard: int, *, view: str = CANONICAL) -> str:
-    """The claim on one shard of one view: views are extracted and shared between runs apart."""
-    topic = f"shard-{shard:06d}"
-    return topic if view == CANONICAL else f"{view}-{topic}"
-
-
 class ClaimBook:
-    """The claims one run holds on one feature set of one store."""
+    """The claims one run holds on one scope (a feature set, a sweep's runs) of one zarr group."""
 
     def __init__(
         self,
         root: zarr.Group,
-        feature_set: str,
+        scope: str,
         *,
         run: RunInfo | None = None,
         stale_after: float = DEFAULT_STALE_AFTER_S,
@@ -152,10 +148,12 @@ class ClaimBook:
     ) -> None:
         # A group of its own, so zarr lists it as a member instead of warning about a stray folder
         # (feature_set_names leaves it out: feature set names never start with ".").
-        require_group(root, CLAIMS_PREFIX)
+        # ContainsGroupError: zarr saw no group, then another process created it before zarr did
+        with suppress(zarr.errors.ContainsGroupError):
+            root.require_group(CLAIMS_PREFIX)
         self.store = root.store
-        self.feature_set = feature_set
-        self.prefix = "/".join(part for part in (root.path, CLAIMS_PREFIX, feature_set) if part)
+        self.scope = scope
+        self.prefix = "/".join(part for part in (root.path, CLAIMS_PREFIX, scope) if part)
         self.run = run or RunInfo.this_process()
         self.stale_after = stale_after
         self.clock = clock
@@ -310,7 +308,7 @@ class ClaimBook:
                 holder = self.holder_of(topic)
                 who = holder.describe() if holder else "another run"
                 raise ClaimError(
-                    f"{topic} of this feature set is held by {who}; wait for it to finish, or "
+                    f"{topic} of {self.scope} is held by {who}; wait for it to finish, or "
                     f"if it was killed on another host, its claim expires {self.stale_after:.0f} s "
                     "after its last heartbeat"
                 )

@@ -1,4 +1,7 @@
-"""Extraction under ``torchrun``: which rank this process is, its GPU, and which shards it owns.
+"""Under ``torchrun``: which rank this process is, its GPU, and which shards it owns.
+
+Both stages run under it: extraction (each rank owns whole shards, as below) and `sact sweep` (each
+rank claims runs of the sweep, fewshot/sweep.py).
 
 ``torchrun --nproc-per-node G $(which sact) extract ...`` (or ``python -m torch.distributed.run``)
 starts G processes per machine and tells each its place through the environment: ``RANK``,
