@@ -39,8 +39,21 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 DISTANCES = ("seed", "mean", "sum")
 MOST_PATCHES = 4  # query patches `sact explain` draws per frame, at most
 LOGGERS = ("tensorboard",)  # besides metrics.jsonl, which every run writes
-# what can change when a run is resumed: where and how it runs, never what it computes
-RUNTIME_FIELDS = ("device", "cache_gb", "workers", "prefetch", "resume", "log")
+# the precision policies of stage 2 (fewshot/precision.py says what each computes in); auto and
+# legacy resolve per device, legacy being what sact computed before it had policies
+PRECISIONS = (
+    "auto", "float32", "tf32", "bf16-keys", "bf16-keys-tf32", "bf16", "fp16-keys", "legacy",
+)  # fmt: skip
+LEGACY_PRECISION = "legacy"  # a run saved without a policy trained under it
+PRECISION_HELP = (
+    f"Precision policy: {', '.join(PRECISIONS)}; auto: float32 on the CPU, bf16-keys-tf32 on "
+    "CUDA (fewshot/precision.py)."
+)
+# how a training step runs (fewshot/step.py); the same arithmetic, in another order or fused
+STEPS = ("auto", "eager", "batched", "compiled", "graphs")
+# what can change when a run is resumed: where and how it runs, never what it computes (the step
+# mode changes only the order of float sums, as the device does)
+RUNTIME_FIELDS = ("device", "cache_gb", "workers", "prefetch", "resume", "log", "step")
 DEVICE_HELP = "auto, cpu, cuda, cuda:1, ..."
 
 
@@ -93,6 +106,15 @@ class TrainConfig:
     out: str | None = option(None, help="Run directory; default runs/NAME.")
     seed: int = option(0, help="Seed of every random draw.")
     device: str = option("auto", help=DEVICE_HELP)
+    precision: str = option(
+        "auto",
+        help=PRECISION_HELP,
+    )
+    step: str = option(
+        "auto",
+        help=f"How a step runs: {', '.join(STEPS)}; auto: eager on the CPU, compiled on CUDA "
+        "(fewshot/step.py).",
+    )
     resume: bool = option(
         False, flag="--resume", help="Continue the run in --out from its last checkpoint."
     )
@@ -146,6 +168,12 @@ class TrainConfig:
             raise TrainingError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
         if self.distance not in DISTANCES:
             raise TrainingError(f"--distance must be one of {', '.join(DISTANCES)}")
+        if self.precision not in PRECISIONS:
+            raise TrainingError(
+                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
+        if self.step not in STEPS:
+            raise TrainingError(f"--step must be one of {', '.join(STEPS)}, got {self.step!r}")
         for name in (
             "iterations", "tasks_per_batch", "val_every", "val_episodes", "batch_size", "workers",
             "prefetch",
@@ -178,11 +206,14 @@ class TrainConfig:
 
 
 def read_train_config(path: Path) -> TrainConfig:
-    """The TrainConfig a run saved in its config.json (keys of other sact versions ignored)."""
+    """The TrainConfig a run saved in its config.json (keys of other sact versions ignored; a run
+    saved before precision policies trained under the legacy one)."""
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))["train"]
         known = {f.name for f in fields(TrainConfig)}
-        return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+        return TrainConfig(
+            **{"precision": LEGACY_PRECISION, **{k: v for k, v in saved.items() if k in known}}
+        )
     except FileNotFoundError as error:
         raise TrainingError(f"{path} does not exist") from error
     except (OSError, UnicodeDecodeError, KeyError, TypeError, json.JSONDecodeError) as error:
@@ -244,6 +275,10 @@ class EvalConfig:
         (), help="Another run scored on the same episodes (repeatable): paired Δ."
     )
     device: str = option("auto", help=DEVICE_HELP)
+    precision: str = option(
+        "auto",
+        help=PRECISION_HELP,
+    )
     batch_size: int = option(32, help="Videos per embedding forward.")
     # test-time augmentation over the stored views (docs/STORE.md)
     tta: bool = option(
@@ -268,6 +303,10 @@ class EvalConfig:
             raise EvaluationError(f"--split must be train, val or test, got {self.split!r}")
         if self.episodes < 1 or not self.shots:
             raise EvaluationError("need --episodes >= 1 and at least one --shot")
+        if self.precision not in PRECISIONS:
+            raise EvaluationError(
+                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         if self.split_list is not None:
             resolve_split_dir(self.split_list)
         for run in (self.run, *self.compare):

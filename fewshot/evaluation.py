@@ -27,7 +27,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from sact.common.devices import autocast_for, resolve_device
+from sact.common.devices import resolve_device
 from sact.common.files import write_text_atomic
 from sact.common.options import Checked, checked
 from sact.fewshot.accuracy import mean_and_interval, score_episodes, score_episodes_over_views
@@ -38,7 +38,7 @@ from sact.fewshot.checkpoints import (
     read_checkpoint,
     run_dir_of,
 )
-from sact.fewshot.config import EvalConfig, EvaluationError, latest_run
+from sact.fewshot.config import LEGACY_PRECISION, EvalConfig, EvaluationError, latest_run
 from sact.fewshot.episodes import (
     Episode,
     EpisodeSampler,
@@ -51,6 +51,7 @@ from sact.fewshot.episodes import (
     save_episodes,
 )
 from sact.fewshot.features import SplitFeatures
+from sact.fewshot.precision import resolve_precision, resolved_name
 from sact.fewshot.records import record_name, weights_digest, write_record
 from sact.store.backends import FeatureSet, open_feature_set
 
@@ -140,7 +141,7 @@ def score(
 ) -> list[np.ndarray]:
     """Per-episode accuracies of one model for each setting; every video embedded once."""
     device = resolve_device(config.device)
-    autocast, _ = autocast_for(device)
+    autocast = resolve_precision(config.precision, device)
     model = scored.checkpoint.build().to(device)
     features = SplitFeatures(
         scored.feature_set,
@@ -177,7 +178,7 @@ def score_over_views(
             f"{pool.part} video; extract some (sact extract ... --random-views 4)"
         )
     device = resolve_device(config.device)
-    autocast, _ = autocast_for(device)
+    autocast = resolve_precision(config.precision, device)
     model = scored.checkpoint.build().to(device)
     per_view = [
         SplitFeatures(
@@ -225,6 +226,7 @@ def evaluate(
     settings = make_episodes(config, main.pool, console)
     results: dict[str, Any] = {
         "config": asdict(config),
+        "precision": resolved_name(config.precision, resolve_device(config.device)),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "split": config.split,
         "settings": [],
@@ -312,6 +314,10 @@ def keep(
     """The run's record of this evaluation, in its evaluations/ folder (fewshot/records.py)."""
     checkpoint = scored.checkpoint
     weights = weights_digest(checkpoint)
+    device = resolve_device(config.device)
+    precision = resolved_name(config.precision, device)
+    # scored as before policies existed: the record keeps the name it had
+    legacy = precision == resolved_name(LEGACY_PRECISION, device)
     data = {
         "created": datetime.now(UTC).isoformat(timespec="microseconds"),
         "run": str(run_dir_of(checkpoint).resolve()),
@@ -323,6 +329,7 @@ def keep(
         "feature_set": scored.feature_set.name,
         "store": scored.feature_set.location,
         "split": config.split,
+        "precision": precision,
         "settings": [
             {
                 "way": setting.way,
@@ -342,7 +349,8 @@ def keep(
         "compared": compared,
         "config": asdict(config),
     }
-    return write_record(run_dir_of(checkpoint), record_name(checkpoint, weights, digests), data)
+    name = record_name(checkpoint, weights, digests, None if legacy else precision)
+    return write_record(run_dir_of(checkpoint), name, data)
 
 
 def results_table(results: dict[str, Any]) -> Table:

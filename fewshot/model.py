@@ -12,7 +12,6 @@ episode). `forward` is `match` of `embed`, and evaluation can embed a test split
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,14 +21,7 @@ from torch import Tensor, nn
 
 from sact.fewshot.config import DISTANCES
 from sact.fewshot.heads import FewShotHead, VideoEmbedding, class_major, episode_shape
-
-
-def autocast_off(device: torch.device) -> AbstractContextManager:
-    """Autocast switched off on `device`; a device type without autocast (meta) has none to."""
-    try:
-        return torch.autocast(device.type, enabled=False)
-    except RuntimeError:
-        return nullcontext()
+from sact.fewshot.precision import exact_float32, values_context
 
 
 class TMixer(nn.Module):
@@ -135,12 +127,14 @@ class SACT(FewShotHead[SACTEmbedding]):
         """Per-video part: TMixer, CPE and the three projections. videos (B, T, P, D).
 
         The values' path (input norm, TMixer, W_v) runs in the weights' precision whatever
-        autocast chose: `match` subtracts sums of values that nearly cancel, and bfloat16 values
-        flipped ~1% of SA-CT's predictions on the demo's features even with `match` in float32;
-        the keys only shape the attention and stay under autocast (docs/MODEL.md, "Precision").
+        autocast chose, unless the precision policy puts it under autocast too (bf16,
+        fewshot/precision.py): `match` subtracts sums of values that nearly cancel, and bfloat16
+        values flipped ~1% of SA-CT's predictions on the demo's features even with `match` in
+        float32; the keys only shape the attention and stay under autocast (docs/MODEL.md,
+        "Precision").
         """
         self.check_videos(videos)
-        with autocast_off(videos.device):
+        with values_context(videos.device):
             x = videos.to(self.to_value.weight.dtype)  # cached features are float16
             if self.input_norm is not None:
                 x = self.input_norm(x)  # (B, T, P, D), each patch over its D channels
@@ -150,7 +144,7 @@ class SACT(FewShotHead[SACTEmbedding]):
         query_keys = self.norm_query(self.to_query(f))  # (B, T', P, d_k)
         # after the keys: autograd sums the gradients into phi in this order, and a CPU run then
         # trains the same weights as before the values moved out of autocast
-        with autocast_off(videos.device):
+        with values_context(videos.device):
             values = self.to_value(phi)  # (B, T', P, d_k)
         return SACTEmbedding(support_keys=support_keys, query_keys=query_keys, values=values)
 
@@ -205,9 +199,10 @@ class SACT(FewShotHead[SACTEmbedding]):
         shot, queries = episode_shape(len(support), len(query), episodes=episodes, way=way)
         # The distance subtracts two sums of T' values that nearly cancel: in bfloat16 their
         # rounding decides close predictions. So match runs in (at least) float32 whatever
-        # autocast chose; keys may arrive in bfloat16 (they only shape the attention weights).
+        # autocast chose, and in IEEE float32 whatever TF32 switch the precision policy set; keys
+        # may arrive in bfloat16 (they only shape the attention weights).
         exact = torch.promote_types(support.values.dtype, torch.float32)
-        with autocast_off(support.values.device):
+        with exact_float32(support.values.device):
             # (E*N*K, T', P, d_k) -> (E, N, K, T', P, d_k), class-major
             grouped = (episodes, way, shot, n_frames, n_patches, d_k)
             s_keys = support.support_keys.to(exact).reshape(grouped)

@@ -3,7 +3,8 @@
 `sact evaluate` writes one record into the folder of every run it scores. A record holds the run's
 per-episode results, so `sact report` can compare runs evaluated separately, as long as they were
 scored on identical episodes (the same `episodes_digest`). The key names the checkpoint, its step
-and a digest of its weights and the episodes: evaluating the same checkpoint on the same episodes
+and a digest of its weights, the episodes and the precision policy (fewshot/precision.py) where
+it changes the results: evaluating the same checkpoint on the same episodes
 again rewrites the same file with the same numbers (keeping the runs it was compared with),
 anything else adds a file and loses none.
 
@@ -11,7 +12,7 @@ A record (format 1):
 
     {"format": 1, "created": ISO time, "run": run directory, "model": kind, "model_config": {...},
      "checkpoint": "best" | "last" | folder name, "step": int, "weights": sha256 of the weights,
-     "feature_set": name, "store": location, "split": "test",
+     "feature_set": name, "store": location, "split": "test", "precision": policy scored under,
      "settings": [{"way", "shot", "query", "episodes", "episodes_digest", "accuracy", "ci95",
                    "correct": [correct queries of each episode]}],
      "compared": {run: [{"way", "shot", "difference", "ci95"}]}   # paired, when others were scored
@@ -75,8 +76,13 @@ def weights_digest(checkpoint: Checkpoint) -> str:
     return digest.hexdigest()
 
 
-def record_name(checkpoint: Checkpoint, weights: str, episode_digests: list[str]) -> str:
-    key = hashlib.sha256(" ".join([weights, *episode_digests]).encode()).hexdigest()
+def record_name(
+    checkpoint: Checkpoint, weights: str, episode_digests: list[str], precision: str | None = None
+) -> str:
+    """The record's file name. `precision`: the policy it was scored under, where it is not the
+    one sact scored with before it had policies (those records keep their names)."""
+    parts = [weights, *episode_digests, *([precision] if precision is not None else [])]
+    key = hashlib.sha256(" ".join(parts).encode()).hexdigest()
     return f"{checkpoint.folder.name}-step{checkpoint.step}-{key[:DIGEST_CHARS]}.json"
 
 

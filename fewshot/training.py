@@ -48,11 +48,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from sact.common.devices import autocast_for, resolve_device
+from sact.common.devices import resolve_device
 from sact.common.errors import storage_error_reason
 from sact.common.files import write_text_atomic
 from sact.common.options import Checked
@@ -85,6 +84,8 @@ from sact.fewshot.features import (
 from sact.fewshot.figures import training_curve
 from sact.fewshot.heads import FewShotHead
 from sact.fewshot.model import SACT
+from sact.fewshot.precision import resolve_precision
+from sact.fewshot.step import make_step, resolved_step
 from sact.fewshot.tensorboard import FOLDER as TENSORBOARD_FOLDER
 from sact.fewshot.tensorboard import TensorBoardLog
 from sact.store.backends import FeatureSet, open_feature_set
@@ -256,6 +257,10 @@ def train(
             highlight=False,
             soft_wrap=True,
         )
+    # saved resolved: auto's choice may change with sact's version, a run's policy never does
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    resolved_step(config.step, device)  # a step the device cannot run: refused before any file
     data = prepare_data(config, console)
     feature_set = data.feature_set
     frames = config.frames or feature_set.frames
@@ -273,6 +278,7 @@ def train(
             out=str(run_dir),
             feats=store_location(config.feats),
             views=",".join(data.train_views),
+            precision=precision.name,
         )
         description = {
             "train": asdict(config),
@@ -284,6 +290,7 @@ def train(
             "split_description": data.split.description,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "torch": torch.__version__,
+            "step_mode": resolved_step(config.step, device),  # what --step auto chose here
         }
     try:
         if description is not None:
@@ -343,7 +350,13 @@ class Trainer:
         )
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
-        self.autocast, self.amp_dtype = autocast_for(self.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        # the forward's context (autocast, TF32 switches) and its autocast dtype
+        self.autocast, self.amp_dtype = self.precision, self.precision.autocast_dtype
+        if self.precision.note is not None and console is not None:
+            console.print(self.precision.note)
+        self.step_mode = resolved_step(config.step, self.device)
+        self.run_step = make_step(self.step_mode, self.device, say=self.say)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(config, self.parameters) if self.parameters else None
         # float16 autocast needs loss scaling; bfloat16 and float32 do not
@@ -533,22 +546,15 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
-        # summed on the device and read once, after the step: no device sync per task
-        total_loss = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        count = 0
-        for support, support_labels, query, query_labels in tasks:
-            with self.autocast:
-                logits = self.model(support, support_labels, query)  # (N*Q, N)
-            loss = F.cross_entropy(logits.float(), query_labels) / len(tasks)
-            self.scaler.scale(loss).backward()
-            total_loss += loss.detach()
-            correct += (logits.argmax(dim=1) == query_labels).sum()
-            count += len(query_labels)
+        total_loss, correct, count = self.run_step(self.model, tasks, self.precision, self.scaler)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         loss_value, correct_value = torch.stack([total_loss, correct.to(total_loss.dtype)]).tolist()
         return loss_value, correct_value / count
+
+    def say(self, message: str) -> None:
+        if self.console is not None:
+            self.console.print(message, highlight=False, soft_wrap=True)
 
     def validate(self) -> float:
         (accuracies,) = score_episodes(

@@ -24,6 +24,7 @@ from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.evaluation import evaluate, results_table
 from sact.fewshot.features import SplitFeatures
 from sact.fewshot.model import SACTEmbedding
+from sact.fewshot.precision import Precision
 from sact.fewshot.training import (
     TrainConfig,
     Trainer,
@@ -253,9 +254,10 @@ def test_stage_two_never_imports_the_decoder_or_the_backbone():
     assert imported.strip() == "[]"
 
 
-def cpu_autocast(dtype: torch.dtype):
-    """autocast_for as a GPU with native `dtype` would choose it, on the CPU."""
-    return lambda device: (torch.autocast("cpu", dtype=dtype), dtype)
+def half_keys(dtype: torch.dtype):
+    """The legacy policy as a GPU with native `dtype` resolves it, on the CPU."""
+    name = {torch.bfloat16: "bf16-keys", torch.float16: "fp16-keys"}[dtype]
+    return lambda _, device: Precision(name, device)
 
 
 def saved_scaler_state(run) -> dict:
@@ -277,14 +279,14 @@ def test_a_checkpoint_resumes_under_the_other_half_precision(
         return original_step(self, tasks)
 
     monkeypatch.setattr(Trainer, "train_step", killed_at_step_3)
-    monkeypatch.setattr("sact.fewshot.training.autocast_for", cpu_autocast(saved_under))
+    monkeypatch.setattr("sact.fewshot.training.resolve_precision", half_keys(saved_under))
     with pytest.raises(KeyboardInterrupt):
         train(tiny(store, tmp_path / "run", iterations=4, val_every=2))
     # bfloat16 needs no loss scaling: its disabled scaler saves an empty state
     assert bool(saved_scaler_state(tmp_path / "run")) == (saved_under == torch.float16)
 
     monkeypatch.setattr(Trainer, "train_step", original_step)
-    monkeypatch.setattr("sact.fewshot.training.autocast_for", cpu_autocast(resumed_under))
+    monkeypatch.setattr("sact.fewshot.training.resolve_precision", half_keys(resumed_under))
     resumed = train(TrainConfig(feats="", out=str(tmp_path / "run"), resume=True, device="cpu"))
     assert resumed.steps == 4
     assert bool(saved_scaler_state(tmp_path / "run")) == (resumed_under == torch.float16)
