@@ -385,11 +385,13 @@ def train(
         result = run_training(config, console=stderr)
     trained = (
         f"{result.steps} steps; best val accuracy {100 * result.best_val_accuracy:.2f}% at step "
-        f"{result.best_step}; {result.data}"
+        f"{result.best_step}"
         if result.parameters
         else f"nothing to train; val accuracy {100 * result.best_val_accuracy:.2f}%"
     )
-    stderr.print(f"{trained}; run in {result.run_dir}", highlight=False)
+    # one line each: the features' plan is a sentence of its own, with semicolons inside
+    for line in (trained, result.data, f"run in {result.run_dir}"):
+        stderr.print(line, highlight=False, soft_wrap=True)
     if json_out:
         typer.echo(json.dumps({**asdict(result), "run_dir": str(result.run_dir)}, indent=2))
 
@@ -456,6 +458,8 @@ def report(
     with user_errors():
         data = report_json(build_report(runs))
     print_table(stderr if json_out else Console(), report_table(data))
+    for warning in data["warnings"]:
+        warn(warning)
     if markdown is not None:
         write_text_atomic(markdown, report_markdown(data))
         stderr.print(f"markdown in {markdown}", highlight=False)

@@ -21,10 +21,11 @@ from sact.extract.backbone import Preprocessing
 from sact.extract.decode import DecodeError, read_frames
 from sact.extract.videos import VideoDiscoveryError, resolve_video_path
 from sact.fewshot.attention import attention_weights, draw_attention, focused_patches
-from sact.fewshot.checkpoints import check_compatible, checkpoint_of_run
+from sact.fewshot.checkpoints import check_compatible
 from sact.fewshot.config import ExplainConfig, ExplainError
 from sact.fewshot.features import segment_frames
 from sact.fewshot.model import SACT
+from sact.fewshot.selection import select_checkpoint
 from sact.store.backends import FeatureSet, open_feature_set
 
 RESIZE_CROP = re.compile(r"^resize shorter side to (\d+), center crop (\d+)x(\d+)$")
@@ -88,7 +89,7 @@ def explain(config: ExplainConfig | Checked[ExplainConfig]) -> Path:
     """Write the attention figure of ``config.query`` against ``config.support``; its path. A
     config the command line checked runs as it is."""
     config = checked(config).config
-    checkpoint = checkpoint_of_run(Path(config.run), config.checkpoint)
+    checkpoint = select_checkpoint(Path(config.run), config.checkpoint).checkpoint
     if checkpoint.model != "sact":
         raise ExplainError(
             f"{config.run} trained a {checkpoint.model} model; the attention figure needs SA-CT"

@@ -1,9 +1,11 @@
 """Checkpoints: safetensors weights, a JSON description, and (for `last`) the state to resume.
 
-A run directory holds ``checkpoints/best/`` and ``checkpoints/last/``, each with
+A run directory holds ``checkpoints/untrained/`` (step 0), ``checkpoints/best/`` and
+``checkpoints/last/`` (which of them is scored: fewshot/selection.py), each with
 
     model.safetensors   the model's weights
-    checkpoint.json     model kind and config, feature set, store, split, step, val accuracy
+    checkpoint.json     model kind and config, feature set, store, split, step, val accuracy and
+                        its 95% CI (None at a step that was not validated: Ctrl-C's)
     resume.pt           (last only) optimiser and grad-scaler state, torch RNG state
     resume.json         (last only) step, numpy Generator state, best accuracy so far
 
@@ -11,10 +13,10 @@ Nothing here unpickles code: `resume.pt` holds only tensors and plain containers
 ``torch.load(weights_only=True)``. A checkpoint is written into a temporary folder and swapped in
 by renames, so a run killed while saving keeps its previous checkpoint.
 
-Every command that reads a run goes from the run directory to its checkpoints and back with
-`checkpoint_of_run` and `run_dir_of` (the latest run is `latest_run` of fewshot/config.py, which
-the command line asks before it imports torch), and asks `check_compatible` whether the
-checkpoint's model reads a feature set.
+Every command that reads a run goes from the run directory to its checkpoints with the rule of
+fewshot/selection.py and back with `run_dir_of` (the latest run is `latest_run` of
+fewshot/config.py, which the command line asks before it imports torch), and asks
+`check_compatible` whether the checkpoint's model reads a feature set.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Checkpoint:
     split: str | None
     step: int
     val_accuracy: float | None
+    val_ci95: float | None  # None: not validated, or written before the CI was recorded
 
     def build(self) -> FewShotHead:
         """The model with its weights, on the CPU, in eval mode."""
@@ -161,17 +164,10 @@ def read_checkpoint(path: Path) -> Checkpoint:
             split=None if data.get("split") is None else str(data["split"]),
             step=int(data["step"]),
             val_accuracy=data.get("val_accuracy"),
+            val_ci95=data.get("val_ci95"),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{description} is incomplete: {error}") from error
-
-
-def checkpoint_of_run(run: Path, which: str) -> Checkpoint:
-    if which not in ("best", "last"):
-        raise CheckpointError(f"--checkpoint must be best or last, got {which!r}")
-    if not run.is_dir():
-        raise CheckpointError(f"run directory {run} does not exist")
-    return read_checkpoint(run / "checkpoints" / which)
 
 
 def run_dir_of(checkpoint: Checkpoint) -> Path:

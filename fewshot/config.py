@@ -29,7 +29,8 @@ from sact.common.options import (
 from sact.data.split_lists import SPLIT_PARTS, resolve_split_dir
 from sact.fewshot.kinds import is_model, model_kind, model_kinds, model_names, one_of
 
-CHECKPOINTS = ("best", "last")  # the checkpoints a run keeps
+# the checkpoints a run keeps: the best trained one, the latest, and step 0 (fewshot/selection.py)
+CHECKPOINTS = ("best", "last", "untrained")
 CONFIG_FILE = "config.json"  # a run's settings, in its directory
 # a run directory holds this file once its first checkpoint is written
 LAST_CHECKPOINT = "checkpoints/last/checkpoint.json"
@@ -258,7 +259,11 @@ class EvalConfig:
     run: str | None = option(None, help="Run directory; default: the latest run under runs/.")
     # a checkpoint folder (or its checkpoint.json / model.safetensors)
     ckpt: str | None = option(None, help="A checkpoint folder instead of a run.")
-    checkpoint: str = option("best", help="Which checkpoint of a run: best or last.")
+    checkpoint: str = option(
+        "best",
+        help="Which checkpoint of a run: best (the best validated trained step), last, or "
+        "untrained (step 0).",
+    )
     feats: str | None = option(None, help="Feature store; default: the run's own.")
     feature_set: str | None = option(None, help="Feature set; default: the run's own.")
     split: str = option("test", help="Split part to score: train, val or test.")
@@ -298,7 +303,9 @@ class EvalConfig:
         if self.run and self.ckpt:
             raise EvaluationError("pass --run or --ckpt, not both")
         if self.checkpoint not in CHECKPOINTS:
-            raise EvaluationError(f"--checkpoint must be best or last, got {self.checkpoint!r}")
+            raise EvaluationError(
+                f"--checkpoint must be {one_of(CHECKPOINTS)}, got {self.checkpoint!r}"
+            )
         if self.split not in SPLIT_PARTS:
             raise EvaluationError(f"--split must be train, val or test, got {self.split!r}")
         if self.episodes < 1 or not self.shots:
@@ -342,7 +349,7 @@ class ExplainConfig:
     support: str = option(help="Support video id.", metavar="VIDEO_ID")
     # None: <run>/attention-<query>-<support>.png
     out: Path | None = option(None, help="PNG to write; default: in the run.")
-    checkpoint: str = option("best", help="Which checkpoint: best or last.")
+    checkpoint: str = option("best", help="Which checkpoint: best, last or untrained.")
     patches: int = option(2, help=f"Query patches drawn per frame (1-{MOST_PATCHES}).")
     feats: str | None = option(None, help="Feature store; default: the run's.")  # None: the run's
 

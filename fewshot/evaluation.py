@@ -11,8 +11,11 @@ with its own confidence interval.
 
 Every evaluation is kept: each run scored gets a record in its own `evaluations/` folder, keyed by
 its checkpoint and the episodes (fewshot/records.py), holding every episode's result, which
-`sact report` reads. `--out` also writes this evaluation's results (all runs, paired differences)
-to one file.
+`sact report` reads. A run is scored in its `best` checkpoint by default, the best validated
+trained step, never the untrained model unless asked for by name (the rule: fewshot/selection.py);
+the checkpoint and its step head the run's column of the table and are in the JSON, and a warning
+goes with one that may be no better than the untrained model. `--out` also writes this
+evaluation's results (all runs, paired differences) to one file.
 """
 
 from __future__ import annotations
@@ -25,19 +28,14 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sact.common.devices import resolve_device
 from sact.common.files import write_text_atomic
 from sact.common.options import Checked, checked
 from sact.fewshot.accuracy import mean_and_interval, score_episodes, score_episodes_over_views
-from sact.fewshot.checkpoints import (
-    Checkpoint,
-    check_compatible,
-    checkpoint_of_run,
-    read_checkpoint,
-    run_dir_of,
-)
+from sact.fewshot.checkpoints import Checkpoint, check_compatible, run_dir_of
 from sact.fewshot.config import LEGACY_PRECISION, EvalConfig, EvaluationError, latest_run
 from sact.fewshot.episodes import (
     Episode,
@@ -53,6 +51,7 @@ from sact.fewshot.episodes import (
 from sact.fewshot.features import SplitFeatures
 from sact.fewshot.precision import resolve_precision, resolved_name
 from sact.fewshot.records import record_name, weights_digest, write_record
+from sact.fewshot.selection import Selected, select_checkpoint, select_folder
 from sact.store.backends import FeatureSet, open_feature_set
 
 
@@ -61,20 +60,25 @@ class Scored:
     """One model on one store: what it needs to score episodes given by video id."""
 
     name: str
-    checkpoint: Checkpoint
+    selected: Selected  # the checkpoint, and why it was scored (fewshot/selection.py)
     feature_set: FeatureSet
     pool: VideoPool
 
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return self.selected.checkpoint
 
-def open_scored(name: str, checkpoint: Checkpoint, config: EvalConfig, *, override: bool) -> Scored:
+
+def open_scored(name: str, selected: Selected, config: EvalConfig, *, override: bool) -> Scored:
     """The checkpoint with its store (or --feats/--feature-set when `override`) and split pool."""
+    checkpoint = selected.checkpoint
     feats = (config.feats if override else None) or checkpoint.store
     name_in_store = (config.feature_set if override else None) or checkpoint.feature_set
     feature_set = open_feature_set(feats, name_in_store)
     check_compatible(checkpoint, feature_set)
     split_list = (config.split_list if override else None) or checkpoint.split
     source = resolve_split(feature_set, split_list)
-    return Scored(name, checkpoint, feature_set, build_pool(feature_set, source, config.split))
+    return Scored(name, selected, feature_set, build_pool(feature_set, source, config.split))
 
 
 def translate(
@@ -210,19 +214,28 @@ def evaluate(
     config the command line checked runs as it is."""
     config = checked(config).config
     if config.ckpt:
-        checkpoint = read_checkpoint(Path(config.ckpt))
+        selected = select_folder(Path(config.ckpt))
     else:
         run = Path(config.run) if config.run else latest_run(Path(config.runs_dir))
-        checkpoint = checkpoint_of_run(run, config.checkpoint)
-    main = open_scored(str(run_dir_of(checkpoint)), checkpoint, config, override=True)
+        selected = select_checkpoint(run, config.checkpoint)
+    main = open_scored(str(run_dir_of(selected.checkpoint)), selected, config, override=True)
     others = [
         open_scored(
-            str(run), checkpoint_of_run(Path(run), config.checkpoint), config, override=False
+            str(run), select_checkpoint(Path(run), config.checkpoint), config, override=False
         )
         for run in config.compare
     ]
+    warnings = [one.selected.warning for one in (main, *others) if one.selected.warning]
     if console is not None:
-        console.print(f"{main.name}: {main.feature_set.name}, {main.pool.summary()}")
+        console.print(
+            f"{main.name}: {main.selected.label}; {main.feature_set.name}, {main.pool.summary()}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for warning in warnings:  # before the scoring, which can take a while
+            console.print(
+                f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True
+            )
     settings = make_episodes(config, main.pool, console)
     results: dict[str, Any] = {
         "config": asdict(config),
@@ -230,6 +243,7 @@ def evaluate(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "split": config.split,
         "settings": [],
+        "warnings": warnings,
     }
     # every run scores the same episodes, by video id in its own pool
     settings_of = {main.name: settings} | {
@@ -276,7 +290,7 @@ def evaluate(
         name: {
             "model": scored.checkpoint.model,
             "checkpoint": str(scored.checkpoint.folder),
-            "step": scored.checkpoint.step,
+            **scored.selected.to_json(),
             "feature_set": scored.feature_set.name,
             "store": scored.feature_set.location,
             "videos": len(scored.pool),
@@ -360,7 +374,9 @@ def results_table(results: dict[str, Any]) -> Table:
     table.add_column("setting")
     table.add_column("episodes", justify="right")
     for name in runs:
-        table.add_column(f"{results['runs'][name]['model']} ({Path(name).name})")
+        run = results["runs"][name]
+        scored = f"{run['checkpoint_name']}, step {run['step']}"
+        table.add_column(f"{run['model']} ({Path(name).name})\n{scored}")
     for name in runs[1:]:
         table.add_column(f"Δ vs {Path(name).name}", justify="right")
     for setting in results["settings"]:

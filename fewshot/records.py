@@ -11,8 +11,9 @@ anything else adds a file and loses none.
 A record (format 1):
 
     {"format": 1, "created": ISO time, "run": run directory, "model": kind, "model_config": {...},
-     "checkpoint": "best" | "last" | folder name, "step": int, "weights": sha256 of the weights,
-     "feature_set": name, "store": location, "split": "test", "precision": policy scored under,
+     "checkpoint": "best" | "last" | "untrained" | folder name, "step": int,
+     "weights": sha256 of the weights, "feature_set": name, "store": location, "split": "test",
+     "precision": policy scored under,
      "settings": [{"way", "shot", "query", "episodes", "episodes_digest", "accuracy", "ci95",
                    "correct": [correct queries of each episode]}],
      "compared": {run: [{"way", "shot", "difference", "ci95"}]}   # paired, when others were scored

@@ -11,7 +11,11 @@ numbers of a table always come from identical episodes. Per configuration and sh
     Δ           the paired difference to the reference configuration (the first), episode by
                 episode on the seed-averaged accuracies, ± its own 95% CI
 
-The settings column names only what differs between the configurations.
+The settings column names only what differs between the configurations; the checkpoint column
+which checkpoint of each run was scored, and at which step. A run's result is its most recent
+evaluation of a trained checkpoint (the rule of fewshot/selection.py): a record of its untrained
+step-0 model (an older sact's `best-step0-*.json`) is used only when the run has no other on those
+episodes, and then the row says "untrained" and the report warns.
 """
 
 from __future__ import annotations
@@ -28,12 +32,16 @@ from rich.table import Table
 from sact.common.errors import SactError
 from sact.fewshot.accuracy import mean_and_interval
 from sact.fewshot.records import Record, SettingScores, run_records
+from sact.fewshot.selection import UNTRAINED, is_untrained
 
 CONFIG_FILE = "config.json"
 # training-config fields that do not change what a run computes, or that tell its seeds apart
 NOT_A_SETTING = frozenset(
     {"out", "seed", "resume", "device", "cache_gb", "workers", "prefetch", "feats", "batch_size"}
 )
+
+
+TEXT_COLUMNS = 4  # model, settings, feature set, checkpoint: left-aligned; the numbers right
 
 
 class ReportError(SactError):
@@ -49,13 +57,35 @@ class Run:
     seed: int
     records: list[Record]
 
+    def scored(self, digest: str) -> tuple[Record, SettingScores] | None:
+        """Its most recent result on the episodes `digest` of a trained checkpoint, else of the
+        untrained one, if any; with its record."""
+        found = [
+            (record, setting)
+            for record in reversed(self.records)
+            for setting in record.settings
+            if setting.episodes_digest == digest
+        ]
+        found.sort(key=lambda pair: untrained_record(pair[0]))  # stable: the most recent first
+        return found[0] if found else None
+
     def scores(self, digest: str) -> SettingScores | None:
-        """Its most recent result on the episodes `digest`, if any."""
-        for record in reversed(self.records):
-            for setting in record.settings:
-                if setting.episodes_digest == digest:
-                    return setting
-        return None
+        scored = self.scored(digest)
+        return None if scored is None else scored[1]
+
+
+def untrained_record(record: Record) -> bool:
+    """Whether a record scored a model that was never trained (step 0 of a model with
+    parameters)."""
+    data = record.data
+    model_config = dict(data.get("model_config") or {})
+    return is_untrained(str(data.get("model")), model_config, int(data.get("step", -1)))
+
+
+def checkpoint_label(record: Record) -> str:
+    """As `best, step 400`; `untrained, step 0` for an untrained model, whatever its folder."""
+    name = UNTRAINED if untrained_record(record) else str(record.data.get("checkpoint"))
+    return f"{name}, step {record.data.get('step')}"
 
 
 @dataclass
@@ -199,11 +229,36 @@ def build_report(paths: Sequence[Path]) -> Report:
     return Report(configurations, shared_settings(runs), differing(configurations))
 
 
+def scored_checkpoints(
+    configuration: Configuration, settings: Sequence[SettingScores]
+) -> dict[str, list[str]]:
+    """Each run's checkpoints scored on the report's episodes, as "best, step 400"."""
+    scored = {}
+    for run in configuration.runs:
+        found = [run.scored(setting.episodes_digest) for setting in settings]
+        labels_of_run = [checkpoint_label(pair[0]) for pair in found if pair is not None]
+        scored[str(run.folder)] = list(dict.fromkeys(labels_of_run))
+    return scored
+
+
+def checkpoints_cell(row: dict[str, Any]) -> str:
+    """The checkpoints a row scored: "best, step 400", or one per seed joined by "; "."""
+    return "; ".join(dict.fromkeys(c for run in row["checkpoints"].values() for c in run))
+
+
 def report_json(report: Report) -> dict[str, Any]:
     """The report as JSON-ready data; differences are against the first configuration."""
     rows = []
+    warnings = []
     names = labels(report.configurations, report.differing)
     for number, configuration in enumerate(report.configurations):
+        scored = scored_checkpoints(configuration, report.settings)
+        for run, checkpoints in scored.items():
+            if any(c.startswith(f"{UNTRAINED},") for c in checkpoints):
+                warnings.append(
+                    f"{run} is scored as its untrained step-0 model, the only evaluation it "
+                    f"has on these episodes: evaluate its trained best (sact evaluate --run {run})"
+                )
         scores = []
         for index, setting in enumerate(report.settings):
             matrix = seed_matrix(configuration, setting)  # (seeds, E)
@@ -228,6 +283,7 @@ def report_json(report: Report) -> dict[str, Any]:
                 "label": names[number],
                 "seeds": [run.seed for run in configuration.runs],
                 "runs": [str(run.folder) for run in configuration.runs],
+                "checkpoints": scored,
                 "scores": scores,
             }
         )
@@ -244,6 +300,7 @@ def report_json(report: Report) -> dict[str, Any]:
         ],
         "differing": report.differing,
         "rows": rows,
+        "warnings": warnings,
     }
 
 
@@ -267,7 +324,7 @@ def cells(row: dict[str, Any], *, reference: bool) -> list[str]:
 
 
 def headers(data: dict[str, Any]) -> list[str]:
-    columns = ["model", "settings", "feature set", "seeds"]
+    columns = ["model", "settings", "feature set", "checkpoint", "seeds"]
     reference = data["rows"][0]["model"]
     for s in data["settings"]:
         shot = f"{s['way']}-way {s['shot']}-shot"
@@ -281,6 +338,7 @@ def row_cells(data: dict[str, Any]) -> list[list[str]]:
             row["model"],
             row["label"],
             row["feature_set"],
+            checkpoints_cell(row),
             str(len(row["seeds"])),
             *cells(row, reference=number == 0),
         ]
@@ -292,7 +350,7 @@ def report_table(data: dict[str, Any], *, title: str = "sact report") -> Table:
     episodes = ", ".join(f"{s['episodes']} {s['shot']}-shot" for s in data["settings"])
     table = Table(title=f"{title}: accuracy ± 95% CI on identical episodes ({episodes})")
     for number, column in enumerate(headers(data)):
-        table.add_column(column, justify="left" if number < 3 else "right")
+        table.add_column(column, justify="left" if number < TEXT_COLUMNS else "right")
     for cells_of_row in row_cells(data):
         table.add_row(*cells_of_row)
     return table
@@ -302,7 +360,9 @@ def report_markdown(data: dict[str, Any]) -> str:
     columns = headers(data)
     lines = [
         "| " + " | ".join(columns) + " |",
-        "| " + " | ".join("---" if n < 3 else "---:" for n in range(len(columns))) + " |",
+        "| "
+        + " | ".join("---" if n < TEXT_COLUMNS else "---:" for n in range(len(columns)))
+        + " |",
     ]
     lines += ["| " + " | ".join(cells_of_row) + " |" for cells_of_row in row_cells(data)]
     return "\n".join(lines) + "\n"

@@ -4,7 +4,9 @@ One step draws `tasks_per_batch` episodes from the train split, runs the model o
 accumulates the gradients of the mean cross-entropy, then takes one optimiser step. Every
 `val_every` steps the model is scored on a fixed set of val episodes (each val video embedded
 once), and the `last` checkpoint (with everything needed to resume) and, when val accuracy
-improved, the `best` one are written.
+improved, the `best` one are written. The validation before the first step scores the untrained
+model: it is the curve's first point and the `untrained` checkpoint, never `best`, which is the
+best of the trained steps (the rule for what is scored: fewshot/selection.py).
 
 Augmented views (docs/STORE.md): when the store holds several views of every train video, each
 video of each episode is read in a view drawn uniformly from `views` (by default all the views the
@@ -55,7 +57,7 @@ from sact.common.devices import resolve_device
 from sact.common.errors import storage_error_reason
 from sact.common.files import write_text_atomic
 from sact.common.options import Checked
-from sact.fewshot.accuracy import score_episodes
+from sact.fewshot.accuracy import mean_and_interval, score_episodes
 from sact.fewshot.attention import attention_weights, draw_attention, focused_patches
 from sact.fewshot.checkpoints import (
     Checkpoint,
@@ -366,9 +368,12 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         self.on_validation: Callable[[torch.nn.Module], dict[str, float]] | None = None
         self.step = 0
+        # the best validation among the trained steps; none yet
         self.best_accuracy = -1.0
         self.best_step = 0
         self.last_accuracy = math.nan
+        self.last_ci95 = math.nan  # of the last validation, on the val episodes
+        self.validated_at: int | None = None  # the step of the last validation
         self.metrics_path = run_dir / METRICS_FILE
         self.checkpoints = run_dir / "checkpoints"
         self.restored = config.resume and checkpoint_folder(self.checkpoints / "last").exists()
@@ -431,6 +436,7 @@ class Trainer:
     # -- checkpoints --
 
     def description(self) -> dict[str, Any]:
+        validated = self.validated_at == self.step
         return {
             "model": self.config.model,
             "model_config": self.model.config(),
@@ -438,10 +444,20 @@ class Trainer:
             "store": store_location(self.data.feature_set.location),
             "split": self.data.split.name,
             "step": self.step,
-            "val_accuracy": self.last_accuracy,
+            "val_accuracy": self.last_accuracy if validated else None,
+            "val_ci95": self.last_ci95 if validated else None,
         }
 
-    def save(self, *, best: bool, rng_state: RngState) -> None:
+    def keep_untrained(self) -> None:
+        """A run of an older sact kept its step-0 model as `best` when no later validation beat
+        it; resumed, that checkpoint becomes `untrained` before a trained `best` replaces it."""
+        best = checkpoint_folder(self.checkpoints / "best")
+        untrained = self.checkpoints / "untrained"
+        older = best.exists() and not checkpoint_folder(untrained).exists()
+        if older and read_checkpoint(best).step == 0:
+            best.rename(untrained)
+
+    def save(self, *, best: bool, rng_state: RngState, untrained: bool = False) -> None:
         tensors: dict[str, Any] = {"torch_rng": torch.get_rng_state()}
         if self.optimizer is not None:
             tensors["optimizer"] = self.optimizer.state_dict()
@@ -454,7 +470,12 @@ class Trainer:
             "best_accuracy": self.best_accuracy,
             "best_step": self.best_step,
         }
+        if untrained:
+            save_checkpoint(
+                self.checkpoints / "untrained", self.model, description=self.description()
+            )
         if best:
+            self.keep_untrained()
             save_checkpoint(self.checkpoints / "best", self.model, description=self.description())
         save_checkpoint(
             self.checkpoints / "last",
@@ -484,9 +505,15 @@ class Trainer:
         self.step = int(state["step"])
         self.best_accuracy = float(state["best_accuracy"])
         self.best_step = int(state["best_step"])
+        if self.best_step == 0 and self.optimizer is not None:
+            # an older sact's best could be the untrained model: none of the trained steps yet
+            self.best_accuracy = -1.0
         self.last_accuracy = (
             math.nan if checkpoint.val_accuracy is None else checkpoint.val_accuracy
         )
+        if checkpoint.val_accuracy is not None:
+            self.validated_at = self.step
+            self.last_ci95 = math.nan if checkpoint.val_ci95 is None else checkpoint.val_ci95
         truncate_metrics(self.metrics_path, self.step)
         if self.console is not None:
             self.console.print(f"resuming {self.run_dir} at step {self.step}")
@@ -556,7 +583,8 @@ class Trainer:
         if self.console is not None:
             self.console.print(message, highlight=False, soft_wrap=True)
 
-    def validate(self) -> float:
+    def validate(self) -> tuple[float, float]:
+        """Val accuracy over the fixed val episodes, ± its 95% CI."""
         (accuracies,) = score_episodes(
             self.model,
             self.val_features,
@@ -564,7 +592,7 @@ class Trainer:
             batch_size=self.config.batch_size,
             autocast=self.autocast,
         )
-        return float(accuracies.mean())
+        return mean_and_interval(accuracies)
 
     def log(self, record: dict[str, Any]) -> None:
         with self.metrics_path.open("a", encoding="utf-8") as metrics:
@@ -597,8 +625,11 @@ class Trainer:
 
     def validate_and_save(self, rng_state: RngState) -> None:
         """Validate, log, and save with the generator state after this step (reads run ahead)."""
-        self.last_accuracy = self.validate()
-        improved = self.last_accuracy > self.best_accuracy
+        self.last_accuracy, self.last_ci95 = self.validate()
+        self.validated_at = self.step
+        # step 0 of a model with parameters is the untrained model: kept, never the best
+        untrained = self.step == 0 and self.optimizer is not None
+        improved = not untrained and self.last_accuracy > self.best_accuracy
         if improved:
             self.best_accuracy, self.best_step = self.last_accuracy, self.step
         extra = {} if self.on_validation is None else self.on_validation(self.model)
@@ -607,7 +638,7 @@ class Trainer:
             self.tensorboard.figure(
                 "figures/attention", self.draw_val_attention(self.model), self.step
             )
-        self.save(best=improved, rng_state=rng_state)
+        self.save(best=improved, untrained=untrained, rng_state=rng_state)
         if self.tensorboard is not None:
             self.tensorboard.flush()
 
@@ -686,7 +717,7 @@ class Trainer:
             data=(
                 self.train_features.where()
                 if "train_features" in self.__dict__
-                else "not read (nothing left to train)"
+                else "train features not read (nothing left to train)"
             ),
             parameters=sum(parameter.numel() for parameter in self.parameters),
         )

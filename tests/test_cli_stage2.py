@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -134,6 +135,15 @@ def test_an_episodes_file_warns_about_each_option_it_overrides(workdir):
     for option in ("--shot", "--episodes", "--seed", "--way"):
         assert option in warning
     assert "--run" not in warning
+
+
+def test_train_ends_with_its_result_the_features_and_the_run_each_on_a_line(workdir):
+    result = runner.invoke(app, [*TRAIN, *SMALL, "--device", "cpu", "--out", "runs/a"])
+    assert result.exit_code == 0, result.output
+    *_, trained, features, where = result.stderr.splitlines()
+    assert re.fullmatch(r"8 steps; best val accuracy \d+\.\d\d% at step [48]", trained), trained
+    assert features.startswith("train features, ") and "limits:" in features
+    assert where == "run in runs/a"
 
 
 def test_a_model_with_nothing_to_train_says_so(workdir):

@@ -184,7 +184,7 @@ def test_a_checkpoint_that_does_not_fit_the_store_is_refused(runs, tmp_path, syn
     [
         ({"way": 6}, "6-way episodes need 6 classes; test has 5"),
         ({"shots": (6,)}, "shot \\+ query = 7 videos; test has 0"),
-        ({"checkpoint": "middle"}, "--checkpoint must be best or last"),
+        ({"checkpoint": "middle"}, "--checkpoint must be best, last or untrained"),
         ({"ckpt": "somewhere"}, "pass --run or --ckpt, not both"),
         ({"episodes": 0}, "need --episodes >= 1"),
         ({"split": "holdout"}, "--split must be train, val or test"),

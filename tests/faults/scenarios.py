@@ -335,7 +335,7 @@ def run_differences(run: Path, reference: Path) -> list[str]:
     from sact.fewshot.training import METRICS_FILE, read_metrics
 
     differences = []
-    for checkpoint in ("last", "best"):
+    for checkpoint in ("last", "best", "untrained"):
         for name in ("model.safetensors", "checkpoint.json", "resume.json"):
             got, expected = (
                 run / "checkpoints" / checkpoint / name,
