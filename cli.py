@@ -29,6 +29,7 @@ from typer.core import TyperGroup
 from sact import __version__
 from sact.common.errors import SactError
 from sact.common.options import checked, declared_options, default_of, option_name
+from sact.common.words import agreeing, counted
 from sact.demo.config import DemoConfig
 from sact.extract.config import ExtractConfig
 from sact.fewshot.config import EvalConfig, ExplainConfig, TrainConfig, prepare_training
@@ -235,15 +236,17 @@ def extract(
     if not rank_from_env().is_main:  # under torchrun, rank 0 alone reports the store-wide summary
         raise typer.Exit(1 if summary.failed else 0)
     if summary.unmatched:
+        unmatched = len(summary.unmatched)
         stderr.print(
-            f"[yellow]{len(summary.unmatched)} split lines name no file[/], e.g. "
+            f"[yellow]{counted(unmatched, 'split line')} "
+            f"{agreeing(unmatched, 'names', 'name')} no file[/], e.g. "
             + ", ".join(repr(line) for line in summary.unmatched[:3]),
             highlight=False,
         )
     if summary.unlisted:
         stderr.print(
-            f"[yellow]{summary.unlisted} videos in the folder are in no list of the split[/] "
-            "(not extracted)",
+            f"[yellow]{counted(summary.unlisted, 'video')} in the folder "
+            f"{agreeing(summary.unlisted, 'is', 'are')} in no list of the split[/] (not extracted)",
             highlight=False,
         )
     if summary.unnamable:

@@ -127,7 +127,11 @@ class ExtractConfig:
                 f"videos folder {self.videos} does not exist or is not a folder"
             )
         if self.split is not None:
-            load_split(self.split)  # an unknown name, a missing or malformed list
+            # an unknown name, a malformed list, or a list missing (or misspelled) that training
+            # or evaluation would miss only once the extraction is over
+            missing = load_split(self.split).missing_parts()
+            if missing is not None:
+                raise ExtractConfigError(missing)
         if self.weights is not None and not Path(self.weights).is_file():
             raise ExtractConfigError(f"weights file {self.weights} does not exist")
         self.view_specs()

@@ -59,6 +59,8 @@ from sact.common.devices import resolve_device
 from sact.common.distributed import Job, Rank, device_for, joined, owned_shards, rank_from_env
 from sact.common.errors import SactError, is_storage_error, storage_error_reason
 from sact.common.options import Checked, checked
+from sact.common.words import agreeing, counted
+from sact.data.split_lists import SPLIT_RECORD, SplitRecord
 from sact.extract.backbone import FrozenBackbone, PendingTokens, load_backbone
 from sact.extract.clips import ClaimedOrder, ClipDataset, check_shared_memory, decoded_videos
 from sact.extract.config import (
@@ -183,6 +185,8 @@ def open_feature_set_for_writing(
     """
     loaded = frozen.loaded
     root = open_root(config.out, mode="a")
+    split = video_list.split
+    recorded = {} if split is None else {SPLIT_RECORD: SplitRecord.of(split).to_json()}
     with claims.hold(SETUP, wait_s=SETUP_WAIT_S):
         writer = FeatureSetWriter.create_or_open(
             root,
@@ -194,7 +198,7 @@ def open_feature_set_for_writing(
                 decoder=plan.decoder,
                 decoder_version=plan.decoder_version,
             ),
-            provenance={**provenance(config, frozen), "pipeline": plan.to_json()},
+            provenance={**provenance(config, frozen), "pipeline": plan.to_json(), **recorded},
             videos=video_list.records,
             frames=config.frames,
             patches=loaded.grid[0] * loaded.grid[1],
@@ -202,6 +206,10 @@ def open_feature_set_for_writing(
             grid=loaded.grid,
             shard_size=config.shard_size,
         )
+        # the split of the latest extraction: a store made before the record gets one, and a
+        # corrected list (one that was missing, say) replaces the one recorded
+        if recorded and writer.group.attrs["sact"].get(SPLIT_RECORD) != recorded[SPLIT_RECORD]:
+            writer.set_attr(SPLIT_RECORD, recorded[SPLIT_RECORD])
         views = [
             writer.add_view(view.name, spec=view.to_json(), provenance=view_provenance(config))
             for view in config.view_specs()
@@ -591,11 +599,14 @@ def _extract_as_rank(
     for warning in config.warnings():
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     video_list = list_videos(config.videos, config.split)
-    if video_list.split_format:
+    if video_list.split is not None:
+        unmatched = len(video_list.unmatched)
         console.print(
-            f"split {config.split}: {video_list.split_format}; {len(video_list.records)} videos "
-            f"found, {len(video_list.unmatched)} lines name no file",
+            f"split {config.split} ({video_list.split.format.name} format): read "
+            f"{video_list.split.read_description()}; {len(video_list.records)} videos found, "
+            f"{counted(unmatched, 'line')} {agreeing(unmatched, 'names', 'name')} no file",
             highlight=False,
+            soft_wrap=True,
         )
     loaded = load_backbone(
         config.backbone,

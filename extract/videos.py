@@ -29,7 +29,7 @@ from functools import cached_property
 from pathlib import Path
 
 from sact.common.errors import SactError
-from sact.data.split_lists import SplitEntry, load_split
+from sact.data.split_lists import Split, SplitEntry, load_split
 from sact.store.feature_set import VideoRecord
 
 VIDEO_SUFFIXES = frozenset(
@@ -62,6 +62,7 @@ class VideoList:
     unlisted: int = 0  # videos found in the folder that the split does not list
     split_format: str | None = None  # which split list format was read, if any
     unnamable: list[str] = field(default_factory=list)  # NOT_UTF8 files, their names escaped
+    split: Split | None = None  # the split read, if any
 
 
 def is_frame_file(path: Path) -> bool:
@@ -292,6 +293,7 @@ def list_videos(videos_dir: Path, split: str | None = None) -> VideoList:
         unlisted=unlisted,
         split_format=loaded.format.name,
         unnamable=matcher.found_and_unnamable[1],
+        split=loaded,
     )
 
 

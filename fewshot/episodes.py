@@ -21,7 +21,14 @@ import numpy as np
 
 from sact.common.errors import SactError
 from sact.common.files import write_text_atomic
-from sact.data.split_lists import SPLIT_PARTS, SplitEntry, load_split
+from sact.data.split_lists import (
+    SPLIT_PARTS,
+    SPLIT_RECORD,
+    SplitEntry,
+    SplitError,
+    SplitRecord,
+    load_split,
+)
 from sact.store.backends import FeatureSet
 
 EPISODE_FILE_FORMAT = 1
@@ -36,11 +43,13 @@ class EpisodeError(SactError):
 
 @dataclass(frozen=True)
 class SplitSource:
-    """Where a split's parts came from: a split list (name or folder), or the store's labels."""
+    """Where a split's parts came from: a split list (name or folder), the split the store
+    recorded, or the store's labels."""
 
     parts: dict[str, list[SplitEntry]]
     description: str  # e.g. "ssv2_OTAM", or "store labels (classes split 64/12/24, seed 0)"
     name: str | None  # what --split names again, or None for the store's labels
+    note: str | None = None  # a warning for the user: lists that differ from the recorded ones
 
 
 def split_by_labels(feature_set: FeatureSet) -> dict[str, list[SplitEntry]]:
@@ -73,15 +82,83 @@ def split_by_labels(feature_set: FeatureSet) -> dict[str, list[SplitEntry]]:
     return parts
 
 
+def recorded_split(feature_set: FeatureSet) -> SplitRecord | None:
+    """The split `sact extract --split` recorded in the feature set, if it recorded one."""
+    raw = feature_set.attrs.get(SPLIT_RECORD)
+    where = f"feature set {feature_set.name} of {feature_set.location}"
+    return None if raw is None else SplitRecord.from_json(raw, where=where)
+
+
+def from_record(record: SplitRecord, feature_set: FeatureSet, note: str | None) -> SplitSource:
+    """The recorded split's parts: its video ids, in the classes the store holds them in (a
+    video the store lacks counts as missing whatever its class)."""
+    label_of = dict(zip(feature_set.video_ids, feature_set.labels, strict=True))
+    parts = {
+        part: [
+            SplitEntry(label=label_of.get(video_id, ""), video_id=video_id, where=f"{part} list")
+            for video_id in video_ids
+        ]
+        for part, video_ids in record.video_ids.items()
+    }
+    description = f"{record.location} ({record.format}, as recorded in the store)"
+    return SplitSource(parts=parts, description=description, name=record.location, note=note)
+
+
 def resolve_split(feature_set: FeatureSet, split: str | None) -> SplitSource:
-    """`split` if given, else the split stage 1 recorded, else the store's own labels."""
-    name = split or feature_set.attrs.get("split") or None
-    if name:
-        # a folder is recorded absolute, so a checkpoint finds it again from any working folder
-        name = str(Path(name).resolve()) if Path(name).is_dir() else str(name)
-        loaded = load_split(name)
+    """`split` if given, else the split stage 1 recorded, else the store's own labels.
+
+    The recorded split (``SplitRecord``) holds each part's video ids, so it is used from any
+    folder, even once its lists are gone; `split` naming its location where the lists are gone
+    (a checkpoint's split, on another machine) is the recorded split too. Lists that differ from
+    the recorded ones (edited, or another split) are used as asked, with a note saying so.
+    """
+    record = recorded_split(feature_set)
+    where = f"feature set {feature_set.name} of {feature_set.location}"
+    if split:
+        try:
+            loaded = load_split(split)
+        except SplitError:
+            if record is not None and split == record.location:
+                return from_record(record, feature_set, note=None)
+            raise
+        note = None
+        if record is not None and record.differs_from(loaded):
+            note = (
+                f"the lists of split {loaded.location} differ from those {where} was extracted "
+                f"with ({record.location}); using {loaded.location}"
+            )
         return SplitSource(
-            parts=loaded.parts, description=f"{name} ({loaded.format.name})", name=name
+            parts=loaded.parts,
+            description=f"{loaded.location} ({loaded.format.name})",
+            name=loaded.location,
+            note=note,
+        )
+    if record is not None:
+        note = None
+        try:
+            changed = record.differs_from(load_split(record.location))
+        except SplitError:  # the lists are gone or unreadable here: the record is enough
+            changed = False
+        if changed:
+            note = (
+                f"the lists in {record.location} changed since {where} was extracted; using the "
+                f"split recorded in the store (--split {record.location} uses the lists as they "
+                "are now)"
+            )
+        return from_record(record, feature_set, note=note)
+    stored = feature_set.attrs.get("split")
+    if stored:  # a store from before the split record: the split as `sact extract` was given it
+        try:
+            loaded = load_split(str(stored))
+        except SplitError as error:
+            raise EpisodeError(
+                f"{error} (the split {where} records, as given to `sact extract --split` in the "
+                "folder it ran in); pass --split NAME|DIR to say where its lists are"
+            ) from error
+        return SplitSource(
+            parts=loaded.parts,
+            description=f"{loaded.location} ({loaded.format.name})",
+            name=loaded.location,
         )
     fractions = "/".join(str(round(100 * f)) for f in LABEL_SPLIT_FRACTIONS.values())
     return SplitSource(
@@ -108,6 +185,7 @@ class VideoPool:
     by_class: list[np.ndarray]
     missing: int = 0
     unusable: int = 0
+    pending: int = 0  # of the unusable, those not extracted yet (the others failed)
     position_of: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -121,6 +199,17 @@ class VideoPool:
             skipped.append(f"{self.unusable} failed or not extracted")
         text = f"{self.part}: {len(self)} videos in {len(self.classes)} classes"
         return text + (f" (skipped {', '.join(skipped)})" if skipped else "")
+
+    def unfinished(self) -> str | None:
+        """One line when the store's extraction of this part is not finished, else None."""
+        if not self.pending:
+            return None
+        in_store = len(self.video_ids) + self.unusable
+        return (
+            f"the extraction is not finished: {in_store - self.pending} of {in_store} "
+            f"{self.part} videos done (run the same `sact extract` command again to finish it: "
+            "it resumes)"
+        )
 
 
 def build_pool(feature_set: FeatureSet, source: SplitSource, part: str) -> VideoPool:
@@ -141,6 +230,7 @@ def build_pool(feature_set: FeatureSet, source: SplitSource, part: str) -> Video
         {(e.label, e.video_id) for e in present if usable[index_of[e.video_id]]},
     )
     unusable = len(present) - len(kept)
+    pending = len({e.video_id for e in present if not feature_set.done[index_of[e.video_id]]})
     classes = sorted({label for label, _ in kept})
     class_number = {name: number for number, name in enumerate(classes)}
     labels = [label for label, _ in kept]
@@ -155,6 +245,7 @@ def build_pool(feature_set: FeatureSet, source: SplitSource, part: str) -> Video
         by_class=[np.flatnonzero(label_numbers == c) for c in range(len(classes))],
         missing=missing,
         unusable=unusable,
+        pending=pending,
         position_of={video_id: position for position, video_id in enumerate(video_ids)},
     )
 

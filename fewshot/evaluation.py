@@ -63,6 +63,7 @@ class Scored:
     selected: Selected  # the checkpoint, and why it was scored (fewshot/selection.py)
     feature_set: FeatureSet
     pool: VideoPool
+    split_note: str | None = None  # SplitSource.note
 
     @property
     def checkpoint(self) -> Checkpoint:
@@ -78,7 +79,8 @@ def open_scored(name: str, selected: Selected, config: EvalConfig, *, override: 
     check_compatible(checkpoint, feature_set)
     split_list = (config.split_list if override else None) or checkpoint.split
     source = resolve_split(feature_set, split_list)
-    return Scored(name, selected, feature_set, build_pool(feature_set, source, config.split))
+    pool = build_pool(feature_set, source, config.split)
+    return Scored(name, selected, feature_set, pool, split_note=source.note)
 
 
 def translate(
@@ -227,6 +229,8 @@ def evaluate(
     ]
     warnings = [one.selected.warning for one in (main, *others) if one.selected.warning]
     if console is not None:
+        for note in dict.fromkeys(one.split_note for one in (main, *others) if one.split_note):
+            console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
         console.print(
             f"{main.name}: {main.selected.label}; {main.feature_set.name}, {main.pool.summary()}",
             highlight=False,

@@ -70,6 +70,7 @@ from sact.fewshot.checkpoints import (
 from sact.fewshot.config import CONFIG_FILE, TrainConfig, TrainingError, prepare_training
 from sact.fewshot.episodes import (
     Episode,
+    EpisodeError,
     EpisodeSampler,
     SplitSource,
     VideoPool,
@@ -214,11 +215,24 @@ def prepare_data(config: TrainConfig, console: Console | None) -> Data:
     train_pool = build_pool(feature_set, split, "train")
     val_pool = build_pool(feature_set, split, "val")
     train_views = training_views(feature_set, train_pool, config.views)
-    samplers = [
-        EpisodeSampler(pool, way=config.way, shot=config.shot, queries=config.query)
-        for pool in (train_pool, val_pool)
-    ]
+    unfinished = train_pool.unfinished() or val_pool.unfinished()
+    try:
+        samplers = [
+            EpisodeSampler(pool, way=config.way, shot=config.shot, queries=config.query)
+            for pool in (train_pool, val_pool)
+        ]
+    except EpisodeError as error:
+        if unfinished is None:
+            raise
+        raise TrainingError(unfinished) from error  # the cause, not its consequence
     if console is not None:
+        if split.note is not None:
+            console.print(f"[yellow]warning:[/] {split.note}", highlight=False)
+        if unfinished is not None:
+            console.print(
+                f"[yellow]warning:[/] {unfinished}; this run trains on the videos done so far",
+                highlight=False,
+            )
         console.print(f"split {split.description}: {train_pool.summary()}; {val_pool.summary()}")
         for sampler in samplers:
             if sampler.exclusion_note():

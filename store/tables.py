@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
+from sact.data.split_lists import SPLIT_RECORD, SplitError, SplitRecord
+
 if TYPE_CHECKING:
     from sact.store.inventory import StoreInventory
     from sact.store.verify import VerifyReport
@@ -57,6 +59,14 @@ def export_table(summary: dict[str, Any]) -> Table:
     return counts_table(f"exported {summary['source']} → {summary['destination']}", summary["sets"])
 
 
+def split_record_line(raw: Any, *, where: str) -> str:
+    """The recorded split in one line (its video ids are in `sact info --json`)."""
+    try:
+        return SplitRecord.from_json(raw, where=where).summary()
+    except SplitError as error:
+        return str(error)
+
+
 def inventory_tables(found: StoreInventory) -> list[Table]:
     """An overview table of the feature sets, then one provenance table per feature set."""
     overview = counts_table(
@@ -73,7 +83,9 @@ def inventory_tables(found: StoreInventory) -> list[Table]:
         details.add_column("key", style="dim")
         details.add_column("value")
         for key, value in sorted(info.attrs.items()):
-            if key not in ("identity", "config"):
+            if key == SPLIT_RECORD:
+                details.add_row(key, split_record_line(value, where=info.name))
+            elif key not in ("identity", "config"):
                 details.add_row(key, str(value))
         tables.append(details)
         tables.append(

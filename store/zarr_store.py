@@ -405,6 +405,14 @@ class FeatureSetWriter:
         attrs = self.group.attrs["sact"]
         return {key: attrs[key] for key in attrs["identity"]}
 
+    def set_attr(self, key: str, value: Any) -> None:
+        """Set one provenance entry of the feature set's attrs (never an identity key: those
+        decide the stored values); the other entries are kept."""
+        attrs = dict(self.group.attrs["sact"])
+        if key in attrs["identity"]:
+            raise ValueError(f"{key} is part of the identity of feature set {self.group.basename}")
+        self.group.attrs["sact"] = {**attrs, key: value}
+
     # ---- views ----
 
     def view_names(self) -> list[str]:

@@ -147,9 +147,10 @@ def test_split_selects_videos_and_reports_unmatched_lines(
     split = tmp_path / "split"
     split.mkdir()
     (split / "trainlist01.txt").write_text("juggling/j2\njuggling/j1\n")
+    (split / "vallist01.txt").write_text("fencing/f1\n")  # a class the folder lacks
     (split / "testlist01.txt").write_text("riding bike/r2\nriding bike/never_recorded\n")
     summary = extract(video_folder, tmp_path / "feats.zarr", split=str(split))
-    assert summary.unmatched == ["riding bike/never_recorded"]
+    assert summary.unmatched == ["fencing/f1", "riding bike/never_recorded"]
     feature_set = open_feature_set(str(tmp_path / "feats.zarr"))
     assert feature_set.video_ids == ["j2", "j1", "r2"]
     assert feature_set.attrs["split"] == str(split)
@@ -245,11 +246,16 @@ def test_cli_extract_says_how_many_videos_the_split_leaves_out(
     split = tmp_path / "split"
     split.mkdir()
     (split / "trainlist01.txt").write_text("juggling/j2\nriding bike/r2\n")
+    (split / "vallist01.txt").write_text("fencing/f1\n")
+    (split / "testlist01.txt").write_text("climbing/c1\n")
     options = cli_options(video_folder, tmp_path / "f.zarr")
     result = cli("extract", *options, "--split", str(split), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["unlisted"] == 3
-    assert "3 videos in the folder are in no list of the split" in " ".join(result.stderr.split())
+    said = " ".join(result.stderr.split())
+    assert "3 videos in the folder are in no list of the split" in said
+    assert "2 split lines name no file" in said
+    assert "read trainlist01.txt (2 lines), vallist01.txt (1 line), testlist01.txt (1 line)" in said
 
 
 def test_a_finished_extraction_shows_its_speed_even_when_it_was_quick() -> None:

@@ -58,15 +58,16 @@ def test_paths_under_the_dataset_root_kinetics_layout(tmp_path: Path) -> None:
     assert load_split(str(split)).format.name.startswith(FEW_SHOT)
     listed = list_videos(root, str(split))
     assert listed.split_format is not None and listed.split_format.startswith(FEW_SHOT)
+    # the class is the folder the path names, not the class index (train0)
     assert [(r.video_id, r.path, r.label) for r in listed.records] == [
-        ("-YGUR0HXgyE_000085_000095", "train_256/busking/-YGUR0HXgyE_000085_000095.mp4", "train0"),
-        ("09ZMT8HT0DA", "val_256/busking/09ZMT8HT0DA.mkv", "train0"),
+        ("-YGUR0HXgyE_000085_000095", "train_256/busking/-YGUR0HXgyE_000085_000095.mp4", "busking"),
+        ("09ZMT8HT0DA", "val_256/busking/09ZMT8HT0DA.mkv", "busking"),
         (
             "-kYzxMKp514_000086_000096",
             "train_256/blasting_sand/-kYzxMKp514_000086_000096.mp4",
-            "train1",
+            "blasting_sand",
         ),
-        ("-514AQUrSow", "val_256/baking_cookies/-514AQUrSow.mp4", "val0"),
+        ("-514AQUrSow", "val_256/baking_cookies/-514AQUrSow.mp4", "baking_cookies"),
     ]
     assert listed.unmatched == ["test0//val_256/cutting_watermelon/missing.mp4"]
 
@@ -91,7 +92,7 @@ def test_a_path_missing_at_the_root_is_looked_up_in_its_class_folder(tmp_path: P
     split = write_few_shot_split(tmp_path / "split", test=["test0//videos/fencing/f1.avi"])
     listed = list_videos(tmp_path / "hmdb", str(split))
     assert [(r.video_id, r.path, r.label) for r in listed.records] == [
-        ("f1", "fencing/f1.avi", "test0")
+        ("f1", "fencing/f1.avi", "fencing")
     ]
 
 
@@ -156,14 +157,15 @@ def test_hmdb_layout_extracts_and_feeds_episodes(tmp_path: Path) -> None:
     split = write_few_shot_split(tmp_path / "split", **parts)
 
     said = extract_in_this_process(root, tmp_path / "feats.zarr", split=str(split))
-    assert f"split {split}: {FEW_SHOT}" in said and "8 videos found, 0 lines name no file" in said
+    assert f"split {split} ({FEW_SHOT} format): read train_few_shot.txt (4 lines)" in said
+    assert "8 videos found, 0 lines name no file" in said
     features = open_feature_set(str(tmp_path / "feats.zarr"), "tiny")
     assert features.usable.all()
     assert sorted(zip(features.labels, features.video_ids, strict=True))[:2] == [
-        ("test0", "climb_0"),
-        ("test0", "climb_1"),
+        ("climb", "climb_0"),
+        ("climb", "climb_1"),
     ]
     source = resolve_split(features, None)  # the split stage 1 recorded
     assert FEW_SHOT in source.description
     pool = build_pool(features, source, "train")
-    assert pool.classes == ["train0", "train1"] and len(pool) == 4
+    assert pool.classes == ["fencing", "kick"] and len(pool) == 4
