@@ -298,21 +298,20 @@ def info(
         # verify first: marking rewrites a damaged done or error chunk, which inventory reads
         report = verify_and_mark(store, console=stderr) if verify else None
         found = inventory(store)
+    # the verdict once: after the tables on stdout, or on stderr beside the JSON
     if json_out:
         verified = {} if report is None else {"verify": report.to_json()}
         typer.echo(json.dumps({**found.to_json(), **verified}, indent=2))
+        verdict = stderr
     else:
-        console = Console()
+        verdict = Console()
         for table in inventory_tables(found):
-            print_table(console, table)
-        if report is not None:
-            if report.damaged:
-                print_table(console, damaged_table(report))
-            else:
-                console.print(report.notes()[-1])
+            print_table(verdict, table)
+        if report is not None and report.damaged:
+            print_table(verdict, damaged_table(report))
     if report is not None:
         for note in report.notes():
-            stderr.print(note, highlight=False)
+            verdict.print(note, highlight=False, soft_wrap=True)
         if report.damaged:
             raise typer.Exit(1)
 

@@ -156,6 +156,8 @@ class ExtractSummary:
 
     @property
     def videos_per_second(self) -> float:
+        """The canonical view's videos this run over its seconds from its first decode to its
+        last write: start-up (listing, loading the backbone) excluded, as in the progress bar."""
         return self.extracted_now / self.work_seconds if self.work_seconds > 0 else 0.0
 
     @property
@@ -306,13 +308,15 @@ def estimate_costs(writers: list[FeatureSetWriter], work: list[list[int]]) -> li
 
 
 class VideosPerSecond(ProgressColumn):
+    """The view's videos so far over the seconds since its work started: the rate the summary
+    reports (``ExtractSummary.videos_per_second``), start-up excluded in both. Not rich's moving
+    average, which swings with the shards' bursts (a whole shard lands at once)."""
+
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        if speed is None and task.finished and task.completed and task.elapsed:
-            speed = task.completed / task.elapsed  # over before rich's moving average had 2 points
-        if speed is None:  # not started yet, or finished with nothing to do
+        elapsed = task.finished_time if task.finished else task.elapsed
+        if not task.completed or not elapsed:  # not started yet, or finished with nothing to do
             return Text("" if task.finished else "-- videos/s")
-        return Text(f"{speed:.1f} videos/s", style="cyan")
+        return Text(f"{task.completed / elapsed:.1f} videos/s", style="cyan")
 
 
 def _progress(console: Console) -> Progress:

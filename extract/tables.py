@@ -15,13 +15,18 @@ if TYPE_CHECKING:
 def summary_table(summary: ExtractSummary) -> Table:
     """The end-of-run table: counts, the rate, and the rate against its two bounds: what the
     decoders alone and the backbone alone would have delivered (their busy time in this run)."""
-    table = Table(title=f"{summary.feature_set} in {summary.store}", show_header=True)
+    table = Table(
+        title=f"{summary.feature_set} in {summary.store}",
+        show_header=True,
+        caption="videos/s: this run's videos over the seconds after start-up (listing the videos, "
+        "loading the backbone), as the progress bar counts them; seconds: the whole run",
+    )
     table.add_column("videos", justify="right")
     table.add_column("done", justify="right", style="green")
     table.add_column("failed", justify="right", style="red")
     table.add_column("pending", justify="right")
     table.add_column("this run", justify="right")
-    table.add_column("videos/s", justify="right")
+    table.add_column("videos/s after start-up", justify="right")
     table.add_column("decoding alone", justify="right")
     table.add_column("backbone alone", justify="right")
     table.add_column("÷ slower", justify="right")

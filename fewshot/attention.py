@@ -38,6 +38,10 @@ FALLBACK_FONTS = (
 )
 PANEL_INCHES = 2.0
 DPI = 100
+TITLE_FONT_SIZE = 9  # points
+TITLE_WIDTH = 0.96  # of the figure's width a title line may take
+TITLE_LINE_INCHES = 0.16  # 9 points with matplotlib's line spacing (1.2) and a little air
+TITLE_MARGIN_INCHES = 0.24  # above and below the title
 
 
 def title_fonts() -> list[str]:
@@ -45,6 +49,38 @@ def title_fonts() -> list[str]:
     installed = {font.name for font in font_manager.fontManager.ttflist}
     default = list(matplotlib.rcParams["font.family"])
     return default + [name for name in FALLBACK_FONTS if name in installed]
+
+
+def title_lines(figure: Figure, title: str) -> list[str]:
+    """``title`` in lines that each fit the figure's width, broken at spaces, and inside a word
+    (a long video name) only where the word alone is too wide: a title wider than the figure
+    would be cut at both ends."""
+    renderer = figure.canvas.get_renderer()  # type: ignore[attr-defined]
+    room = figure.bbox.width * TITLE_WIDTH
+    probe = figure.text(0, 0, "", fontsize=TITLE_FONT_SIZE, fontfamily=title_fonts())
+
+    def fits(text: str) -> bool:
+        probe.set_text(text)
+        return bool(probe.get_window_extent(renderer).width <= room)
+
+    lines: list[str] = []
+    line = ""
+    for word in title.split(" "):
+        joined = f"{line} {word}" if line else word
+        if fits(joined):
+            line = joined
+            continue
+        if line:
+            lines.append(line)
+        line = ""
+        for character in word:
+            if line and not fits(line + character):
+                lines.append(line)
+                line = ""
+            line += character
+    lines.append(line)
+    probe.remove()
+    return lines
 
 
 @torch.no_grad()
@@ -108,10 +144,12 @@ def draw_attention(
         raise ValueError("need one query and one support frame per mixed frame")
     if count > len(PATCH_COLOURS):
         raise ValueError(f"at most {len(PATCH_COLOURS)} patches per frame")
-    header = 0.4 if title else 0.0
     # a figure of its own on the Agg canvas: a file, never a window, whatever pyplot's backend
-    figure = Figure(figsize=((1 + count) * PANEL_INCHES, frames * PANEL_INCHES + header), dpi=DPI)
+    figure = Figure(figsize=((1 + count) * PANEL_INCHES, frames * PANEL_INCHES), dpi=DPI)
     FigureCanvasAgg(figure)
+    lines = title_lines(figure, title) if title else []
+    header = TITLE_MARGIN_INCHES + TITLE_LINE_INCHES * len(lines) if lines else 0.0
+    figure.set_size_inches((1 + count) * PANEL_INCHES, frames * PANEL_INCHES + header)
     axes = figure.subplots(frames, 1 + count, squeeze=False)
     for i in range(frames):
         query_axis = axes[i, 0]
@@ -146,8 +184,8 @@ def draw_attention(
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    if title:
-        figure.suptitle(title, fontsize=9, fontfamily=title_fonts())
+    if lines:
+        figure.suptitle("\n".join(lines), fontsize=TITLE_FONT_SIZE, fontfamily=title_fonts())
     figure.tight_layout(rect=(0, 0, 1, 1 - header / (frames * PANEL_INCHES + header)))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as partial:

@@ -572,6 +572,8 @@ class Trainer:
         return loaded, rng_state
 
     def batches(self) -> Iterator[tuple[list[tuple[torch.Tensor, ...]], RngState]]:
+        if self.step >= self.iterations:  # a finished run resumed: its split is never read
+            return iter(())
         plans = itertools.islice(self.plans(), self.iterations - self.step)
         if self.train_features.in_memory:
             return map(self.load, plans)

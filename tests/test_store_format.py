@@ -224,6 +224,8 @@ def test_info_verify_lists_and_marks_damaged_videos(tmp_path):
     assert [(d["video_id"], d["array"]) for d in report["damaged"]] == [("v3", "features")]
     assert report["marked_for_redo"] == 1
     assert "sact extract" in listed.stderr and "Traceback" not in listed.stderr
+    assert listed.stderr.count("damaged (video, view) pairs") == 1  # the verdict, once
     again = subprocess.run(command, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr  # marked pending: nothing damaged is done now
-    assert "no damaged video" in again.stderr
+    said = again.stdout + again.stderr
+    assert said.count("no damaged video") == 1 and "no damaged video" in again.stdout
