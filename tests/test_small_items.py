@@ -111,4 +111,4 @@ def test_a_finished_run_resumed_never_reads_its_split(synthetic_store, tmp_path:
     )
     assert train(config).steps == 2
     again = train(TrainConfig(out=str(tmp_path / "run"), resume=True, device="cpu"))
-    assert again.steps == 2 and again.data == "not read (nothing left to train)"
+    assert again.steps == 2 and "not read (nothing left to train)" in again.data
