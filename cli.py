@@ -33,6 +33,7 @@ from sact.common.words import agreeing, counted
 from sact.demo.config import DemoConfig
 from sact.extract.config import ExtractConfig
 from sact.fewshot.config import EvalConfig, ExplainConfig, TrainConfig, prepare_training
+from sact.fewshot.sweep_config import SweepConfig
 
 stderr = Console(stderr=True)
 
@@ -467,6 +468,55 @@ def report(
         stderr.print(f"markdown in {markdown}", highlight=False)
     if json_out:
         typer.echo(json.dumps(data, indent=2))
+
+
+# -- sweep (fewshot/sweep.py) --
+
+
+@app.command(
+    epilog=examples(
+        "sact sweep --recipe ssv2-otam --feats feats.zarr --out sweeps/otam",
+        "sact sweep --feats feats.zarr --variants sact,protonet --seeds 2 --steps 2000",
+        "sact sweep --file sweep.toml",
+        "torchrun --nproc-per-node 8 $(which sact) sweep --recipe ssv2-otam --feats feats.zarr",
+        "sact sweep --list",
+    )
+)
+@with_options(SweepConfig)
+def sweep(
+    ctx: typer.Context,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="A sweep file (TOML, or JSON): docs/SWEEP.md."),
+    ] = None,
+    list_recipes: Annotated[
+        bool, typer.Option("--list", help="List the recipes and variants, and exit.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print report.json on stdout.")] = False,
+    **options: Any,
+) -> None:
+    """Every variant × seed on one store, trained and scored on identical episodes; one table."""
+    from sact.fewshot.sweep_config import recipes_table, resolve_sweep, variants_table
+
+    if list_recipes:
+        with user_errors():
+            print_table(Console(), recipes_table())
+            print_table(Console(), variants_table())
+        return
+    with user_errors():  # before the training stack is imported: a mistake is refused at once
+        typed = {name: value for name, value in options.items() if parameter_given(ctx, name)}
+        config = checked(resolve_sweep(typed, file=file))
+    from sact.fewshot.sweep import run_sweep
+
+    with user_errors():
+        result = run_sweep(config, console=stderr)
+    if result is None:  # a torchrun rank other than 0: rank 0 reports
+        return
+    for table in result.tables:
+        print_table(stderr if json_out else Console(), table)
+    stderr.print(f"report in {result.markdown} and {result.json_path}", highlight=False)
+    if json_out:
+        typer.echo(json.dumps(result.data, indent=2))
 
 
 # -- demo, explain (demo.py, explain.py) --

@@ -41,6 +41,7 @@ from sact.extract.pipeline import ExtractConfig, run_extraction
 from sact.fewshot.config import ExplainConfig
 from sact.fewshot.evaluation import evaluate
 from sact.fewshot.report import Report, build_report, report_json
+from sact.fewshot.sweep_config import VARIANTS, Variant
 from sact.fewshot.training import CONFIG_FILE, TrainConfig, train
 
 RESULTS_FILE = "demo.json"
@@ -49,34 +50,6 @@ MARKDOWN_FILE = "demo.md"
 
 class DemoError(SactError):
     """A demo stage that failed; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One model the suite trains: a model kind and what its training config changes."""
-
-    name: str  # its runs' folder
-    label: str
-    model: str
-    changes: tuple[tuple[str, Any], ...] = ()  # TrainConfig fields
-
-
-# SA-CT first: the reference of every paired difference.
-VARIANTS = (
-    Variant("sact", "SA-CT", "sact"),
-    Variant("sact-no-tmixer", "SA-CT −TMixer", "sact", (("tmixer", False),)),
-    Variant("sact-no-cpe", "SA-CT −CPE", "sact", (("cpe", False),)),
-    Variant(
-        "sact-seed-formula",
-        "SA-CT, seed's formula",
-        "sact",
-        (("input_norm", False), ("distance", "seed")),
-    ),
-    Variant("protonet", "ProtoNet", "protonet"),
-    Variant("trx", "TRX", "trx"),
-    Variant("trx-grid", "TRX-grid", "trx-grid"),
-    Variant("nearest-mean", "nearest mean", "nearest-mean"),
-)
 
 
 @dataclass(frozen=True)

@@ -373,7 +373,12 @@ def episodes_to_json(pool: VideoPool, settings: Sequence[EpisodeSet], **info: An
 def episodes_digest(pool: VideoPool, setting: EpisodeSet) -> str:
     """sha256 of a setting's episodes by class name and video id (what its episode file holds):
     the same episodes give the same digest whatever store or pool they were drawn from."""
-    content = episodes_to_json(pool, [setting])["settings"][0]
+    return setting_digest(episodes_to_json(pool, [setting])["settings"][0])
+
+
+def setting_digest(content: dict[str, Any]) -> str:
+    """`episodes_digest` of one setting as an episode file holds it: read from the file alone,
+    without the store (a sweep tells which runs were evaluated on its episodes this way)."""
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 

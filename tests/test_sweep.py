@@ -1,0 +1,205 @@
+"""`sact sweep` on a synthetic store: the same table as the runs trained and evaluated one by one
+with the command line, resumed bit for bit after kills, the same under torchrun with two ranks,
+and a run folder trained otherwise refused in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sact.cli import app
+
+runner = CliRunner()
+
+# 3 variants × 2 seeds, tiny: 3-way 2-shot training of 8 steps, 20 test episodes at 1 shot
+SWEEP_FILE = """\
+feats = "feats.zarr"
+variants = ["sact", "sact-no-cpe", "protonet"]
+seeds = 2
+shots = [1]
+steps = 8
+episodes = 20
+device = "cpu"
+
+[train]
+way = 3
+shot = 2
+query = 2
+d_k = 16
+lr = 0.003
+warmup = 2
+val_every = 4
+val_episodes = 10
+
+[evaluate]
+way = 3
+"""
+# the same runs as `sact train` options
+TRAIN_OPTIONS = [
+    "--feats", "feats.zarr", "--way", "3", "--shot", "2", "--query", "2", "--d-k", "16",
+    "--lr", "0.003", "--warmup", "2", "--iterations", "8", "--val-every", "4",
+    "--val-episodes", "10", "--device", "cpu",
+]  # fmt: skip
+VARIANT_OPTIONS = {"sact": ["--model", "sact"], "sact-no-cpe": ["--model", "sact", "--no-cpe"],
+                   "protonet": ["--model", "protonet"]}  # fmt: skip
+RUNS = [f"{variant}-seed{seed}" for variant in VARIANT_OPTIONS for seed in (0, 1)]
+
+
+def sweep_folder(tmp: Path, store: str | Path) -> Path:
+    """A folder holding a copy of `store` and the sweep file (paths relative to it)."""
+    shutil.copytree(store, tmp / "feats.zarr")
+    (tmp / "sweep.toml").write_text(SWEEP_FILE)
+    return tmp
+
+
+def environment() -> dict[str, str]:
+    """One thread, as in the sweep made in this process (float sums in the same order); no
+    torchrun variables of an outer job. PYTHONPATH kept: this checkout's sact."""
+    torchrun = (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+    )
+    return {k: v for k, v in os.environ.items() if k not in torchrun} | {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory, synthetic_store) -> Path:
+    """The sweep run once in this process, on one torch thread, into sweep/."""
+    folder = sweep_folder(tmp_path_factory.mktemp("sweep"), synthetic_store.location)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cwd = Path.cwd()
+    os.chdir(folder)
+    try:
+        result = runner.invoke(app, ["sweep", "--file", "sweep.toml", "--out", "sweep", "--json"])
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == json.loads((folder / "sweep/report.json").read_text())
+    return folder
+
+
+def table_of(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """A report's rows without where their runs live."""
+    return [{k: v for k, v in row.items() if k != "runs"} for row in report["rows"]]
+
+
+def saved_runs(folder: Path) -> dict[str, bytes]:
+    """Every run's weights (both checkpoints) and per-episode results, by run and file."""
+    found = {}
+    for run in RUNS:
+        for which in ("best", "last"):
+            path = folder / run / "checkpoints" / which / "model.safetensors"
+            found[f"{run}/{which}"] = path.read_bytes()
+        (record,) = sorted((folder / run / "evaluations").glob("*.json"))
+        settings = json.loads(record.read_text())["settings"]
+        found[f"{run}/correct"] = json.dumps([s["correct"] for s in settings]).encode()
+    return found
+
+
+def test_a_sweep_gives_the_table_of_the_runs_made_one_by_one(
+    swept: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.set_num_threads(1)
+    monkeypatch.chdir(swept)
+    report = json.loads((swept / "sweep/report.json").read_text())
+    assert report["variants"] == ["SA-CT", "SA-CT −CPE", "ProtoNet"]
+    assert sorted(path.name for path in (swept / "sweep/runs").iterdir()) == sorted(RUNS)
+    for run in RUNS:
+        variant, seed = run.rsplit("-seed", 1)
+        command = ["train", *TRAIN_OPTIONS, *VARIANT_OPTIONS[variant], "--seed", seed]
+        trained = runner.invoke(app, [*command, "--out", f"cli/{run}"])
+        assert trained.exit_code == 0, trained.output
+        evaluated = runner.invoke(
+            app,
+            ["evaluate", "--run", f"cli/{run}", "--way", "3", "--shot", "1", "--episodes", "20",
+             "--episodes-file", "cli/episodes.json", "--device", "cpu"],
+        )  # fmt: skip
+        assert evaluated.exit_code == 0, evaluated.output
+    reported = runner.invoke(app, ["report", *(f"cli/{run}" for run in RUNS), "--json"])
+    assert reported.exit_code == 0, reported.output
+    assert table_of(json.loads(reported.stdout)) == table_of(report["report"])
+    assert saved_runs(swept / "cli") == saved_runs(swept / "sweep/runs")
+
+
+def test_a_sweep_killed_twice_resumes_to_the_same_runs(swept: Path, tmp_path: Path) -> None:
+    folder = sweep_folder(tmp_path, swept / "feats.zarr")
+    command = [sys.executable, "-m", "sact.cli", "sweep", "--file", "sweep.toml", "--out", "s"]
+    rng = np.random.default_rng(21)
+    for _ in range(2):  # killed at a seeded moment after its first run folder appeared
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        process = subprocess.Popen(command, cwd=folder, env=environment(), **quiet)
+        while not (folder / "s/runs").exists() and process.poll() is None:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.2, 2.0))
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL  # killed before it finished
+    finished = subprocess.run(
+        command, cwd=folder, env=environment(), capture_output=True, text=True
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert saved_runs(folder / "s/runs") == saved_runs(swept / "sweep/runs")
+    reported = json.loads((folder / "s/report.json").read_text())
+    assert table_of(reported["report"]) == table_of(
+        json.loads((swept / "sweep/report.json").read_text())["report"]
+    )
+
+
+def test_two_torchrun_ranks_give_the_table_of_one_process(swept: Path, tmp_path: Path) -> None:
+    folder = sweep_folder(tmp_path, swept / "feats.zarr")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    finished = subprocess.run(
+        [*torchrun, "-m", "sact.cli", "sweep", "--file", "sweep.toml", "--out", "s"],
+        cwd=folder, env=environment(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert finished.returncode == 0, finished.stderr
+    assert saved_runs(folder / "s/runs") == saved_runs(swept / "sweep/runs")
+    reported = json.loads((folder / "s/report.json").read_text())
+    assert table_of(reported["report"]) == table_of(
+        json.loads((swept / "sweep/report.json").read_text())["report"]
+    )
+    # each run was claimed once, and both ranks trained some
+    claims = folder / "s/.claims/.sact-claims/runs"
+    holders = {json.loads(path.read_text())["holder"]["pid"] for path in claims.glob("*/*.json")}
+    assert len(list(claims.glob("*/*.json"))) == len(RUNS) and len(holders) == 2
+
+
+def test_a_run_trained_otherwise_is_refused_in_one_line(
+    swept: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(swept)
+    before = saved_runs(swept / "sweep/runs")
+    (swept / "other.toml").write_text(SWEEP_FILE.replace("lr = 0.003", "lr = 0.001"))
+    refused = runner.invoke(app, ["sweep", "--file", "other.toml", "--out", "sweep"])
+    assert refused.exit_code == 2
+    assert refused.output.count("\n") == 1 and "--lr 0.003" in refused.output
+    assert "sweep/runs/sact-seed0 holds a run trained with" in refused.output
+    assert saved_runs(swept / "sweep/runs") == before  # nothing touched
+
+
+def test_the_sweep_file_follows_the_documented_schema() -> None:
+    schema = json.loads(
+        (Path(__file__).resolve().parents[1] / "docs/sweep.schema.json").read_text()
+    )
+    jsonschema.validate(tomllib.loads(SWEEP_FILE), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"variants": ["sact"], "bogus": 1}, schema)
