@@ -42,9 +42,10 @@ from rich.table import Table
 from sact.common.claims import ClaimBook
 from sact.common.devices import autocast_for, resolve_device, synchronize
 from sact.common.distributed import Job, device_for, joined, rank_from_env
+from sact.common.errors import SactError
 from sact.common.files import write_text_atomic
 from sact.common.options import Checked, checked, option_name
-from sact.fewshot.checkpoints import CheckpointError, checkpoint_of_run, read_checkpoint
+from sact.fewshot.checkpoints import CheckpointError, read_checkpoint
 from sact.fewshot.config import (
     CONFIG_FILE,
     LAST_CHECKPOINT,
@@ -55,8 +56,10 @@ from sact.fewshot.config import (
 )
 from sact.fewshot.episodes import build_pool, resolve_split, setting_digest
 from sact.fewshot.evaluation import evaluate, make_episodes
+from sact.fewshot.precision import resolve_precision
 from sact.fewshot.records import run_records, weights_digest
 from sact.fewshot.report import build_report, report_json, report_markdown, report_table
+from sact.fewshot.selection import select_checkpoint
 from sact.fewshot.sweep_config import (
     Published,
     Recipe,
@@ -129,6 +132,8 @@ def refuse_a_different_run(run: SweepRun) -> None:
         asked, had = getattr(run.train, name), getattr(saved, name)
         if name == "feats":
             asked = store_location(asked)
+        if name == "precision":  # saved resolved for the device it trained on
+            asked = resolve_precision(asked, resolve_device(run.train.device)).name
         if name == "views" and asked == "all":
             continue  # saved resolved to the views the store held; "all" asks for those
         if asked != had:
@@ -154,9 +159,9 @@ def trained(run: SweepRun) -> bool:
 def evaluated(run: SweepRun, digests: Sequence[str]) -> bool:
     """A record of its evaluated checkpoint, with these weights, on every one of `digests`."""
     try:
-        checkpoint = checkpoint_of_run(run.folder, run.evaluation.checkpoint)
+        checkpoint = select_checkpoint(run.folder, run.evaluation.checkpoint).checkpoint
         weights = weights_digest(checkpoint)
-    except (CheckpointError, OSError):
+    except (SactError, OSError):  # nothing to score yet
         return False
     for record in run_records(run.folder):
         scored = {setting.episodes_digest for setting in record.settings}

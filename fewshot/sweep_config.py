@@ -25,7 +25,7 @@ from rich.table import Table
 from sact.common.errors import SactError
 from sact.common.options import declared_options, default_of, option
 from sact.fewshot.config import CHECKPOINTS, DEVICE_HELP, EvalConfig, TrainConfig
-from sact.fewshot.kinds import is_model, model_kind, model_names
+from sact.fewshot.kinds import is_model, model_kind, model_names, one_of
 
 
 class SweepError(SactError):
@@ -161,7 +161,7 @@ def read_recipe(name: str) -> Recipe:
 # what a sweep sets in each run's TrainConfig itself: a file's [train] may not
 SET_BY_THE_SWEEP = ("feats", "feature_set", "split", "model", "out", "seed", "device", "resume")
 # the EvalConfig fields a file's [evaluate] may set; the others are each run's, or the sweep's
-EVALUATE_KEYS = ("way", "query", "checkpoint", "batch_size", "workers")
+EVALUATE_KEYS = ("way", "query", "checkpoint", "precision", "batch_size", "workers")
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,8 @@ class SweepConfig:
                 raise SweepError(f"--{name} must be at least 1, got {value}")
         if self.evaluation.checkpoint not in CHECKPOINTS:
             raise SweepError(
-                f"[evaluate] checkpoint must be best or last, got {self.evaluation.checkpoint!r}"
+                f"[evaluate] checkpoint must be {one_of(CHECKPOINTS)}, got "
+                f"{self.evaluation.checkpoint!r}"
             )
         if min(self.evaluation.way, self.evaluation.query, self.evaluation.batch_size) < 1:
             raise SweepError("[evaluate] way, query and batch_size must be at least 1")
