@@ -99,8 +99,11 @@ def swept(tmp_path_factory: pytest.TempPathFactory, synthetic_store) -> Path:
 
 
 def table_of(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """A report's rows without where their runs live."""
-    return [{k: v for k, v in row.items() if k != "runs"} for row in report["rows"]]
+    """A report's rows without where their runs live (each run's checkpoints in run order)."""
+    return [
+        {k: list(v.values()) if k == "checkpoints" else v for k, v in row.items() if k != "runs"}
+        for row in report["rows"]
+    ]
 
 
 def saved_runs(folder: Path) -> dict[str, bytes]:
