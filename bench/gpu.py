@@ -1,24 +1,49 @@
-"""The three targets of SSv2-OTAM on one GPU node, measured by one command on synthetic data of
-SSv2's shape, each against what bounds it in the same run:
+"""SSv2-OTAM's targets on one GPU, measured by one command on synthetic data of SSv2's shape, each
+against what bounds it in the same run. The parts, in order (`--parts` picks some):
 
-(a) extraction (bench/extraction.py, ``gpu_extraction``): on clips in SSv2's format that weigh
-    what SSv2's files weigh, with each decoder installed (PyAV, torchcodec on the CPU and on the
-    GPU's NVDEC), videos/s of the decoders alone, of the backbone alone on crops in memory (TF32,
-    channels_last) and of `sact extract` end to end; Kinetics-like clips through each decoder;
-    the GPU decoder's frames against PyAV's; OTAM's 71,796 videos extrapolated.
-(b) training at ResNet-50 dims (T = 8, 7x7, D = 2048, d_k = 1152, 5-way 5-shot 5 queries): the
-    tiered loader's episodes/s from each tier (device, host memory, store) against that tier's
-    bound (device and host: memory copy rate; store: sequential read rate of its files), the
-    model step alone, and the training loop with the tier mix OTAM's train split would get on
-    this machine; the step against its FLOP bound (FLOPs counted by torch, the peak from a large
-    matmul in the step's dtype); 75,000 episodes extrapolated from the loop.
-(c) evaluation: a slice of the test split embedded (extrapolated to OTAM's 2,857 videos) and
-    10,000 5-way 5-shot 1-query episodes scored, batched, with the model of (b).
+peaks       dense matmul rate of 8192³ products in bfloat16, TF32 and IEEE float32: the bounds.
+extraction  bench/extraction.py's ``gpu_extraction``: clips in SSv2's format through each decoder
+            installed, the backbone alone, `sact extract` end to end; OTAM's 71,796 videos
+            extrapolated (goal 5 min).
+loader      the tiered feature cache of `sact train` (device, host memory, store), each tier's
+            episodes/s against its bound (memory copy rate, file read rate).
+steps       the SA-CT training step at ResNet-50 dims (T = 8, 7x7, D = 2048, d_k = 1152, 5-way
+            5-shot 5 queries) in each precision (`PRECISIONS`) and step mode (`STEP_MODES`): its
+            time against the analytic FLOP count of bench/model.py over the peaks above, at the
+            step's own precision and at bfloat16 (goal: ≤ 2× the bfloat16 bound).
+training    the training loop with the tier mix OTAM's train split would get on this machine; 75,000
+            episodes projected from the timed steps and from the loop (goal 10 min), the loop's
+            rate over the step's (does the loader keep up).
+flips       the share of test predictions each precision flips against IEEE float32 on the run the
+            parts above trained (goal ≤ 0.5%).
+evaluation  bench/evaluate.py's ``measure`` on the store's test split (its videos spread over the
+            shards, as in an OTAM store): read, embed and match timed alone and end to end, before
+            and after 10e1c02, 10,000 5-way 5-shot episodes; OTAM's 2,857 videos extrapolated by
+            the share of them the split holds (goal 5 s in all, 1 s for the match).
 
-The stores are slices of OTAM's split (its train classes, fewer videos); the rates extrapolate.
+The store is a slice of OTAM's split (its classes, fewer videos); the rates extrapolate. The JSON
+is rewritten after each part; a part that fails is recorded and the others go on; a part that
+would not end within ``--budget-s`` (its usual seconds, ``Part.seconds``) is skipped with a note.
+Another part is one `Part` more in `PARTS`.
 
-    .venv/bin/python bench/gpu.py --json gpu.json                 # one GPU: within 8 minutes
-    .venv/bin/python bench/gpu.py --scale tiny --device cpu       # seconds: the test suite runs it
+    .venv/bin/python bench/gpu.py --json gpu.json             # one GPU: within 8 minutes
+    .venv/bin/python bench/gpu.py --scale tiny --device cpu   # seconds: the test suite runs it
+
+On a lent GPU machine (the device tool: torch 2.11 at /opt/torch/.venv, Python 3.12, no network;
+bench/RESULTS.md, "bench/gpu.py on a GPU machine"), first here, in the repository's root:
+
+    echo /.whl/ >> .git/info/exclude
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \\
+        --platform manylinux2014_x86_64 -d .whl zarr==3.1.6 numcodecs==0.16.6 \\
+        donfig==0.8.1.post1 google-crc32c==1.9.0 av==18.1.0
+
+then run, carrying `.whl` (45 MB), with a timeout of 600 s:
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \\
+        --target /tmp/site .whl/*.whl && mkdir -p /tmp/pp && ln -sfn "$PWD" /tmp/pp/sact \\
+        && PYTHONPATH=/tmp/pp:/tmp/site PYTHONUNBUFFERED=1 python3 bench/gpu.py \\
+        --json $OUT/gpu.json --budget-s 480
 """
 
 from __future__ import annotations
@@ -31,9 +56,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,24 +68,32 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
-from torch.utils.flop_counter import FlopCounterMode
 
-from sact.common.devices import resolve_device, synchronize
-from sact.fewshot.accuracy import embed_videos, episode_accuracies
+from sact.common.devices import autocast_for, resolve_device, synchronize
+from sact.fewshot.accuracy import embed_videos, episode_logits
 from sact.fewshot.config import TrainConfig
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.features import CachePlan, Prefetcher, SplitFeatures, plan_cache, segment_frames
 from sact.fewshot.training import Trainer, new_model, prepare_data
 from sact.testing.stores import write_split_lists, write_synthetic_store
 
-# this script's folder is on the path when it runs: the extraction part lives with its benchmark
+# this script's folder is on the path when it runs: parts that live with their own benchmarks
+from evaluate import measure as measure_evaluation  # isort: skip
 from extraction import gpu_extraction, gpu_report_rows  # isort: skip
+from model import sact_flops  # isort: skip
 
-# SSv2 with the OTAM split (data/splits/ssv2_OTAM) and the targets of issue 11
+# SSv2 with the OTAM split (data/splits/ssv2_OTAM) and the targets of issues 11 and 20
 OTAM_VIDEOS = {"train": 67_013, "val": 1_926, "test": 2_857}
 TRAIN_EPISODES, EVAL_EPISODES = 75_000, 10_000
-GOALS = {"train_minutes": 10.0, "evaluate_seconds": 5.0}  # extraction's: bench/extraction.py
+GOALS = {
+    "train_minutes": 10.0,
+    "evaluate_seconds": 5.0,
+    "match_seconds": 1.0,
+    "step_over_bf16_bound": 2.0,
+    "flip_rate": 0.005,
+}  # extraction's: bench/extraction.py
 WAY, SHOT, QUERIES = 5, 5, 5  # training episodes; evaluation: 1 query per class
+FLIP_EPISODES = 1_000
 GiB = 1024**3
 
 
@@ -67,7 +102,7 @@ class Scale:
     """How big each part runs. `ssv2`: real shapes, slices of the split; `tiny`: a smoke test."""
 
     frames: int  # T, stored and used
-    grid: int  # features of (b) and (c): grid x grid patches of `dim` channels
+    grid: int  # features of the stage-2 parts: grid x grid patches of `dim` channels
     dim: int
     d_k: int
     train_classes: int
@@ -77,6 +112,7 @@ class Scale:
     loader_episodes: int  # per tier
     steps: int  # timed training steps (after one warm-up step)
     eval_episodes: int
+    matmul_size: int  # n of the n³ products of `peaks`
 
 
 SCALES = {
@@ -92,6 +128,7 @@ SCALES = {
         loader_episodes=200,
         steps=60,
         eval_episodes=EVAL_EPISODES,
+        matmul_size=8192,
     ),
     # the loader's tiers at the real video size on a CPU: --scale cpu --parts loader
     "cpu": Scale(
@@ -106,6 +143,7 @@ SCALES = {
         loader_episodes=20,
         steps=2,
         eval_episodes=20,
+        matmul_size=1024,
     ),
     "tiny": Scale(
         frames=4,
@@ -119,6 +157,7 @@ SCALES = {
         loader_episodes=4,
         steps=3,
         eval_episodes=40,
+        matmul_size=256,
     ),
 }
 
@@ -131,11 +170,90 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-# ---- (b) training ----------------------------------------------------------------------------
+@contextmanager
+def tf32(device: torch.device, enabled: bool) -> Iterator[None]:
+    """Float32 matmuls and convolutions on TF32 tensor cores (CUDA) for the block, or IEEE
+    float32; the previous settings come back afterwards. The CPU has no TF32: nothing changes."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul, convolution = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = convolution
+
+
+@dataclass(frozen=True)
+class Precision:
+    """One way to compute stage 2: an autocast dtype for the keys (None: none) and TF32 or IEEE
+    float32 for the float32 matmuls. SA-CT's values and `match` stay float32 under autocast
+    (fewshot/model.py), so they run at the float32 rate: TF32's with `tf32`, else IEEE's."""
+
+    name: str
+    autocast: torch.dtype | None
+    tf32: bool
+
+    def context(self, device: torch.device) -> AbstractContextManager:
+        """A context manager of this precision on `device`, reusable as `sact train`'s
+        autocast is (entered once per forward)."""
+        return Entered(self, device)
+
+    def peak_of_float32(self) -> str:
+        return "tf32" if self.tf32 else "float32"
+
+
+class Entered:
+    """`Precision.context`: each `with` enters the autocast and the TF32 setting afresh."""
+
+    def __init__(self, precision: Precision, device: torch.device) -> None:
+        self.precision, self.device = precision, device
+        self.stacks: list[ExitStack] = []
+
+    def __enter__(self) -> None:
+        stack = ExitStack()
+        if self.precision.autocast is not None:
+            stack.enter_context(torch.autocast(self.device.type, dtype=self.precision.autocast))
+        stack.enter_context(tf32(self.device, self.precision.tf32))
+        self.stacks.append(stack)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stacks.pop().close()
+
+
+def precisions(device: torch.device) -> list[Precision]:
+    """The precisions `steps` and `flips` compare: IEEE float32 (the reference), TF32, the
+    autocast `sact train` picks for the device, and it with TF32; on the CPU (no TF32 there)
+    float32 and CPU bfloat16 autocast, the proxy bench/flips.py uses."""
+    _, dtype = autocast_for(device)
+    if device.type != "cuda":
+        return [
+            Precision("float32", None, False),
+            Precision("bf16 autocast", torch.bfloat16, False),
+        ]
+    half = str(dtype).removeprefix("torch.")
+    return [
+        Precision("float32", None, False),
+        Precision("tf32", None, True),
+        Precision(f"{half} autocast (sact train's)", dtype, False),
+        Precision(f"{half} autocast + tf32", dtype, True),
+    ]
+
+
+# config fields of each step mode timed by `steps`: today's one way of stepping; step modes that
+# TrainConfig grows join here as {"field": value}
+STEP_MODES: dict[str, dict[str, Any]] = {"eager (sact train's)": {}}
+
+
+# ---- the synthetic store and a trainer on it ---------------------------------------------------
 
 
 def synthetic_store(scale: Scale, folder: Path) -> tuple[str, Path]:
-    """One store with train, val and test classes of the features' shape, and its split lists."""
+    """One store with train, val and test classes of the features' shape, and its split lists;
+    the videos in a random order, so each split's are spread over the shards as in OTAM's."""
     classes = scale.train_classes + 2 * scale.eval_classes
     per_class = max(scale.train_videos_per_class, scale.eval_videos_per_class)
     val_start = scale.train_classes
@@ -155,8 +273,117 @@ def synthetic_store(scale: Scale, folder: Path) -> tuple[str, Path]:
         signal_dims=min(64, scale.dim),
         shard_size=64,
         relu=True,  # a CNN's features are ReLU outputs: half zeros, as the codec sees them
+        shuffled=True,
     )
     return location, split
+
+
+@dataclass
+class Stage2:
+    """The synthetic store of the stage-2 parts, and a trainer on it."""
+
+    feature_set: Any
+    split: Path
+    pool: Any  # the train pool
+    trainer: Trainer
+    base_plan: CachePlan
+    config: TrainConfig
+
+
+def stage2(
+    scale: Scale, device: torch.device, readers: int, folder: Path, **changes: Any
+) -> Stage2:
+    """A trainer of `sact train`'s defaults (and `changes`) on the store in `folder`, written
+    there unless it is."""
+    if not (folder / "feats.zarr").exists():
+        synthetic_store(scale, folder)
+    config = TrainConfig(
+        feats=str(folder / "feats.zarr"),
+        split=str(folder / "split"),
+        way=WAY,
+        shot=SHOT,
+        query=QUERIES,
+        d_k=scale.d_k,
+        iterations=1 + scale.steps,
+        warmup=1,
+        val_episodes=10,
+        device=str(device),
+        workers=readers,
+        prefetch=readers,
+        out=str(folder / "run"),
+        **changes,
+    )
+    data = prepare_data(config, None)
+    model = new_model(config, data.feature_set, scale.frames)
+    trainer = Trainer(config, data, model, folder / "run", scale.frames, None)
+    base = plan_cache(
+        part="train",
+        videos=len(data.train_pool),
+        video_bytes=scale.frames * scale.grid**2 * scale.dim * 2,  # float16
+        device=device,
+        readers=readers,
+    )
+    return Stage2(data.feature_set, folder / "split", data.train_pool, trainer, base, config)
+
+
+@dataclass
+class Bench:
+    """What the parts share: the settings, the results so far, the stage-2 store and trainer."""
+
+    scale: Scale
+    scale_name: str
+    device: torch.device
+    readers: int
+    scratch: Path
+    console: Console
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def data(self) -> Stage2:
+        self.console.print("writing the synthetic store ...")
+        return stage2(self.scale, self.device, self.readers, self.scratch / "stage2")
+
+    def peak(self, precision: str) -> float:
+        """FLOP/s of `peaks` at "bfloat16", "tf32" or "float32" (measured now if not yet)."""
+        if "peaks" not in self.results:
+            self.results["peaks"] = peaks(self)
+        return float(self.results["peaks"][precision])
+
+
+# ---- peaks -------------------------------------------------------------------------------------
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, *, use_tf32: bool) -> float:
+    """FLOP/s of a size³ matmul in `dtype`, the best of three after a warm-up."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+    b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
+    with tf32(device, use_tf32):
+        a @ b
+        return 2 * size**3 / min(timed(lambda: a @ b, device) for _ in range(3))
+
+
+def peaks(bench: Bench) -> dict[str, Any]:
+    size, device = bench.scale.matmul_size, bench.device
+    return {
+        "size": size,
+        "bfloat16": matmul_rate(device, torch.bfloat16, size, use_tf32=False),
+        "tf32": matmul_rate(device, torch.float32, size, use_tf32=True),
+        "float32": matmul_rate(device, torch.float32, size, use_tf32=False),
+        "note": None if device.type == "cuda" else "no TF32 on a CPU: the tf32 probe is float32",
+    }
+
+
+# ---- extraction ----------------------------------------------------------------------------------
+
+
+def extraction(bench: Bench) -> dict:
+    return gpu_extraction(
+        bench.scale_name, bench.device, bench.scratch / "extraction", say=bench.console.print
+    )
+
+
+# ---- loader ------------------------------------------------------------------------------------
 
 
 def copy_rate(source: torch.Tensor, target: torch.Tensor, device: torch.device) -> float:
@@ -231,57 +458,9 @@ def forced_plan(plan: CachePlan, *, on_device: int, on_host: int) -> CachePlan:
     return replace(plan, on_device=on_device, on_host=on_host, limits="set by bench/gpu.py")
 
 
-def peak_flops(device: torch.device, dtype: torch.dtype, size: int) -> float:
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    a @ b
-    return 2 * size**3 / min(timed(lambda: a @ b, device) for _ in range(3))
-
-
-@dataclass
-class Stage2:
-    """The synthetic store of (b) and (c), and a trainer on it."""
-
-    feature_set: Any
-    split: Path
-    pool: Any  # the train pool
-    trainer: Trainer
-    base_plan: CachePlan
-    config: TrainConfig
-
-
-def stage2(scale: Scale, device: torch.device, readers: int, folder: Path) -> Stage2:
-    location, split = synthetic_store(scale, folder)
-    config = TrainConfig(
-        feats=location,
-        split=str(split),
-        way=WAY,
-        shot=SHOT,
-        query=QUERIES,
-        d_k=scale.d_k,
-        iterations=1 + scale.steps,
-        warmup=1,
-        val_episodes=10,
-        device=str(device),
-        workers=readers,
-        prefetch=readers,
-        out=str(folder / "run"),
-    )
-    data = prepare_data(config, None)
-    model = new_model(config, data.feature_set, scale.frames)
-    trainer = Trainer(config, data, model, folder / "run", scale.frames, None)
-    base = plan_cache(
-        part="train",
-        videos=len(data.train_pool),
-        video_bytes=scale.frames * scale.grid**2 * scale.dim * 2,  # float16
-        device=device,
-        readers=readers,
-    )
-    return Stage2(data.feature_set, split, data.train_pool, trainer, base, config)
-
-
-def loader_tiers(scale: Scale, device: torch.device, readers: int, data: Stage2) -> dict:
+def loader_tiers(bench: Bench) -> dict:
     """Episodes/s of the loader from each tier alone, against that tier's bound."""
+    data, scale, device, readers = bench.data, bench.scale, bench.device, bench.readers
     episode_bytes = WAY * (SHOT + QUERIES) * data.base_plan.video_bytes
     bounds = memory_bounds(device, min(GiB, 64 * episode_bytes))
     read_rate, stored_bytes = sequential_read_rate(Path(data.feature_set.location))
@@ -320,16 +499,85 @@ def loader_tiers(scale: Scale, device: torch.device, readers: int, data: Stage2)
     }
 
 
-def training(scale: Scale, device: torch.device, readers: int, data: Stage2) -> dict:
-    """The model step alone against its FLOP bound, and the training loop with the tier mix
-    OTAM's whole train split would get on this machine."""
+# ---- steps and training ------------------------------------------------------------------------
+
+
+def step_flops(scale: Scale, config: TrainConfig) -> dict[str, float]:
+    """Analytic FLOPs of one training step (bench/model.py: forward per stage, step = 3 x forward,
+    per episode times the step's episodes), split by the precision each stage computes in under
+    autocast: the keys' (CPE, W_s, W_q) in the autocast dtype, the rest in float32."""
+    stages = sact_flops(
+        n=WAY, k=SHOT, q=WAY * QUERIES, t=scale.frames, p=scale.grid**2, d=scale.dim,
+        d_k=scale.d_k, tmixer=True,
+    )  # fmt: skip
+    scale_to_step = 3 * config.tasks_per_batch
+    keys = stages["cpe"] + stages["projections"] * 2 / 3
+    total = sum(stages.values())
+    return {"total": total * scale_to_step, "keys": keys * scale_to_step}
+
+
+def bound_seconds(bench: Bench, flops: dict[str, float], precision: Precision) -> float:
+    """The step's FLOPs over the peaks of the precisions it computes in."""
+    float32_peak = bench.peak(precision.peak_of_float32())
+    if precision.autocast is None:
+        return flops["total"] / float32_peak
+    return flops["keys"] / bench.peak("bfloat16") + (flops["total"] - flops["keys"]) / float32_peak
+
+
+def time_steps(trainer: Trainer, tasks: list, count: int, device: torch.device) -> float:
+    """Median seconds of `count` optimiser steps on the same episodes, after one warm-up."""
+    trainer.train_step(tasks)  # warm-up: kernels, the optimiser's state
+    return statistics.median(timed(lambda: trainer.train_step(tasks), device) for _ in range(count))
+
+
+def steps(bench: Bench) -> dict:
+    """Each step mode in each precision: the step's time against its bounds."""
+    scale, device = bench.scale, bench.device
+    base = bench.data
+    flops = step_flops(scale, base.config)
+    rows = []
+    for mode, changes in STEP_MODES.items():
+        data = base if not changes else stage2(
+            scale, device, bench.readers, bench.scratch / "stage2", **changes
+        )  # fmt: skip
+        trainer = data.trainer
+        tasks, _ = next(trainer.batches())
+        for precision in precisions(device):
+            trainer.autocast = precision.context(device)
+            with tf32(device, precision.tf32):  # the backward too
+                seconds = time_steps(trainer, tasks, max(3, scale.steps // 4), device)
+            bound = bound_seconds(bench, flops, precision)
+            bf16_bound = flops["total"] / bench.peak("bfloat16")
+            rows.append(
+                {
+                    "step_mode": mode,
+                    "precision": precision.name,
+                    "step_seconds": seconds,
+                    "episodes_per_second": data.config.tasks_per_batch / seconds,
+                    "over_own_bound": seconds / bound,
+                    "over_bf16_bound": seconds / bf16_bound,
+                }
+            )
+        trainer.autocast = autocast_for(device)[0]
+    return {
+        "episodes_per_step": base.config.tasks_per_batch,
+        "step_gflop": flops["total"] / 1e9,
+        "keys_share_of_flops": flops["keys"] / flops["total"],
+        "rows": rows,
+    }
+
+
+def training(bench: Bench) -> dict:
+    """The training loop with the tier mix OTAM's whole train split would get on this machine,
+    against the step alone; 75,000 episodes projected from both."""
+    data, scale, device = bench.data, bench.scale, bench.device
     trainer, base = data.trainer, data.base_plan
     otam = plan_cache(
         part="train",
         videos=OTAM_VIDEOS["train"],
         video_bytes=base.video_bytes,
         device=device,
-        readers=readers,
+        readers=bench.readers,
     )
     on_device = round(len(data.pool) * otam.on_device / otam.videos)
     on_host = min(len(data.pool) - on_device, round(len(data.pool) * otam.on_host / otam.videos))
@@ -337,18 +585,10 @@ def training(scale: Scale, device: torch.device, readers: int, data: Stage2) -> 
     trainer.__dict__["train_features"] = SplitFeatures(
         data.feature_set, data.pool, frames=scale.frames, device=device, plan=mixed
     )
+    trainer.step = 0
     batches = trainer.batches()
     tasks, _ = next(batches)
-    trainer.train_step(tasks)  # warm-up: kernels, the optimiser's state
-    trainer.step += 1
-    step_seconds = statistics.median(
-        timed(lambda: trainer.train_step(tasks), device) for _ in range(max(3, scale.steps // 4))
-    )
-    with FlopCounterMode(display=False) as counter:
-        trainer.train_step(tasks)
-    step_flops = counter.get_total_flops()
-    dtype = trainer.amp_dtype or torch.float32
-    peak = peak_flops(device, dtype, 8192 if device.type == "cuda" else 1024)
+    step_seconds = time_steps(trainer, tasks, max(3, scale.steps // 4), device)
 
     def loop() -> None:  # loader and step together, the loader reading ahead
         for loaded, _ in batches:
@@ -365,132 +605,185 @@ def training(scale: Scale, device: torch.device, readers: int, data: Stage2) -> 
         "episodes_per_step": episodes_per_step,
         "step_seconds": step_seconds,
         "step_episodes_per_second": step_rate,
-        "step_flops": step_flops,
-        "peak_flops_per_second": peak,
-        "compute_dtype": str(dtype).removeprefix("torch."),
-        "step_over_flop_bound": step_seconds / (step_flops / peak),
         "loop_episodes_per_second": loop_rate,
         "loop_over_step": loop_rate / step_rate,
+        "otam_minutes_from_steps": TRAIN_EPISODES / step_rate / 60,
         "otam_minutes": TRAIN_EPISODES / loop_rate / 60,
     }
 
 
-# ---- (c) evaluation --------------------------------------------------------------------------
+# ---- flips and evaluation ----------------------------------------------------------------------
 
 
-def evaluation(scale: Scale, device: torch.device, readers: int, data: Stage2) -> dict:
-    """A test slice embedded once, then `eval_episodes` 5-way 5-shot 1-query episodes scored with
-    the trainer's model, as `sact evaluate` does (each video read once from the store)."""
-    feature_set, trainer = data.feature_set, data.trainer
+def flips(bench: Bench) -> dict:
+    """The share of test predictions of the trained run that each precision flips against IEEE
+    float32: the test split embedded once per precision, the same episodes matched."""
+    data, device = bench.data, bench.device
+    feature_set, model = data.feature_set, data.trainer.model
     pool = build_pool(feature_set, resolve_split(feature_set, str(data.split)), "test")
     features = SplitFeatures(
-        feature_set, pool, frames=scale.frames, device=device, cache_gb=0.0, readers=readers
+        feature_set, pool, frames=bench.scale.frames, device=device, readers=bench.readers
     )
-    episodes = EpisodeSampler(pool, way=WAY, shot=SHOT, queries=1).episodes(
-        scale.eval_episodes, seed=0
-    )
-    model, autocast = trainer.model, trainer.autocast
+    episodes = EpisodeSampler(pool, way=WAY, shot=SHOT, queries=1).episodes(FLIP_EPISODES, seed=0)
     positions = np.arange(len(pool))
 
-    def embed():
-        return embed_videos(
-            model, features, positions, batch_size=64, autocast=autocast, workers=readers
+    def predictions(precision: Precision) -> torch.Tensor:
+        context = precision.context(device)
+        embedding, row_of = embed_videos(
+            model, features, positions, batch_size=64, autocast=context, workers=bench.readers
         )
+        with tf32(device, precision.tf32):
+            logits = episode_logits(model, embedding, row_of, episodes, autocast=context)
+            return torch.cat([episode.argmax(dim=-1) for episode in logits])
 
-    embed()  # warm-up: kernels for the embedding's shapes
-    embed_seconds = timed(embed, device)
-    embedding, row_of = embed()
-    episode_accuracies(model, embedding, row_of, episodes[:8], autocast=autocast)  # warm-up
-    match_seconds = timed(
-        lambda: episode_accuracies(model, embedding, row_of, episodes, autocast=autocast), device
-    )
-    otam_embed = embed_seconds * OTAM_VIDEOS["test"] / len(pool)
+    reference, *others = precisions(device)
+    exact = predictions(reference)
     return {
-        "test_videos": len(pool),
-        "embed_seconds": embed_seconds,
         "episodes": len(episodes),
-        "match_seconds": match_seconds,
-        "otam_seconds": otam_embed + match_seconds * EVAL_EPISODES / len(episodes),
+        "predictions": len(exact),
+        "flip_rate": {
+            precision.name: float((predictions(precision) != exact).float().mean())
+            for precision in others
+        },
     }
 
 
-# ---- the table -------------------------------------------------------------------------------
+def evaluation(bench: Bench) -> dict:
+    """bench/evaluate.py's read / embed / match of the test split, both paths, with the trained
+    model under `sact evaluate`'s autocast; OTAM's test split by the share the slice holds."""
+    data, device = bench.data, bench.device
+    feature_set = data.feature_set
+    pool = build_pool(feature_set, resolve_split(feature_set, str(data.split)), "test")
+    numbers = measure_evaluation(
+        data.trainer.model, feature_set, pool, frames=bench.scale.frames, device=device,
+        autocast=autocast_for(device)[0], batch_size=128, workers=bench.readers,
+        episodes=bench.scale.eval_episodes, say=bench.console.print,
+    )  # fmt: skip
+    numbers.pop("embeddings")
+    numbers["share_of_otam_test"] = len(pool) / OTAM_VIDEOS["test"]
+    return numbers
+
+
+# ---- the parts, the table ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    measure: Callable[[Bench], dict]
+    # its usual seconds at each scale, the synthetic store's writing included where it comes first
+    # (estimates from the H200 run of 2026-11-27, bench/RESULTS.md); for --budget-s
+    seconds: dict[str, float]
+
+
+PARTS = (
+    Part("peaks", peaks, {"ssv2": 10, "cpu": 10, "tiny": 1}),
+    Part("extraction", extraction, {"ssv2": 100, "cpu": 120, "tiny": 10}),
+    Part("loader", loader_tiers, {"ssv2": 90, "cpu": 60, "tiny": 2}),
+    Part("steps", steps, {"ssv2": 40, "cpu": 120, "tiny": 2}),
+    Part("training", training, {"ssv2": 30, "cpu": 60, "tiny": 2}),
+    Part("flips", flips, {"ssv2": 20, "cpu": 120, "tiny": 2}),
+    Part("evaluation", evaluation, {"ssv2": 40, "cpu": 240, "tiny": 5}),
+)
 
 
 def report(results: dict, console: Console) -> None:
-    table = Table(title=f"issue 11 targets on {results['device_name']} ({results['scale']} scale)")
+    table = Table(title=f"SSv2-OTAM targets on {results['device_name']} ({results['scale']} scale)")
     for column in ("measure", "value", "bound or reference", "ratio"):
         table.add_column(column, justify="left" if column == "measure" else "right")
+    if "peaks" in results:
+        p = results["peaks"]
+        table.add_row(
+            f"matmul {p['size']}³: bfloat16 / tf32 / float32",
+            " / ".join(f"{p[k] / 1e12:.3g}" for k in ("bfloat16", "tf32", "float32")) + " TFLOP/s",
+        )
     if "extraction" in results:
         for row in gpu_report_rows(results["extraction"]):
             table.add_row(*row)
     if "loader" in results:
-        b = results["loader"]
         bounds = {
             "device": "device copy",
             "host": "min(host copy, to device)",
             "store": "file read",
         }
-        for tier, numbers in b["tiers"].items():
+        for tier, numbers in results["loader"]["tiers"].items():
             table.add_row(
-                f"(b) loader, {tier} tier, episodes/s",
+                f"loader, {tier} tier, episodes/s",
                 f"{numbers['episodes_per_second']:.2f}",
                 f"{numbers['bound_episodes_per_second']:.2f} ({bounds[tier]})",
                 f"{numbers['ratio']:.2f}",
             )
+    if "steps" in results:
+        s = results["steps"]
+        for row in s["rows"]:
+            table.add_row(
+                f"step, {row['step_mode']}, {row['precision']}, episodes/s",
+                f"{row['episodes_per_second']:.2f}",
+                f"{row['over_own_bound']:.2f} × own bound",
+                f"{row['over_bf16_bound']:.2f} × bf16 bound "
+                f"(goal ≤ {GOALS['step_over_bf16_bound']:g})",
+            )
     if "training" in results:
-        b = results["training"]
-        peak = b["peak_flops_per_second"] / 1e12  # TFLOP/s
+        t = results["training"]
         table.add_row(
-            f"(b) model step alone ({b['compute_dtype']}), episodes/s",
-            f"{b['step_episodes_per_second']:.2f}",
-            f"FLOP bound at {peak:.3g} TFLOP/s",
-            f"{b['step_over_flop_bound']:.2f} × bound",
+            "training loop, OTAM's tier mix, episodes/s",
+            f"{t['loop_episodes_per_second']:.2f}",
+            "the step alone",
+            f"{t['loop_over_step']:.2f}",
         )
         table.add_row(
-            "(b) training loop, OTAM's tier mix, episodes/s",
-            f"{b['loop_episodes_per_second']:.2f}",
-            "model step alone",
-            f"{b['loop_over_step']:.2f}",
-        )
-        table.add_row(
-            "(b) 75,000 episodes",
-            f"{b['otam_minutes']:.1f} min",
+            "75,000 episodes (loop; steps alone)",
+            f"{t['otam_minutes']:.1f} min; {t['otam_minutes_from_steps']:.1f} min",
             f"goal {GOALS['train_minutes']:.0f} min",
         )
+    if "flips" in results:
+        for name, rate in results["flips"]["flip_rate"].items():
+            table.add_row(
+                f"flips against float32, {name}",
+                f"{100 * rate:.2f}%",
+                f"goal ≤ {100 * GOALS['flip_rate']:.1f}%",
+            )
     if "evaluation" in results:
-        c = results["evaluation"]
-        table.add_row(f"(c) embed {c['test_videos']} test videos", f"{c['embed_seconds']:.2f} s")
-        table.add_row(f"(c) score {c['episodes']} episodes", f"{c['match_seconds']:.2f} s")
-        table.add_row(
-            "(c) SSv2-OTAM: 2,857 videos + 10,000 episodes",
-            f"{c['otam_seconds']:.2f} s",
-            f"goal {GOALS['evaluate_seconds']:.0f} s",
-        )
+        e = results["evaluation"]
+        for path, p in e["paths"].items():
+            table.add_row(
+                f"evaluation {path}: read / embed / both, {e['test_videos']} videos; match "
+                f"{e['episodes']} episodes",
+                f"{p['read_seconds']:.2f} / {p['embed_in_memory_seconds']:.2f} / "
+                f"{p['read_and_embed_seconds']:.2f} s; {p['match_seconds']:.2f} s",
+                f"bound: {p['bound']}",
+            )
+            table.add_row(
+                f"evaluation {path}: SSv2-OTAM, 2,857 videos + 10,000 episodes",
+                f"{p['otam_seconds']:.2f} s (match {p['otam_match_seconds']:.2f} s)",
+                f"goal {GOALS['evaluate_seconds']:.0f} s (match {GOALS['match_seconds']:.0f} s)",
+            )
     console.print(table)
+    for part, note in results.get("skipped", {}).items():
+        console.print(f"{part} skipped: {note}")
     if "training" in results:
         console.print(f"OTAM's train split here: {results['training']['otam_plan']}")
 
 
-PARTS = ("extraction", "loader", "training", "evaluation")
-TARGET_OF = {"extraction": "a", "loader": "b", "training": "b", "evaluation": "c"}
-
-
 def main() -> None:
+    names = [part.name for part in PARTS]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="ssv2")
     parser.add_argument("--device", default="auto")
-    parser.add_argument(
-        "--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}"
-    )
+    parser.add_argument("--parts", default=",".join(names), help=f"of {', '.join(names)}")
     parser.add_argument("--readers", type=int, default=None, help="loader threads (default: cores)")
     parser.add_argument("--scratch", type=Path, default=None, help="folder for videos and stores")
+    parser.add_argument(
+        "--budget-s", type=float, default=480.0, help="skip a part that would end after this"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    parts = [part.strip() for part in args.parts.split(",") if part.strip()]
-    unknown = sorted(set(parts) - set(PARTS))
+    wanted = [name.strip() for name in args.parts.split(",") if name.strip()]
+    unknown = sorted(set(wanted) - set(names))
     if unknown:
-        parser.error(f"unknown part {unknown[0]!r}; parts: {', '.join(PARTS)}")
+        parser.error(f"unknown part {unknown[0]!r}; parts: {', '.join(names)}")
+    if args.budget_s <= 0:
+        parser.error(f"--budget-s must be positive, got {args.budget_s:g}")
     console = Console()
     scale = SCALES[args.scale]
     device = resolve_device(args.device)
@@ -504,6 +797,7 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "scale": args.scale,
         "scale_settings": asdict(scale),
+        "budget_seconds": args.budget_s,
         "device": str(device),
         "device_name": (
             torch.cuda.get_device_name(device)
@@ -515,39 +809,41 @@ def main() -> None:
         "load_average_before": os.getloadavg()[0],
     }
 
-    def measured(part: str, measure: Callable[[], dict]) -> None:
-        """One part's numbers, or its error: a GPU slot is too scarce to lose the other parts to
-        one failure. The JSON is rewritten after each part, so a run cut short keeps what it has."""
-        console.print(f"({TARGET_OF[part]}) {part} ...")
-        try:
-            results[part] = measure()
-        except Exception as error:  # reported; the exit status says so
-            console.print_exception()
-            results.setdefault("errors", {})[part] = f"{type(error).__name__}: {error}"
+    def write() -> None:
         if args.json:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
+            args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
 
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
-        if "extraction" in parts:
-            measured(
-                "extraction",
-                lambda: gpu_extraction(args.scale, device, Path(scratch) / "a", say=console.print),
-            )
-        stage2_parts = [part for part in ("loader", "training", "evaluation") if part in parts]
-        if stage2_parts:
-            console.print("(b) writing the synthetic store ...")
-            data = stage2(scale, device, readers, Path(scratch) / "b")
-            measures = {"loader": loader_tiers, "training": training, "evaluation": evaluation}
-            for part in stage2_parts:
-                measured(part, lambda part=part: measures[part](scale, device, readers, data))
+        bench = Bench(scale, args.scale, device, readers, Path(scratch), console, results)
+        for part in PARTS:
+            if part.name not in wanted:
+                continue
+            elapsed = time.perf_counter() - started
+            needs = part.seconds[args.scale]
+            if elapsed + needs > args.budget_s:
+                note = (
+                    f"needs about {needs:.0f} s, {args.budget_s - elapsed:.0f} s of the budget left"
+                )
+                results.setdefault("skipped", {})[part.name] = note
+                console.print(f"{part.name} skipped: {note}")
+                write()
+                continue
+            console.print(f"{part.name} ...")
+            part_started = time.perf_counter()
+            try:  # a GPU slot is too scarce to lose the other parts to one failure
+                results[part.name] = part.measure(bench)
+            except Exception as error:  # reported; the exit status says so
+                console.print_exception()
+                results.setdefault("errors", {})[part.name] = f"{type(error).__name__}: {error}"
+            results.setdefault("part_seconds", {})[part.name] = time.perf_counter() - part_started
+            write()
     results["seconds"] = time.perf_counter() - started
     results["load_average_after"] = os.getloadavg()[0]
     report(results, console)
     console.print(
         f"{results['seconds']:.0f} s in all; load average {results['load_average_after']:.1f}"
     )
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    write()
     for part, error in results.get("errors", {}).items():
         console.print(f"{part} failed: {error}")
     sys.exit(1 if results.get("errors") else 0)
