@@ -3,7 +3,7 @@ store whose order is not the split's (as SSv2's), at ResNet-50 dims (T=8, P=7x7,
 d_k=1152), 5-way 5-shot 1-query episodes; and a full `forward` per episode for reference.
 
     .venv/bin/python bench/evaluate.py [--episodes 200] [--test-classes 10] [--videos 10]
-    .venv/bin/python bench/evaluate.py --device cuda [--no-amp]
+    .venv/bin/python bench/evaluate.py --device cuda [--precision float32]
 
 Both embedding paths read every test video once from the store (`sact evaluate` keeps nothing in
 memory: each video is read to be embedded), `--workers` threads reading ahead while the model
@@ -31,7 +31,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sact.common.devices import autocast_for, resolve_device, synchronize
+from sact.common.devices import resolve_device, synchronize
 from sact.fewshot import SACT
 from sact.fewshot.accuracy import (
     concat_embeddings,
@@ -48,9 +48,11 @@ from sact.fewshot.accuracy import (
     episode_accuracies,
     episode_logits,
 )
+from sact.fewshot.config import PRECISIONS, EvalConfig
 from sact.fewshot.episodes import EpisodeSampler, VideoPool, build_pool, resolve_split
 from sact.fewshot.features import Prefetcher, SplitFeatures, segment_frames
 from sact.fewshot.heads import FewShotHead, VideoEmbedding
+from sact.fewshot.precision import resolve_precision
 from sact.store.backends import FeatureSet, open_feature_set
 from sact.testing.stores import write_split_lists, write_synthetic_store
 
@@ -269,17 +271,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="as sact evaluate's default")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="autocast as sact evaluate picks it for the device (none on the CPU)",
+        "--precision",
+        choices=PRECISIONS,
+        default=EvalConfig().precision,
+        help="precision policy, as sact evaluate --precision",
     )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     console = Console()
     device = resolve_device(args.device)
-    autocast, amp_dtype = autocast_for(device) if args.amp else (nullcontext(), None)
-    precision = f"{device}, {'fp32' if amp_dtype is None else amp_dtype}"
+    autocast = resolve_precision(args.precision, device)
+    precision = f"{device}, {autocast.describe()}"
     classes = args.test_classes + args.other_classes
     with tempfile.TemporaryDirectory() as folder:
         parts = {

@@ -8,7 +8,7 @@ extraction  bench/extraction.py's ``gpu_extraction``: clips in SSv2's format thr
 loader      the tiered feature cache of `sact train` (device, host memory, store), each tier's
             episodes/s against its bound (memory copy rate, file read rate).
 steps       the SA-CT training step at ResNet-50 dims (T = 8, 7x7, D = 2048, d_k = 1152, 5-way
-            5-shot 5 queries) in each precision (`PRECISIONS`) and step mode (`STEP_MODES`): its
+            5-shot 5 queries) in each precision policy and step mode (`policies`, `step_modes`): its
             time against the analytic FLOP count of bench/model.py over the peaks above, at the
             step's own precision and at bfloat16 (goal: ≤ 2× the bfloat16 bound).
 training    the training loop with the tier mix OTAM's train split would get on this machine; 75,000
@@ -56,8 +56,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -69,11 +68,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sact.common.devices import autocast_for, resolve_device, synchronize
+from sact.common.devices import bf16_is_native, resolve_device, synchronize
 from sact.fewshot.accuracy import embed_videos, episode_logits
-from sact.fewshot.config import TrainConfig
+from sact.fewshot.config import STEPS, EvalConfig, TrainConfig
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.features import CachePlan, Prefetcher, SplitFeatures, plan_cache, segment_frames
+from sact.fewshot.precision import CUDA_AUTO, POLICIES, resolve_precision, tf32_switches
+from sact.fewshot.step import make_step
 from sact.fewshot.training import Trainer, new_model, prepare_data
 from sact.testing.stores import write_split_lists, write_synthetic_store
 
@@ -93,6 +94,19 @@ GOALS = {
     "flip_rate": 0.005,
 }  # extraction's: bench/extraction.py
 WAY, SHOT, QUERIES = 5, 5, 5  # training episodes; evaluation: 1 query per class
+# Each part's usual seconds at each scale, the synthetic store's writing included in the first
+# part that needs it, for --budget-s: rough estimates (the H200 run of 2026-11-27 took 240 s for
+# extraction, loader, training and evaluation together); the JSON's part_seconds are the real ones.
+# `steps` starts no row after its own seconds.
+PART_SECONDS = {
+    "peaks": {"ssv2": 10, "cpu": 10, "tiny": 1},
+    "extraction": {"ssv2": 100, "cpu": 120, "tiny": 10},
+    "loader": {"ssv2": 90, "cpu": 60, "tiny": 2},
+    "steps": {"ssv2": 120, "cpu": 120, "tiny": 10},
+    "training": {"ssv2": 30, "cpu": 60, "tiny": 2},
+    "flips": {"ssv2": 20, "cpu": 120, "tiny": 2},
+    "evaluation": {"ssv2": 40, "cpu": 240, "tiny": 5},
+}
 FLIP_EPISODES = 1_000
 GiB = 1024**3
 
@@ -170,82 +184,23 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - started
 
 
-@contextmanager
-def tf32(device: torch.device, enabled: bool) -> Iterator[None]:
-    """Float32 matmuls and convolutions on TF32 tensor cores (CUDA) for the block, or IEEE
-    float32; the previous settings come back afterwards. The CPU has no TF32: nothing changes."""
-    if device.type != "cuda":
-        yield
-        return
-    matmul, convolution = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision("high" if enabled else "highest")
-    torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(matmul)
-        torch.backends.cudnn.allow_tf32 = convolution
-
-
-@dataclass(frozen=True)
-class Precision:
-    """One way to compute stage 2: an autocast dtype for the keys (None: none) and TF32 or IEEE
-    float32 for the float32 matmuls. SA-CT's values and `match` stay float32 under autocast
-    (fewshot/model.py), so they run at the float32 rate: TF32's with `tf32`, else IEEE's."""
-
-    name: str
-    autocast: torch.dtype | None
-    tf32: bool
-
-    def context(self, device: torch.device) -> AbstractContextManager:
-        """A context manager of this precision on `device`, reusable as `sact train`'s
-        autocast is (entered once per forward)."""
-        return Entered(self, device)
-
-    def peak_of_float32(self) -> str:
-        return "tf32" if self.tf32 else "float32"
-
-
-class Entered:
-    """`Precision.context`: each `with` enters the autocast and the TF32 setting afresh."""
-
-    def __init__(self, precision: Precision, device: torch.device) -> None:
-        self.precision, self.device = precision, device
-        self.stacks: list[ExitStack] = []
-
-    def __enter__(self) -> None:
-        stack = ExitStack()
-        if self.precision.autocast is not None:
-            stack.enter_context(torch.autocast(self.device.type, dtype=self.precision.autocast))
-        stack.enter_context(tf32(self.device, self.precision.tf32))
-        self.stacks.append(stack)
-
-    def __exit__(self, *exc: object) -> None:
-        self.stacks.pop().close()
-
-
-def precisions(device: torch.device) -> list[Precision]:
-    """The precisions `steps` and `flips` compare: IEEE float32 (the reference), TF32, the
-    autocast `sact train` picks for the device, and it with TF32; on the CPU (no TF32 there)
-    float32 and CPU bfloat16 autocast, the proxy bench/flips.py uses."""
-    _, dtype = autocast_for(device)
+def policies(device: torch.device) -> list[str]:
+    """The precision policies (fewshot/precision.py) that compute differently on `device`, IEEE
+    float32 first (the reference of `flips`): on CUDA each policy of the card's half dtype; on the
+    CPU, which has no TF32, those without TF32."""
     if device.type != "cuda":
         return [
-            Precision("float32", None, False),
-            Precision("bf16 autocast", torch.bfloat16, False),
+            name for name, policy in POLICIES.items() if not policy.tf32 and name != "fp16-keys"
         ]
-    half = str(dtype).removeprefix("torch.")
-    return [
-        Precision("float32", None, False),
-        Precision("tf32", None, True),
-        Precision(f"{half} autocast (sact train's)", dtype, False),
-        Precision(f"{half} autocast + tf32", dtype, True),
-    ]
+    half = torch.bfloat16 if bf16_is_native(device) else torch.float16
+    return [name for name, policy in POLICIES.items() if policy.keys in (torch.float32, half)]
 
 
-# config fields of each step mode timed by `steps`: today's one way of stepping; step modes that
-# TrainConfig grows join here as {"field": value}
-STEP_MODES: dict[str, dict[str, Any]] = {"eager (sact train's)": {}}
+def step_modes(device: torch.device) -> list[str]:
+    """The step modes (fewshot/step.py) `steps` times: on the CPU the two that need no compiler
+    (compiling there takes minutes), on CUDA every one."""
+    modes = [mode for mode in STEPS if mode != "auto"]
+    return modes if device.type == "cuda" else ["eager", "batched"]
 
 
 # ---- the synthetic store and a trainer on it ---------------------------------------------------
@@ -358,7 +313,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, *, use_tf32
     generator = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
     b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
-    with tf32(device, use_tf32):
+    with tf32_switches(device, use_tf32):
         a @ b
         return 2 * size**3 / min(timed(lambda: a @ b, device) for _ in range(3))
 
@@ -504,66 +459,102 @@ def loader_tiers(bench: Bench) -> dict:
 
 def step_flops(scale: Scale, config: TrainConfig) -> dict[str, float]:
     """Analytic FLOPs of one training step (bench/model.py: forward per stage, step = 3 x forward,
-    per episode times the step's episodes), split by the precision each stage computes in under
-    autocast: the keys' (CPE, W_s, W_q) in the autocast dtype, the rest in float32."""
+    per episode times the step's episodes) by the path that computes them: the keys (CPE, W_s,
+    W_q), the values (TMixer, W_v) and `match` (scores, prototypes)."""
     stages = sact_flops(
         n=WAY, k=SHOT, q=WAY * QUERIES, t=scale.frames, p=scale.grid**2, d=scale.dim,
         d_k=scale.d_k, tmixer=True,
     )  # fmt: skip
-    scale_to_step = 3 * config.tasks_per_batch
-    keys = stages["cpe"] + stages["projections"] * 2 / 3
-    total = sum(stages.values())
-    return {"total": total * scale_to_step, "keys": keys * scale_to_step}
+    per_step = 3 * config.tasks_per_batch
+    return {
+        "keys": (stages["cpe"] + stages["projections"] * 2 / 3) * per_step,
+        "values": (stages["tmixer"] + stages["projections"] / 3) * per_step,
+        "match": (stages["scores"] + stages["prototypes"]) * per_step,
+    }
 
 
-def bound_seconds(bench: Bench, flops: dict[str, float], precision: Precision) -> float:
-    """The step's FLOPs over the peaks of the precisions it computes in."""
-    float32_peak = bench.peak(precision.peak_of_float32())
-    if precision.autocast is None:
-        return flops["total"] / float32_peak
-    return flops["keys"] / bench.peak("bfloat16") + (flops["total"] - flops["keys"]) / float32_peak
+def bound_seconds(bench: Bench, flops: dict[str, float], policy_name: str) -> float:
+    """The step's FLOPs over the peaks of the precisions the policy computes each path in:
+    half-precision paths at the bfloat16 peak (float16's is the same on tensor cores), float32
+    paths at TF32's or IEEE float32's, `match` at IEEE float32's (it is exact under every one)."""
+    policy = POLICIES[policy_name]
+
+    def peak(dtype: torch.dtype) -> float:
+        if dtype != torch.float32:
+            return bench.peak("bfloat16")
+        return bench.peak("tf32" if policy.tf32 else "float32")
+
+    return (
+        flops["keys"] / peak(policy.keys)
+        + flops["values"] / peak(policy.values)
+        + flops["match"] / bench.peak("float32")
+    )
+
+
+def use(trainer: Trainer, policy_name: str, mode: str, say: Callable[[str], object]) -> None:
+    """Switch the trainer to another precision policy and step mode, as `sact train
+    --precision --step` would have built it."""
+    trainer.precision = resolve_precision(policy_name, trainer.device)
+    trainer.autocast, trainer.amp_dtype = trainer.precision, trainer.precision.autocast_dtype
+    trainer.scaler = torch.amp.GradScaler(
+        trainer.device.type, enabled=trainer.amp_dtype == torch.float16
+    )
+    trainer.step_mode, trainer.run_step = mode, make_step(mode, trainer.device, say=say)
 
 
 def time_steps(trainer: Trainer, tasks: list, count: int, device: torch.device) -> float:
     """Median seconds of `count` optimiser steps on the same episodes, after one warm-up."""
-    trainer.train_step(tasks)  # warm-up: kernels, the optimiser's state
+    trainer.train_step(tasks)  # warm-up: kernels, the optimiser's state, compiling
     return statistics.median(timed(lambda: trainer.train_step(tasks), device) for _ in range(count))
 
 
 def steps(bench: Bench) -> dict:
-    """Each step mode in each precision: the step's time against its bounds."""
-    scale, device = bench.scale, bench.device
-    base = bench.data
-    flops = step_flops(scale, base.config)
-    rows = []
-    for mode, changes in STEP_MODES.items():
-        data = base if not changes else stage2(
-            scale, device, bench.readers, bench.scratch / "stage2", **changes
-        )  # fmt: skip
-        trainer = data.trainer
-        tasks, _ = next(trainer.batches())
-        for precision in precisions(device):
-            trainer.autocast = precision.context(device)
-            with tf32(device, precision.tf32):  # the backward too
-                seconds = time_steps(trainer, tasks, max(3, scale.steps // 4), device)
-            bound = bound_seconds(bench, flops, precision)
-            bf16_bound = flops["total"] / bench.peak("bfloat16")
-            rows.append(
-                {
-                    "step_mode": mode,
-                    "precision": precision.name,
-                    "step_seconds": seconds,
-                    "episodes_per_second": data.config.tasks_per_batch / seconds,
-                    "over_own_bound": seconds / bound,
-                    "over_bf16_bound": seconds / bf16_bound,
-                }
-            )
-        trainer.autocast = autocast_for(device)[0]
+    """The step in each step mode and precision policy against its bounds: every policy eager and
+    batched, then the compiled modes with `--precision auto`'s CUDA choice first. Rows stop
+    starting once the part's seconds (`Part.seconds`) are spent; the rest are listed."""
+    scale, device, data = bench.scale, bench.device, bench.data
+    trainer = data.trainer
+    flops = step_flops(scale, data.config)
+    total = sum(flops.values())
+    bf16_bound = total / bench.peak("bfloat16")
+    names = policies(device)
+    plan = [(mode, name) for mode in step_modes(device) for name in names]
+    compiled = [mode not in ("eager", "batched") for mode, _ in plan]
+
+    def rank(row: int) -> tuple[bool, bool]:  # uncompiled first, then auto's policy compiled
+        return compiled[row], compiled[row] and plan[row][1] != CUDA_AUTO
+
+    plan = [plan[row] for row in sorted(range(len(plan)), key=rank)]
+    stop_at = time.perf_counter() + PART_SECONDS["steps"][bench.scale_name]
+    tasks, _ = next(trainer.batches())
+    rows, not_run = [], []
+    for mode, name in plan:
+        if time.perf_counter() > stop_at:
+            not_run.append(f"{mode}, {name}")
+            continue
+        use(trainer, name, mode, bench.console.print)
+        started = time.perf_counter()
+        seconds = time_steps(trainer, tasks, max(3, scale.steps // 4), device)
+        rows.append(
+            {
+                "step_mode": mode,
+                "precision": name,
+                "step_seconds": seconds,
+                "episodes_per_second": data.config.tasks_per_batch / seconds,
+                "over_own_bound": seconds / bound_seconds(bench, flops, name),
+                "over_bf16_bound": seconds / bf16_bound,
+                "compile_seconds": getattr(trainer.run_step, "compile_seconds", None),
+                "fell_back_to_eager": getattr(trainer.run_step, "fell_back", False),
+                "row_seconds": time.perf_counter() - started,
+            }
+        )
+    use(trainer, data.config.precision, data.config.step, bench.console.print)
     return {
-        "episodes_per_step": base.config.tasks_per_batch,
-        "step_gflop": flops["total"] / 1e9,
-        "keys_share_of_flops": flops["keys"] / flops["total"],
+        "episodes_per_step": data.config.tasks_per_batch,
+        "step_gflop": total / 1e9,
+        "gflop_by_path": {path: value / 1e9 for path, value in flops.items()},
         "rows": rows,
+        "not_run": not_run,
     }
 
 
@@ -627,24 +618,21 @@ def flips(bench: Bench) -> dict:
     episodes = EpisodeSampler(pool, way=WAY, shot=SHOT, queries=1).episodes(FLIP_EPISODES, seed=0)
     positions = np.arange(len(pool))
 
-    def predictions(precision: Precision) -> torch.Tensor:
-        context = precision.context(device)
+    def predictions(policy_name: str) -> torch.Tensor:
+        precision = resolve_precision(policy_name, device)
         embedding, row_of = embed_videos(
-            model, features, positions, batch_size=64, autocast=context, workers=bench.readers
+            model, features, positions, batch_size=64, autocast=precision, workers=bench.readers
         )
-        with tf32(device, precision.tf32):
-            logits = episode_logits(model, embedding, row_of, episodes, autocast=context)
-            return torch.cat([episode.argmax(dim=-1) for episode in logits])
+        logits = episode_logits(model, embedding, row_of, episodes, autocast=precision)
+        return torch.cat([episode.argmax(dim=-1) for episode in logits])
 
-    reference, *others = precisions(device)
+    reference, *others = policies(device)
     exact = predictions(reference)
     return {
+        "reference": reference,
         "episodes": len(episodes),
         "predictions": len(exact),
-        "flip_rate": {
-            precision.name: float((predictions(precision) != exact).float().mean())
-            for precision in others
-        },
+        "flip_rate": {name: float((predictions(name) != exact).float().mean()) for name in others},
     }
 
 
@@ -656,7 +644,8 @@ def evaluation(bench: Bench) -> dict:
     pool = build_pool(feature_set, resolve_split(feature_set, str(data.split)), "test")
     numbers = measure_evaluation(
         data.trainer.model, feature_set, pool, frames=bench.scale.frames, device=device,
-        autocast=autocast_for(device)[0], batch_size=128, workers=bench.readers,
+        autocast=resolve_precision(EvalConfig().precision, device), batch_size=128,
+        workers=bench.readers,
         episodes=bench.scale.eval_episodes, say=bench.console.print,
     )  # fmt: skip
     numbers.pop("embeddings")
@@ -671,19 +660,20 @@ def evaluation(bench: Bench) -> dict:
 class Part:
     name: str
     measure: Callable[[Bench], dict]
-    # its usual seconds at each scale, the synthetic store's writing included where it comes first
-    # (estimates from the H200 run of 2026-11-27, bench/RESULTS.md); for --budget-s
-    seconds: dict[str, float]
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return PART_SECONDS[self.name]
 
 
 PARTS = (
-    Part("peaks", peaks, {"ssv2": 10, "cpu": 10, "tiny": 1}),
-    Part("extraction", extraction, {"ssv2": 100, "cpu": 120, "tiny": 10}),
-    Part("loader", loader_tiers, {"ssv2": 90, "cpu": 60, "tiny": 2}),
-    Part("steps", steps, {"ssv2": 40, "cpu": 120, "tiny": 2}),
-    Part("training", training, {"ssv2": 30, "cpu": 60, "tiny": 2}),
-    Part("flips", flips, {"ssv2": 20, "cpu": 120, "tiny": 2}),
-    Part("evaluation", evaluation, {"ssv2": 40, "cpu": 240, "tiny": 5}),
+    Part("peaks", peaks),
+    Part("extraction", extraction),
+    Part("loader", loader_tiers),
+    Part("steps", steps),
+    Part("training", training),
+    Part("flips", flips),
+    Part("evaluation", evaluation),
 )
 
 
@@ -716,9 +706,12 @@ def report(results: dict, console: Console) -> None:
     if "steps" in results:
         s = results["steps"]
         for row in s["rows"]:
+            compiled = row["compile_seconds"]
             table.add_row(
                 f"step, {row['step_mode']}, {row['precision']}, episodes/s",
-                f"{row['episodes_per_second']:.2f}",
+                f"{row['episodes_per_second']:.2f}"
+                + (f" (compiled in {compiled:.0f} s)" if compiled is not None else "")
+                + (" (fell back to eager)" if row["fell_back_to_eager"] else ""),
                 f"{row['over_own_bound']:.2f} × own bound",
                 f"{row['over_bf16_bound']:.2f} × bf16 bound "
                 f"(goal ≤ {GOALS['step_over_bf16_bound']:g})",
@@ -759,6 +752,8 @@ def report(results: dict, console: Console) -> None:
                 f"goal {GOALS['evaluate_seconds']:.0f} s (match {GOALS['match_seconds']:.0f} s)",
             )
     console.print(table)
+    if results.get("steps", {}).get("not_run"):
+        console.print(f"steps not timed (the part's time ran out): {results['steps']['not_run']}")
     for part, note in results.get("skipped", {}).items():
         console.print(f"{part} skipped: {note}")
     if "training" in results:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "gpu.py"
+CPU_POLICIES = ("float32", "bf16-keys", "bf16")  # the policies that differ on a CPU (no TF32)
 
 
 def run_bench(tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess, Path]:
@@ -46,12 +47,14 @@ def test_the_gpu_benchmark_runs_at_a_tiny_size_on_the_cpu(tmp_path):
     assert set(loader["tiers"]) == {"device", "host", "store"}
     assert all(tier["episodes_per_second"] > 0 for tier in loader["tiers"].values())
     # every step mode in every precision the CPU runs, each against its analytic bound
-    assert {row["precision"] for row in steps["rows"]} == {"float32", "bf16 autocast"}
+    ran = {(row["step_mode"], row["precision"]) for row in steps["rows"]}
+    assert ran == {(mode, name) for mode in ("eager", "batched") for name in CPU_POLICIES}
     assert all(row["over_own_bound"] > 0 and row["over_bf16_bound"] > 0 for row in steps["rows"])
-    assert steps["step_gflop"] > 0 and 0 < steps["keys_share_of_flops"] < 1
+    assert steps["step_gflop"] == pytest.approx(sum(steps["gflop_by_path"].values()))
     assert training["loop_episodes_per_second"] > 0 and training["otam_minutes_from_steps"] > 0
-    assert set(flips["flip_rate"]) == {"bf16 autocast"} and flips["predictions"] == 1000 * 5
-    assert 0 <= flips["flip_rate"]["bf16 autocast"] <= 1
+    assert flips["reference"] == "float32" and flips["predictions"] == 1000 * 5
+    assert set(flips["flip_rate"]) == set(CPU_POLICIES) - {"float32"}
+    assert all(0 <= rate <= 1 for rate in flips["flip_rate"].values())
     assert evaluation["episodes"] == 40 and set(evaluation["paths"]) == {"before", "now"}
     assert evaluation["same_accuracies"]
     assert all(path["otam_seconds"] > 0 for path in evaluation["paths"].values())
