@@ -178,6 +178,22 @@ def file_digests(path: Path) -> list[str]:
 # ---- the episodes -------------------------------------------------------------------------------
 
 
+def unlike_the_recipe(recipe: Recipe, feature_set: FeatureSet) -> str | None:
+    """How the store's features differ from the recipe's extraction, if they do: its published
+    numbers are then further still from this sweep's."""
+    stored = {"backbone": feature_set.attrs.get("backbone"), "frames": feature_set.frames}
+    differ = [
+        f"{name} {value} (the recipe's: {recipe.extract[name]})"
+        for name, value in stored.items()
+        if name in recipe.extract and value != recipe.extract[name]
+    ]
+    if not differ:
+        return None
+    return (
+        f"feature set {feature_set.name} has " + ", ".join(differ) + f"; {recipe.extract_command()}"
+    )
+
+
 def draw_episodes(config: SweepConfig, path: Path, console: Console | None) -> None:
     """The sweep's test episodes, drawn once into `path` with `sact evaluate`'s own sampler; an
     existing file must hold what the sweep asks (way, shots, query, count and seed)."""
@@ -434,6 +450,10 @@ def run_sweep(
         digests = file_digests(out / EPISODES_FILE)
         if rank.is_main and console is not None:
             feature_set = open_feature_set(config.feats, config.feature_set)
+            if config.recipe is not None:
+                note = unlike_the_recipe(read_recipe(config.recipe), feature_set)
+                if note:
+                    console.print(f"[yellow]note:[/] {note}", highlight=False)
             console.print(cost(runs, digests, feature_set, device).table(device))
         claims = ClaimBook(
             zarr.open_group(zarr.storage.LocalStore(out / CLAIMS_FOLDER), mode="a"), CLAIMS_SCOPE

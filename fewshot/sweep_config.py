@@ -355,14 +355,15 @@ def recipes_table() -> Table:
             f"seeds, {sweep.get('steps', '?'):,} steps, {sweep.get('episodes', '?'):,} test "
             f"episodes per shot"
         )
-        published = "\n".join(
+        reported = [
             f"{p.method}: "
-            + ", ".join(
-                f"{shot}-shot {'not reported' if value is None else value}"
-                for shot, value in p.shots.items()
-            )
-            + f" ({p.source})"
+            + ", ".join(f"{shot}-shot {value}" for shot, value in p.shots.items() if value)
             for p in recipe.published
+            if any(p.shots.values())
+        ]
+        missing = [p.method for p in recipe.published if not any(p.shots.values())]
+        published = "\n".join(
+            [*reported, *(["not reported: " + ", ".join(missing)] * bool(missing))]
         )
         table.add_row(name, recipe.title, recipe.extract_command(), budget, published)
     return table

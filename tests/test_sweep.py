@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from sact.cli import app
 
 runner = CliRunner()
+SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "sweep.schema.json"
 
 # 3 variants × 2 seeds, tiny: 3-way 2-shot training of 8 steps, 20 test episodes at 1 shot
 SWEEP_FILE = """\
@@ -200,9 +201,73 @@ def test_a_run_trained_otherwise_is_refused_in_one_line(
 
 
 def test_the_sweep_file_follows_the_documented_schema() -> None:
-    schema = json.loads(
-        (Path(__file__).resolve().parents[1] / "docs/sweep.schema.json").read_text()
-    )
+    schema = json.loads(SCHEMA.read_text())
     jsonschema.validate(tomllib.loads(SWEEP_FILE), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"variants": ["sact"], "bogus": 1}, schema)
+
+
+# a recipe at a tiny size: its published numbers and variants, the synthetic store and split
+RECIPE_FILE = """\
+recipe = "ssv2-otam"
+feats = "feats.zarr"
+split = "split"
+variants = ["sact", "protonet"]
+seeds = 1
+steps = 2
+episodes = 10
+device = "cpu"
+
+[train]
+way = 3
+shot = 2
+query = 2
+d_k = 8
+warmup = 1
+val_every = 2
+val_episodes = 4
+"""
+
+
+def test_a_recipe_runs_at_a_tiny_size_with_its_published_numbers_beside(
+    tmp_path: Path, synthetic_store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.set_num_threads(1)
+    shutil.copytree(synthetic_store.location, tmp_path / "feats.zarr")
+    shutil.copytree(synthetic_store.split, tmp_path / "split")
+    (tmp_path / "tiny.toml").write_text(RECIPE_FILE)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["sweep", "--file", "tiny.toml", "--out", "otam", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    # the recipe's test protocol: 5-way, 1 and 5 shots; the file's budget and variants
+    settings = report["report"]["settings"]
+    assert [(s["way"], s["shot"], s["episodes"]) for s in settings] == [(5, 1, 10), (5, 5, 10)]
+    assert report["variants"] == ["SA-CT", "ProtoNet"]
+    methods = {m["method"]: m for m in report["published"]["methods"]}
+    assert list(methods) == ["TRX", "STRM", "HyRSM", "SA-CT"]
+    assert methods["TRX"]["accuracy"] == {"1": None, "5": 64.6}
+    markdown = (tmp_path / "otam/report.md").read_text()
+    assert "| TRX | not reported | 64.6 | Perrett et al." in markdown
+    assert "| SA-CT | " in markdown and "this sweep, 1 seed(s)" in markdown
+    # the store is not what the recipe extracts: said, not refused
+    assert "note: feature set synthetic has backbone" in result.output
+
+
+def test_every_recipe_is_listed_and_reads_as_a_sweep(tmp_path: Path) -> None:
+    from sact.data.split_lists import resolve_split_dir
+    from sact.fewshot.sweep_config import SweepConfig, apply_layer, read_recipe, recipe_names
+
+    names = recipe_names()
+    assert names == ["hmdb51-arn", "kinetics-cmn", "ssv2-cmn", "ssv2-otam", "ucf101-arn"]
+    schema = json.loads(SCHEMA.read_text())
+    for name in names:
+        recipe = read_recipe(name)
+        resolve_split_dir(recipe.split)
+        jsonschema.validate(recipe.sweep, schema)
+        config = apply_layer(SweepConfig(), recipe.sweep, name)
+        assert config.shots == (1, 5) and config.evaluation.way == 5
+        assert {p.method for p in recipe.published} == {"TRX", "STRM", "HyRSM", "SA-CT"}
+    listed = runner.invoke(app, ["sweep", "--list"], terminal_width=400)
+    assert listed.exit_code == 0, listed.output
+    assert all(name in listed.output for name in names) and "TRX: 5-shot 64.6" in listed.output
