@@ -194,6 +194,18 @@ def measure(
         numbers.setdefault("embeddings", {})[path] = (embedding, row_of)
     same = np.array_equal(*numbers.pop("per_episode_accuracies").values())
     numbers["same_accuracies"] = same
+    # do the reader threads scale? (zarr decodes on a thread pool, but the rest of a read holds
+    # the GIL): the same reads by one thread
+    one_thread, _, one_thread_load = timed(
+        lambda: read_only(features, batches_of(in_store_order), 1), device
+    )
+    now = numbers["paths"]["now"]
+    numbers["read_scaling"] = {
+        "workers": workers,
+        "one_thread_seconds": one_thread,
+        "one_thread_load": one_thread_load,
+        "speedup_of_workers": one_thread / now["read_seconds"],
+    }
     return numbers
 
 
@@ -339,6 +351,12 @@ def main() -> None:
             f"evaluation of {len(pool)} test videos (of {numbers['store_videos']} in a shuffled "
             f"store) + {args.episodes} episodes, {numbers['setting']} ({precision})",
         )
+    )
+    scaling = numbers["read_scaling"]
+    console.print(
+        f"the reads by one thread: {scaling['one_thread_seconds']:.2f} s (load "
+        f"{scaling['one_thread_load']:.1f}); {args.workers} threads read "
+        f"{scaling['speedup_of_workers']:.2f}x as fast"
     )
     console.print(
         f"same per-episode accuracies on both paths: {numbers['same_accuracies']}; a forward per "

@@ -746,6 +746,13 @@ def report(results: dict, console: Console) -> None:
                 f"{p['read_and_embed_seconds']:.2f} s; {p['match_seconds']:.2f} s",
                 f"bound: {p['bound']}",
             )
+            if path == "now":
+                scaling = e["read_scaling"]
+                table.add_row(
+                    f"evaluation reads: {scaling['workers']} threads over one",
+                    f"{scaling['speedup_of_workers']:.2f}×",
+                    f"one thread {scaling['one_thread_seconds']:.2f} s",
+                )
             table.add_row(
                 f"evaluation {path}: SSv2-OTAM, 2,857 videos + 10,000 episodes",
                 f"{p['otam_seconds']:.2f} s (match {p['otam_match_seconds']:.2f} s)",
