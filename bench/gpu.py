@@ -650,6 +650,14 @@ def evaluation(bench: Bench) -> dict:
     )  # fmt: skip
     numbers.pop("embeddings")
     numbers["share_of_otam_test"] = len(pool) / OTAM_VIDEOS["test"]
+    # `match` computes in IEEE float32 under every policy: its FLOPs over that peak bound it
+    stages = sact_flops(
+        n=WAY, k=SHOT, q=WAY, t=bench.scale.frames, p=bench.scale.grid**2, d=bench.scale.dim,
+        d_k=bench.scale.d_k, tmixer=True,
+    )  # fmt: skip
+    match_flops = (stages["scores"] + stages["prototypes"]) * EVAL_EPISODES
+    numbers["otam_match_gflop"] = match_flops / 1e9
+    numbers["otam_match_bound_seconds"] = match_flops / bench.peak("float32")
     return numbers
 
 
@@ -757,6 +765,7 @@ def report(results: dict, console: Console) -> None:
                 f"evaluation {path}: SSv2-OTAM, 2,857 videos + 10,000 episodes",
                 f"{p['otam_seconds']:.2f} s (match {p['otam_match_seconds']:.2f} s)",
                 f"goal {GOALS['evaluate_seconds']:.0f} s (match {GOALS['match_seconds']:.0f} s)",
+                f"match bound {e['otam_match_bound_seconds']:.2f} s (float32 peak)",
             )
     console.print(table)
     if results.get("steps", {}).get("not_run"):
