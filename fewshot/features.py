@@ -27,9 +27,10 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -449,3 +450,43 @@ class SplitFeatures:
         done.record(self.copy_stream)
         done.synchronize()
         videos.record_stream(torch.cuda.default_stream(self.device))
+
+
+# the features loaded within `features_shared`, by what they hold; None outside it
+_SHARED: ContextVar[dict[tuple[Any, ...], SplitFeatures] | None] = ContextVar(
+    "sact_shared_features", default=None
+)
+
+
+@contextmanager
+def features_shared() -> Iterator[None]:
+    """Within the block, `split_features` hands every caller asking for the same features the
+    same loaded SplitFeatures: the runs of `sact sweep` on one device read a split once, not
+    once per run. What was loaded is let go when the block ends."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def split_features(
+    feature_set: FeatureSet, pool: VideoPool, *, console: Console | None = None, **options: Any
+) -> SplitFeatures:
+    """`SplitFeatures(feature_set, pool, **options)`, or, within `features_shared`, the one
+    already loaded with the same store, feature set, videos and options."""
+    shared = _SHARED.get()
+    if shared is None:
+        return SplitFeatures(feature_set, pool, console=console, **options)
+    key = (
+        feature_set.location,
+        feature_set.name,
+        pool.part,
+        tuple(pool.store_indices.tolist()),
+        tuple(sorted((name, repr(value)) for name, value in options.items())),
+    )
+    if key not in shared:
+        shared[key] = SplitFeatures(feature_set, pool, console=console, **options)
+    elif console is not None:
+        console.print(f"{pool.part} features: the {len(pool)} videos already loaded by this sweep")
+    return shared[key]

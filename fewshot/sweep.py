@@ -14,6 +14,9 @@ without reading features. A half-trained run resumes from its last checkpoint (`
 --resume`: bitwise on the CPU). A run folder whose saved config differs from the run the sweep
 asks is refused in one line naming the field, never reused.
 
+On one device the runs of a process share the features they train on: the train and val splits are
+loaded once (fewshot/features.py, `features_shared`), not once per run.
+
 Several processes: each run is claimed before it is trained (common/claims.py, in OUT/.claims/),
 so processes sharing OUT never train the same run. Under torchrun (`torchrun --nproc-per-node G
 $(which sact) sweep ...`) every rank works through the runs in order, claiming those nobody holds,
@@ -56,6 +59,7 @@ from sact.fewshot.config import (
 )
 from sact.fewshot.episodes import build_pool, resolve_split, setting_digest
 from sact.fewshot.evaluation import evaluate, make_episodes
+from sact.fewshot.features import features_shared
 from sact.fewshot.precision import resolve_precision
 from sact.fewshot.records import run_records, weights_digest
 from sact.fewshot.report import build_report, report_json, report_markdown, report_table
@@ -458,7 +462,7 @@ def run_sweep(
         claims = ClaimBook(
             zarr.open_group(zarr.storage.LocalStore(out / CLAIMS_FOLDER), mode="a"), CLAIMS_SCOPE
         )
-        with claims.keep_alive():
+        with claims.keep_alive(), features_shared():
             for number, run in enumerate(runs, start=1):
                 if (trained(run) and evaluated(run, digests)) or not claims.try_claim(run.name):
                     continue

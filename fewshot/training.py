@@ -82,6 +82,7 @@ from sact.fewshot.features import (
     Prefetcher,
     SplitFeatures,
     segment_frames,
+    split_features,
     to_device,
 )
 from sact.fewshot.figures import training_curve
@@ -430,7 +431,7 @@ class Trainer:
         device_tier: bool,
         views: tuple[str, ...] = (CANONICAL,),
     ) -> SplitFeatures:
-        return SplitFeatures(
+        return split_features(  # loaded once for every run of a sweep (features_shared)
             self.data.feature_set,
             pool,
             frames=self.frames,
