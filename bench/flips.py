@@ -1,124 +1,187 @@
-"""How many of SA-CT's predictions bfloat16 autocast flips against float32, on trained runs.
+"""How many of SA-CT's predictions each precision policy flips against float64, on trained runs.
 
-For each SA-CT run: its test videos embedded once in float32 (the reference) and once under CPU
-bfloat16 autocast, then the same episodes scored with `match` (under autocast for the second).
-Two bfloat16 embeddings are compared: the library's (the values' path in float32, only the keys
-in bfloat16, docs/MODEL.md) and one whose values also come out of bfloat16 (input norm, TMixer and
-W_v under autocast, as `embed` ran them before issue 9), which shows what the float32 values buy.
+For each SA-CT run: its test videos embedded once in float64 (the reference: the model and the
+features widened) and once under each policy (fewshot/precision.py) the device can run, then the
+same episodes matched (`match` is IEEE float32 under every policy; float64 for the reference);
+a flip is a query whose predicted class differs from the reference's.
+
+On a CPU the TF32 policies are emulated: a copy of the model whose every float32 linear layer and
+convolution computes on operands rounded to TF32's 10-bit mantissa (weights once, inputs as they
+arrive), products summed in float32, as tensor cores do (bench/precision.py's rounding); layers
+under half-precision autocast are left to autocast. On CUDA they run on the tensor cores.
 
     .venv/bin/python bench/flips.py sact-demo/motion/runs/sact/seed0 [RUN...] [--episodes 1000]
 
-CPU autocast is a proxy for CUDA's (same op lists, same output dtypes).
+CPU autocast is a proxy for CUDA's (same op lists, same output dtypes). bench/model.py runs the
+same measurement on a run it trains itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
 from sact.fewshot import SACT
-from sact.fewshot.accuracy import embed_videos
+from sact.fewshot.accuracy import concat_embeddings, episode_logits
 from sact.fewshot.checkpoints import read_checkpoint
-from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
+from sact.fewshot.episodes import EpisodeSampler, VideoPool, build_pool, resolve_split
 from sact.fewshot.features import SplitFeatures, segment_frames
 from sact.fewshot.model import SACTEmbedding
+from sact.fewshot.precision import POLICIES, resolve_precision
 from sact.store.backends import open_feature_set
 
-BFLOAT16 = torch.autocast("cpu", dtype=torch.bfloat16)
+# this script's folder is on the path when it runs
+from precision import round_to_tf32  # isort: skip
+
+WAY = 5
+EMBED_BATCH = 32  # videos per embedding forward
 
 
-def embed_as_before(model: SACT, videos: torch.Tensor) -> SACTEmbedding:
-    """`SACT.embed` as it ran before issue 9: everything under bfloat16 autocast, values too."""
-    with torch.no_grad(), BFLOAT16:
-        x = videos.to(model.to_value.weight.dtype)  # (B, T, P, D)
-        if model.input_norm is not None:
-            x = model.input_norm(x)
-        phi = model.tmixer(x) if model.tmixer is not None else x  # (B, T', P, D)
-        f = model.positional(phi)  # (B, T', P, D)
-        return SACTEmbedding(
-            support_keys=model.norm_support(model.to_support(f)),  # (B, T', P, d_k)
-            query_keys=model.norm_query(model.to_query(f)),  # (B, T', P, d_k)
-            values=model.to_value(phi),  # (B, T', P, d_k), bfloat16
-        )
+def with_emulated_tf32(model: SACT) -> SACT:
+    """A copy of `model` whose float32 linear layers and convolutions compute on TF32 operands."""
+    emulated = copy.deepcopy(model)
+
+    def rounded_inputs(module: nn.Module, inputs: tuple[torch.Tensor, ...]):
+        if torch.is_autocast_enabled("cpu"):  # a half-precision path: autocast rounds it
+            return None
+        return tuple(round_to_tf32(x) if x.dtype == torch.float32 else x for x in inputs)
+
+    for module in emulated.modules():
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            module.weight.data = round_to_tf32(module.weight.data)
+            module.register_forward_pre_hook(rounded_inputs)
+    return emulated
 
 
-def flips_of_run(run: Path, *, shots: list[int], episodes: int, queries: int, seed: int) -> dict:
+@torch.no_grad()
+def embed_all(model: SACT, videos: torch.Tensor, context: AbstractContextManager) -> SACTEmbedding:
+    """Every video embedded under `context`, in batches: one embedding (V, ...)."""
+    parts = []
+    for start in range(0, len(videos), EMBED_BATCH):
+        with context:
+            parts.append(model.embed(videos[start : start + EMBED_BATCH]))
+    return concat_embeddings(parts)
+
+
+@torch.no_grad()
+def policy_flips(
+    model: SACT,
+    videos: torch.Tensor,
+    pool: VideoPool,
+    *,
+    device: torch.device,
+    shots: list[int],
+    episodes: int,
+    queries: int,
+    seed: int,
+) -> dict:
+    """Flips of each policy against float64 on `episodes` episodes per shot of `pool`, whose
+    videos (V, T, P, D) are `videos`, in pool order."""
+    model = model.eval().to(device)
+    videos = videos.to(device)
+    reference_model = copy.deepcopy(model).double()
+    reference = embed_all(reference_model, videos.double(), nullcontext())
+    rows = np.arange(len(pool))
+    settings = {
+        shot: EpisodeSampler(pool, way=WAY, shot=shot, queries=queries).episodes(episodes, seed)
+        for shot in shots
+    }
+
+    def predictions(head: SACT, embedding, context) -> dict[int, torch.Tensor]:
+        return {
+            shot: torch.cat(
+                [
+                    logits.argmax(dim=-1)
+                    for logits in episode_logits(head, embedding, rows, sampled, autocast=context)
+                ]
+            )
+            for shot, sampled in settings.items()
+        }
+
+    expected = predictions(reference_model, reference, None)
+    result: dict = {"predictions": {shot: len(p) for shot, p in expected.items()}, "flips": {}}
+    for name in POLICIES:  # every one: on a CPU with TF32 emulated
+        precision = resolve_precision(name, device)
+        emulated = POLICIES[name].tf32 and device.type != "cuda"
+        head = with_emulated_tf32(model) if emulated else model
+        embedding = embed_all(head, videos, precision)
+        got = predictions(head, embedding, precision)
+        result["flips"][name + (" (emulated)" if emulated else "")] = {
+            shot: int((got[shot] != expected[shot]).sum()) for shot in shots
+        }
+    return result
+
+
+def test_videos(feature_set, pool: VideoPool, frames: int) -> torch.Tensor:
+    """The pool's videos at segment centers, in pool order: (V, T, P, D) float16."""
+    features = SplitFeatures(feature_set, pool, frames=frames, device=torch.device("cpu"))
+    positions = np.arange(len(pool))
+    return features.videos(positions, segment_frames(feature_set.frames, frames, len(positions)))
+
+
+def flips_of_run(run: Path, *, device: torch.device, **options) -> dict:
     checkpoint = read_checkpoint(run / "checkpoints" / "last")
-    model = checkpoint.build().eval()
+    model = checkpoint.build()
     if not isinstance(model, SACT):
         raise SystemExit(f"{run} is a {checkpoint.model} run; flips are measured for SA-CT")
     feature_set = open_feature_set(checkpoint.store, checkpoint.feature_set)
     pool = build_pool(feature_set, resolve_split(feature_set, checkpoint.split), "test")
-    features = SplitFeatures(feature_set, pool, frames=model.frames, device=torch.device("cpu"))
-    positions = np.arange(len(pool))
-    exact, rows = embed_videos(model, features, positions, batch_size=32)
-    mixed, _ = embed_videos(model, features, positions, batch_size=32, autocast=BFLOAT16)
-    # the same videos again, in the order of `rows`, for the embedding as it was before issue 9
-    stored = feature_set.frames
-    videos = torch.cat(
-        [
-            features.videos(batch, segment_frames(stored, features.frames, len(batch)))
-            for batch in np.array_split(positions, max(1, len(positions) // 32))
-        ]
-    )  # (V, T, P, D)
-    old = embed_as_before(model, videos)
-    result = {"run": str(run), "shots": {}}
-    for shot in shots:
-        sampled = EpisodeSampler(pool, way=5, shot=shot, queries=queries).episodes(
-            episodes, seed=seed
-        )
-        counts = {"float32 values": 0, "bfloat16 values": 0, "predictions": 0}
-        with torch.no_grad():
-            for episode in sampled:
-                support = torch.from_numpy(rows[episode.support])
-                query = torch.from_numpy(rows[episode.query])
-                labels = torch.from_numpy(episode.support_labels())
-                reference = model.match(exact[support], labels, exact[query]).argmax(dim=1)
-                with BFLOAT16:
-                    library = model.match(mixed[support], labels, mixed[query]).argmax(dim=1)
-                    before = model.match(old[support], labels, old[query]).argmax(dim=1)
-                counts["float32 values"] += int((library != reference).sum())
-                counts["bfloat16 values"] += int((before != reference).sum())
-                counts["predictions"] += len(reference)
-        result["shots"][shot] = counts
-    return result
+    videos = test_videos(feature_set, pool, model.frames)
+    return {"run": str(run), **policy_flips(model, videos, pool, device=device, **options)}
+
+
+def flips_table(results: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("run", "shot", "predictions", *results[0]["flips"]):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for result in results:
+        for shot, total in result["predictions"].items():
+            table.add_row(
+                result["run"],
+                str(shot),
+                str(total),
+                *(
+                    f"{flips[shot]} ({100 * flips[shot] / total:.2f}%)"
+                    for flips in result["flips"].values()
+                ),
+            )
+    return table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="SA-CT run directories")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=5, help="per class")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    device = torch.device(args.device)
     results = [
         flips_of_run(
-            run, shots=args.shots, episodes=args.episodes, queries=args.queries, seed=args.seed
+            run,
+            device=device,
+            shots=args.shots,
+            episodes=args.episodes,
+            queries=args.queries,
+            seed=args.seed,
         )
         for run in args.runs
     ]
-    table = Table(title="SA-CT predictions flipped by CPU bfloat16 autocast against float32")
-    for column in ("run", "shot", "predictions", "values in float32 (sact)", "values in bfloat16"):
-        table.add_column(column, justify="left" if column == "run" else "right")
     for result in results:
-        for shot, counts in result["shots"].items():
-            total = counts["predictions"]
-            table.add_row(
-                "/".join(Path(result["run"]).parts[-3:]),
-                str(shot),
-                str(total),
-                f"{counts['float32 values']} ({100 * counts['float32 values'] / total:.2f}%)",
-                f"{counts['bfloat16 values']} ({100 * counts['bfloat16 values'] / total:.2f}%)",
-            )
-    Console().print(table)
+        result["run"] = "/".join(Path(result["run"]).parts[-3:])
+    Console().print(flips_table(results, f"SA-CT predictions flipped against float64 ({device})"))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
