@@ -431,9 +431,9 @@ def evaluate(
     with user_errors():
         results = run_evaluation(config, console=stderr)
     print_table(stderr if json_out else Console(), results_table(results))
-    stderr.print(f"results in {results['path']}", highlight=False)
+    stderr.print(f"results in {results.path}", highlight=False)
     if json_out:
-        typer.echo(json.dumps(results, indent=2))
+        typer.echo(json.dumps({**results.to_json(), "path": results.path}, indent=2))
 
 
 # -- report (fewshot/report.py) --
@@ -459,12 +459,13 @@ def report(
     from sact.fewshot.report import build_report, report_json, report_markdown, report_table
 
     with user_errors():
-        data = report_json(build_report(runs))
-    print_table(stderr if json_out else Console(), report_table(data))
-    for warning in data["warnings"]:
+        built = build_report(runs)
+        data = report_json(built)  # computes the rows, which can fail
+    print_table(stderr if json_out else Console(), report_table(built))
+    for warning in built.warnings:
         warn(warning)
     if markdown is not None:
-        write_text_atomic(markdown, report_markdown(data))
+        write_text_atomic(markdown, report_markdown(built))
         stderr.print(f"markdown in {markdown}", highlight=False)
     if json_out:
         typer.echo(json.dumps(data, indent=2))

@@ -64,7 +64,7 @@ class Scorer:
         )
 
     def __call__(self, model: torch.nn.Module) -> float:
-        (accuracies,) = score_episodes(model, self.features, [self.episodes], batch_size=64)
+        (accuracies,) = score_episodes(model, [self.features], [self.episodes], batch_size=64)
         return float(accuracies.mean())
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from sact.explain import explain
 from sact.extract.pipeline import ExtractConfig, run_extraction
 from sact.fewshot.config import ExplainConfig
 from sact.fewshot.evaluation import evaluate
-from sact.fewshot.report import Report, build_report, report_json
+from sact.fewshot.report import Report, ReportRow, build_report, report_json
 from sact.fewshot.sweep_config import VARIANTS, Variant
 from sact.fewshot.training import CONFIG_FILE, TrainConfig, train
 
@@ -116,6 +116,35 @@ TASKS_PREDICTED = {
         "seed's formula starts from flat logits.",
     ),
 }
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """One task's run of the suite: its store, report against the prediction, figures, times."""
+
+    task: str
+    dataset: Path
+    store: str
+    report: Report
+    ranking: Ranking
+    figures: dict[str, str]
+    seconds: dict[str, float]  # by stage
+
+    def to_json(self) -> dict[str, Any]:
+        """What demo.json holds of the task."""
+        prediction = TASKS_PREDICTED[self.task]
+        return {
+            "dataset": str(self.dataset),
+            "store": self.store,
+            "predicted": {
+                "tiers": [list(tier) for tier in prediction.tiers],
+                "why": prediction.why,
+            },
+            "report": report_json(self.report),
+            "measured": asdict(self.ranking),
+            "figures": self.figures,
+            "seconds": self.seconds,
+        }
 
 
 @dataclass(frozen=True)
@@ -245,20 +274,36 @@ def evaluate_runs(config: DemoConfig, runs: list[Path], folder: Path, console: C
         )
 
 
-def variant_of(row: dict[str, Any]) -> Variant:
+def variant_of(row: ReportRow) -> Variant:
     """The variant whose runs a report row holds (the runs' folder names it)."""
-    name = Path(row["runs"][0]).parent.name
+    name = Path(row.runs[0]).parent.name
     return next(variant for variant in VARIANTS if variant.name == name)
 
 
-def compare_to_prediction(report: Report, rows: list[dict[str, Any]], task: str) -> dict:
+@dataclass(frozen=True)
+class Disagreement:
+    """A variant predicted in a better tier that measured significantly worse than another."""
+
+    predicted_better: str
+    measured_better: str
+    difference: float  # predicted_better − measured_better, paired over the test episodes
+    ci95: float
+
+
+@dataclass(frozen=True)
+class Ranking:
+    ranks: dict[str, int]  # by variant name, 1 the best
+    disagreements: list[Disagreement]
+
+
+def compare_to_prediction(report: Report, task: str) -> Ranking:
     """Measured ranks (by the last shot setting's accuracy) and the pairs the prediction got
     wrong: a variant predicted in a better tier that measured significantly worse."""
     prediction = TASKS_PREDICTED[task]
-    names = [variant_of(row).name for row in rows]
+    names = [variant_of(row).name for row in report.rows]
     last = len(report.settings) - 1
-    accuracy = [row["scores"][last]["accuracy"] for row in rows]
-    order = sorted(range(len(rows)), key=lambda number: -accuracy[number])
+    accuracy = [row.scores[last].accuracy for row in report.rows]
+    order = sorted(range(len(names)), key=lambda number: -accuracy[number])
     ranks = {names[number]: rank + 1 for rank, number in enumerate(order)}
     disagreements = []
     for a, first in enumerate(names):
@@ -267,50 +312,37 @@ def compare_to_prediction(report: Report, rows: list[dict[str, Any]], task: str)
                 continue
             difference, interval = report.paired(a, b, last)
             if difference < -interval:
-                disagreements.append(
-                    {
-                        "predicted_better": first,
-                        "measured_better": second,
-                        "difference": difference,
-                        "ci95": interval,
-                    }
-                )
-    return {"ranks": ranks, "disagreements": disagreements}
+                disagreements.append(Disagreement(first, second, difference, interval))
+    return Ranking(ranks, disagreements)
 
 
-def task_table(task: str, data: dict[str, Any], ranking: dict[str, Any]) -> Table:
-    settings = data["settings"]
-    way = settings[0]["way"]
+def task_table(task: str, report: Report, ranking: Ranking) -> Table:
+    way = report.settings[0].way
     table = Table(
         title=f"sact demo --task {task}: {way}-way accuracy on unseen test classes "
         f"(%, mean over seeds ± 95% CI), chance {100 / way:.0f}%"
     )
     for column in ("variant", "predicted tier", "seeds"):
         table.add_column(column)
-    for s in settings:
-        table.add_column(f"{s['shot']}-shot", justify="right")
+    for s in report.settings:
+        table.add_column(f"{s.shot}-shot", justify="right")
         table.add_column("seed range", justify="right")
         table.add_column("Δ vs SA-CT", justify="right")
     table.add_column("measured rank", justify="right")
     prediction = TASKS_PREDICTED[task]
-    for number, row in enumerate(data["rows"]):
+    for number, row in enumerate(report.rows):
         variant = variant_of(row)
-        cells = [variant.label, str(prediction.tier(variant.name) + 1), str(len(row["seeds"]))]
-        for score in row["scores"]:
-            cells.append(f"{100 * score['accuracy']:.1f} ± {100 * score['ci95']:.1f}")
-            seeds = score["seed_accuracies"]
-            spread = f"{100 * min(seeds):.1f}–{100 * max(seeds):.1f}" if len(seeds) > 1 else ""
-            cells.append(spread)
-            difference = f"{100 * score['difference']:+.1f} ± {100 * score['difference_ci95']:.1f}"
-            cells.append("" if number == 0 else difference)
-        cells.append(str(ranking["ranks"][variant.name]))
+        cells = [variant.label, str(prediction.tier(variant.name) + 1), str(len(row.seeds))]
+        for score in row.scores:
+            cells += score.cells(reference=number == 0)
+        cells.append(str(ranking.ranks[variant.name]))
         table.add_row(*cells)
     return table
 
 
-def task_markdown(task: str, data: dict[str, Any], ranking: dict[str, Any]) -> str:
+def task_markdown(task: str, report: Report, ranking: Ranking) -> str:
     """The task's table for README.md and bench/RESULTS.md."""
-    table = task_table(task, data, ranking)
+    table = task_table(task, report, ranking)
     columns = [str(column.header) for column in table.columns]
     lines = [
         f"**{task}** ({TASKS_PREDICTED[task].why})",
@@ -320,11 +352,11 @@ def task_markdown(task: str, data: dict[str, Any], ranking: dict[str, Any]) -> s
     ]
     rows = zip(*(column.cells for column in table.columns), strict=True)
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    if ranking["disagreements"]:
+    if ranking.disagreements:
         wrong = "; ".join(
-            f"{d['measured_better']} above {d['predicted_better']} "
-            f"({100 * d['difference']:+.1f} ± {100 * d['ci95']:.1f})"
-            for d in ranking["disagreements"]
+            f"{d.measured_better} above {d.predicted_better} "
+            f"({100 * d.difference:+.1f} ± {100 * d.ci95:.1f})"
+            for d in ranking.disagreements
         )
         lines += ["", f"Measured against the prediction: {wrong}."]
     else:
@@ -338,7 +370,7 @@ def pick_explained_pair(dataset: Path) -> tuple[str, str]:
     return first.split("/", 1)[1], second.split("/", 1)[1]
 
 
-def run_task(config: DemoConfig, task: str, console: Console) -> dict[str, Any]:
+def run_task(config: DemoConfig, task: str, console: Console) -> TaskResult:
     folder = config.out / task
     folder.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -364,8 +396,7 @@ def run_task(config: DemoConfig, task: str, console: Console) -> dict[str, Any]:
     mark = time.perf_counter()
     evaluate_runs(config, runs, folder, console)
     report = build_report(runs)
-    data = report_json(report)
-    ranking = compare_to_prediction(report, data["rows"], task)
+    ranking = compare_to_prediction(report, task)
     seconds["evaluate"] = time.perf_counter() - mark
 
     _stage(console, f"{task} 5/5 draw SA-CT's attention")
@@ -377,16 +408,13 @@ def run_task(config: DemoConfig, task: str, console: Console) -> dict[str, Any]:
     )
     seconds["explain"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - started
-    return {
-        "dataset": str(dataset),
-        "store": store,
-        "predicted": {
-            "tiers": [list(tier) for tier in TASKS_PREDICTED[task].tiers],
-            "why": TASKS_PREDICTED[task].why,
-        },
-        "report": data,
-        "measured": ranking,
-        "figures": {
+    return TaskResult(
+        task=task,
+        dataset=dataset,
+        store=store,
+        report=report,
+        ranking=ranking,
+        figures={
             "attention": str(attention_png),
             **{
                 f"training_curve_{Path(run).parent.name}": str(Path(run) / "training_curve.png")
@@ -394,8 +422,8 @@ def run_task(config: DemoConfig, task: str, console: Console) -> dict[str, Any]:
                 if Path(run).name == "seed0"
             },
         },
-        "seconds": {stage: round(value, 1) for stage, value in seconds.items()},
-    }
+        seconds={stage: round(value, 1) for stage, value in seconds.items()},
+    )
 
 
 def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
@@ -406,14 +434,14 @@ def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
     tasks = task_names(config)
     config.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results: dict[str, Any] = {"config": config.to_json(), "tasks": {}}
-    for task in tasks:
-        results["tasks"][task] = run_task(config, task, console)
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    tables, markdown = [], []
-    for task, outcome in results["tasks"].items():
-        tables.append(task_table(task, outcome["report"], outcome["measured"]))
-        markdown.append(task_markdown(task, outcome["report"], outcome["measured"]))
+    outcomes = [run_task(config, task, console) for task in tasks]
+    results: dict[str, Any] = {
+        "config": config.to_json(),
+        "tasks": {outcome.task: outcome.to_json() for outcome in outcomes},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    tables = [task_table(o.task, o.report, o.ranking) for o in outcomes]
+    markdown = [task_markdown(o.task, o.report, o.ranking) for o in outcomes]
     path = config.out / RESULTS_FILE
     write_text_atomic(path, json.dumps(results, indent=2) + "\n")
     markdown_path = config.out / MARKDOWN_FILE

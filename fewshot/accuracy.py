@@ -92,11 +92,11 @@ def embed_videos(
     )
     parts = []
     with progress_bar(console) as progress:
-        task = progress.add_task(f"embedding {features.pool.part} videos", total=len(positions))
+        bar = progress.add_task(f"embedding {features.pool.part} videos", total=len(positions))
         for videos in loaded:
             with autocast:
                 parts.append(model.embed(videos))  # (B, ...) per field
-            progress.advance(task, len(videos))
+            progress.advance(bar, len(videos))
     row_of = np.full(len(features.pool), -1, dtype=np.int64)
     row_of[in_store_order] = np.arange(len(in_store_order))
     return concat_embeddings(parts), row_of
@@ -214,28 +214,6 @@ def averaged_accuracies(
 
 def score_episodes(
     model: FewShotHead,
-    features: SplitFeatures,
-    episode_lists: Sequence[Sequence[Episode]],
-    *,
-    batch_size: int,
-    autocast: AbstractContextManager | None = None,
-    workers: int = 4,
-    console: Console | None = None,
-) -> list[np.ndarray]:
-    """Per-episode accuracies (E,) of each list of episodes; every video used embedded once."""
-    return score_episodes_over_views(
-        model,
-        [features],
-        episode_lists,
-        batch_size=batch_size,
-        autocast=autocast,
-        workers=workers,
-        console=console,
-    )
-
-
-def score_episodes_over_views(
-    model: FewShotHead,
     views: Sequence[SplitFeatures],
     episode_lists: Sequence[Sequence[Episode]],
     *,
@@ -244,9 +222,10 @@ def score_episodes_over_views(
     workers: int = 4,
     console: Console | None = None,
 ) -> list[np.ndarray]:
-    """Per-episode accuracies (E,) of each list of episodes, each episode's logits averaged over
-    `views` (the same pool read in several stored views: test-time augmentation); in each view
-    the support and the queries are that view's, every video embedded once per view."""
+    """Per-episode accuracies (E,) of each list of episodes; every video used embedded once per
+    view. With several `views` (the same pool read in several stored views: test-time
+    augmentation) each episode's logits are averaged over them, the support and the queries of
+    each view read in that view."""
     positions = np.unique(
         np.concatenate([np.r_[e.support, e.query] for episodes in episode_lists for e in episodes])
     )

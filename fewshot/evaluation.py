@@ -21,6 +21,7 @@ evaluation's results (all runs, paired differences) to one file.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +35,7 @@ from rich.table import Table
 from sact.common.devices import resolve_device
 from sact.common.files import write_text_atomic
 from sact.common.options import Checked, checked
-from sact.fewshot.accuracy import mean_and_interval, score_episodes, score_episodes_over_views
+from sact.fewshot.accuracy import mean_and_interval, score_episodes
 from sact.fewshot.checkpoints import Checkpoint, check_compatible, run_dir_of
 from sact.fewshot.config import LEGACY_PRECISION, EvalConfig, EvaluationError, latest_run
 from sact.fewshot.episodes import (
@@ -53,6 +54,101 @@ from sact.fewshot.precision import resolve_precision, resolved_name
 from sact.fewshot.records import record_name, weights_digest, write_record
 from sact.fewshot.selection import Selected, select_checkpoint, select_folder
 from sact.store.backends import FeatureSet, open_feature_set
+from sact.store.feature_set import CANONICAL
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """A run's mean accuracy over a setting's episodes ± the half-width of its 95% CI."""
+
+    accuracy: float
+    ci95: float
+
+    def cell(self) -> str:
+        return f"{100 * self.accuracy:.2f} ± {100 * self.ci95:.2f}"
+
+
+@dataclass(frozen=True)
+class ViewsAccuracy(Accuracy):
+    """The accuracy with each episode's logits averaged over `views` (test-time augmentation)."""
+
+    views: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """The first run's accuracy minus another's, episode by episode, ± its own 95% CI."""
+
+    difference: float
+    ci95: float
+
+    def cell(self) -> str:
+        return f"{100 * self.difference:+.2f} ± {100 * self.ci95:.2f}"
+
+
+@dataclass(frozen=True)
+class SettingResult:
+    """Every run on one N-way K-shot Q-query set of episodes."""
+
+    way: int
+    shot: int
+    query: int
+    episodes: int
+    runs: dict[str, Accuracy]
+    paired_differences: dict[str, PairedDifference]  # the first run against each other one
+    tta: dict[str, ViewsAccuracy] | None  # with --tta
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.tta is None:
+            del data["tta"]
+        return data
+
+
+@dataclass(frozen=True)
+class EvaluatedRun:
+    """What was scored of a run: its checkpoint (and why: fewshot/selection.py) and the store
+    and pool it was read from."""
+
+    model: str
+    checkpoint: str
+    checkpoint_name: str
+    step: int
+    val_accuracy: float | None
+    warning: str | None
+    feature_set: str
+    store: str
+    videos: int
+    classes: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """`evaluate`'s results: the runs (the first is the one evaluated, then `compare`), their
+    accuracies per setting, and where each run's record of it was kept."""
+
+    config: EvalConfig
+    precision: str  # the policy's name as resolved on the device (fewshot/precision.py)
+    created: str
+    split: str
+    settings: list[SettingResult]
+    warnings: list[str]  # a checkpoint that may be no better than the untrained model
+    runs: dict[str, EvaluatedRun]
+    records: dict[str, str]  # each run's record (fewshot/records.py)
+    path: str  # --out, else the first run's record
+
+    def to_json(self) -> dict[str, Any]:
+        """What --out holds."""
+        return {
+            "config": asdict(self.config),
+            "precision": self.precision,
+            "created": self.created,
+            "split": self.split,
+            "settings": [setting.to_json() for setting in self.settings],
+            "warnings": self.warnings,
+            "runs": {name: asdict(run) for name, run in self.runs.items()},
+            "records": self.records,
+        }
 
 
 @dataclass
@@ -142,62 +238,48 @@ def make_episodes(config: EvalConfig, pool: VideoPool, console: Console | None) 
     return settings
 
 
-def score(
-    scored: Scored, settings: list[EpisodeSet], config: EvalConfig, console: Console | None
-) -> list[np.ndarray]:
-    """Per-episode accuracies of one model for each setting; every video embedded once."""
-    device = resolve_device(config.device)
-    autocast = resolve_precision(config.precision, device)
-    model = scored.checkpoint.build().to(device)
-    features = SplitFeatures(
-        scored.feature_set,
-        scored.pool,
-        frames=scored.checkpoint.model_config["frames"],
-        device=device,
-        cache_gb=0.0,  # each video is read once to be embedded: nothing to keep
-    )
-    return score_episodes(
-        model,
-        features,
-        [setting.episodes for setting in settings],
-        batch_size=config.batch_size,
-        autocast=autocast,
-        workers=config.workers,
-        console=console,
-    )
-
-
-def score_over_views(
-    scored: Scored, settings: list[EpisodeSet], config: EvalConfig, console: Console | None
-) -> tuple[list[np.ndarray], list[str]]:
-    """Per-episode accuracies with the logits averaged over every stored view that holds the
-    whole pool (test-time augmentation), and those views."""
+def augmented_views(scored: Scored) -> tuple[str, ...]:
+    """Every stored view that holds the whole pool, canonical first (test-time augmentation)."""
     feature_set, pool = scored.feature_set, scored.pool
-    views = [
+    views = tuple(
         name
         for name in feature_set.view_names()
         if feature_set.usable_in(name)[pool.store_indices].all()
-    ]
+    )
     if len(views) == 1:
         raise EvaluationError(
             f"--tta: feature set {feature_set.name} holds no augmented view of every "
             f"{pool.part} video; extract some (sact extract ... --random-views 4)"
         )
+    return views
+
+
+def score(
+    scored: Scored,
+    settings: list[EpisodeSet],
+    config: EvalConfig,
+    console: Console | None,
+    *,
+    views: Sequence[str] = (CANONICAL,),
+) -> list[np.ndarray]:
+    """Per-episode accuracies of one model for each setting, each episode's logits averaged over
+    `views` (one: plain scoring; several: test-time augmentation); every video embedded once per
+    view."""
     device = resolve_device(config.device)
     autocast = resolve_precision(config.precision, device)
     model = scored.checkpoint.build().to(device)
     per_view = [
         SplitFeatures(
-            feature_set,
-            pool,
+            scored.feature_set,
+            scored.pool,
             frames=scored.checkpoint.model_config["frames"],
             device=device,
-            cache_gb=0.0,  # each video is read once per view to be embedded
+            cache_gb=0.0,  # each video is read once per view to be embedded: nothing to keep
             views=(view,),
         )
         for view in views
     ]
-    accuracies = score_episodes_over_views(
+    return score_episodes(
         model,
         per_view,
         [setting.episodes for setting in settings],
@@ -206,12 +288,11 @@ def score_over_views(
         workers=config.workers,
         console=console,
     )
-    return accuracies, views
 
 
 def evaluate(
     config: EvalConfig | Checked[EvalConfig], console: Console | None = None
-) -> dict[str, Any]:
+) -> Evaluation:
     """Score a run (and `compare` runs) on the same episodes; results also written as JSON. A
     config the command line checked runs as it is."""
     config = checked(config).config
@@ -241,14 +322,7 @@ def evaluate(
                 f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True
             )
     settings = make_episodes(config, main.pool, console)
-    results: dict[str, Any] = {
-        "config": asdict(config),
-        "precision": resolved_name(config.precision, resolve_device(config.device)),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "split": config.split,
-        "settings": [],
-        "warnings": warnings,
-    }
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     # every run scores the same episodes, by video id in its own pool
     settings_of = {main.name: settings} | {
         other.name: [
@@ -264,60 +338,81 @@ def evaluate(
     }
     every_run = [main, *others]
     accuracies = {one.name: score(one, settings_of[one.name], config, console) for one in every_run}
-    over_views = {
-        one.name: score_over_views(one, settings_of[one.name], config, console)
-        for one in (every_run if config.tta else [])
-    }
+    over_views: dict[str, tuple[list[np.ndarray], tuple[str, ...]]] = {}
+    for one in every_run if config.tta else []:
+        views = augmented_views(one)
+        over_views[one.name] = (
+            score(one, settings_of[one.name], config, console, views=views),
+            views,
+        )
+    results = []
     for number, setting in enumerate(settings):
-        entry: dict[str, Any] = {
-            "way": setting.way,
-            "shot": setting.shot,
-            "query": setting.queries,
-            "episodes": len(setting.episodes),
-            "runs": {},
-            "paired_differences": {},
+        paired = {
+            other.name: PairedDifference(
+                *mean_and_interval(accuracies[main.name][number] - accuracies[other.name][number])
+            )
+            for other in others
         }
-        for name, per_setting in accuracies.items():
-            mean, interval = mean_and_interval(per_setting[number])
-            entry["runs"][name] = {"accuracy": mean, "ci95": interval}
-        for other in others:
-            difference = accuracies[main.name][number] - accuracies[other.name][number]
-            mean, interval = mean_and_interval(difference)
-            entry["paired_differences"][other.name] = {"difference": mean, "ci95": interval}
-        if over_views:
-            entry["tta"] = {}
-        for name, (per_setting, views) in over_views.items():
-            mean, interval = mean_and_interval(per_setting[number])
-            entry["tta"][name] = {"accuracy": mean, "ci95": interval, "views": views}
-        results["settings"].append(entry)
-    results["runs"] = {
-        name: {
-            "model": scored.checkpoint.model,
-            "checkpoint": str(scored.checkpoint.folder),
-            **scored.selected.to_json(),
-            "feature_set": scored.feature_set.name,
-            "store": scored.feature_set.location,
-            "videos": len(scored.pool),
-            "classes": len(scored.pool.classes),
-        }
-        for name, scored in [(main.name, main), *((o.name, o) for o in others)]
+        results.append(
+            SettingResult(
+                way=setting.way,
+                shot=setting.shot,
+                query=setting.queries,
+                episodes=len(setting.episodes),
+                runs={
+                    name: Accuracy(*mean_and_interval(per_setting[number]))
+                    for name, per_setting in accuracies.items()
+                },
+                paired_differences=paired,
+                tta={
+                    name: ViewsAccuracy(*mean_and_interval(per_setting[number]), views=views)
+                    for name, (per_setting, views) in over_views.items()
+                }
+                if over_views
+                else None,
+            )
+        )
+    runs = {
+        scored.name: EvaluatedRun(
+            model=scored.checkpoint.model,
+            checkpoint=str(scored.checkpoint.folder),
+            checkpoint_name=scored.selected.name,
+            step=scored.checkpoint.step,
+            val_accuracy=scored.checkpoint.val_accuracy,
+            warning=scored.selected.warning,
+            feature_set=scored.feature_set.name,
+            store=scored.feature_set.location,
+            videos=len(scored.pool),
+            classes=len(scored.pool.classes),
+        )
+        for scored in every_run
     }
     digests = [episodes_digest(main.pool, setting) for setting in settings]
     compared = {
-        other.name: [entry["paired_differences"][other.name] for entry in results["settings"]]
+        other.name: [result.paired_differences[other.name] for result in results]
         for other in others
     }
-    results["records"] = {}
+    records = {}
     for scored in every_run:
         mine = compared if scored is main else {}
         path = keep(scored, accuracies[scored.name], settings, digests, config, compared=mine)
-        results["records"][scored.name] = str(path)
+        records[scored.name] = str(path)
+    evaluation = Evaluation(
+        config=config,
+        precision=resolved_name(config.precision, resolve_device(config.device)),
+        created=created,
+        split=config.split,
+        settings=results,
+        warnings=warnings,
+        runs=runs,
+        records=records,
+        path=config.out or records[main.name],
+    )
     if config.out:
         out = Path(config.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out, json.dumps(results, indent=2) + "\n")
-    results["path"] = config.out or results["records"][main.name]
-    return results
+        write_text_atomic(out, json.dumps(evaluation.to_json(), indent=2) + "\n")
+    return evaluation
 
 
 def keep(
@@ -327,7 +422,7 @@ def keep(
     digests: list[str],
     config: EvalConfig,
     *,
-    compared: dict[str, list[dict[str, float]]],
+    compared: dict[str, list[PairedDifference]],
 ) -> Path:
     """The run's record of this evaluation, in its evaluations/ folder (fewshot/records.py)."""
     checkpoint = scored.checkpoint
@@ -364,39 +459,38 @@ def keep(
             }
             for setting, digest, per_episode in zip(settings, digests, accuracies, strict=True)
         ],
-        "compared": compared,
+        "compared": {
+            name: [asdict(difference) for difference in differences]
+            for name, differences in compared.items()
+        },
         "config": asdict(config),
     }
     name = record_name(checkpoint, weights, digests, None if legacy else precision)
     return write_record(run_dir_of(checkpoint), name, data)
 
 
-def results_table(results: dict[str, Any]) -> Table:
+def results_table(evaluation: Evaluation) -> Table:
     """Accuracy ± 95% CI per run and shot setting; paired differences against the first run."""
-    runs = list(results["runs"])
-    table = Table(title=f"few-shot accuracy on {results['split']} (± 95% CI)")
+    runs = list(evaluation.runs)
+    table = Table(title=f"few-shot accuracy on {evaluation.split} (± 95% CI)")
     table.add_column("setting")
     table.add_column("episodes", justify="right")
     for name in runs:
-        run = results["runs"][name]
-        scored = f"{run['checkpoint_name']}, step {run['step']}"
-        table.add_column(f"{run['model']} ({Path(name).name})\n{scored}")
+        run = evaluation.runs[name]
+        scored = f"{run.checkpoint_name}, step {run.step}"
+        table.add_column(f"{run.model} ({Path(name).name})\n{scored}")
     for name in runs[1:]:
         table.add_column(f"Δ vs {Path(name).name}", justify="right")
-    for setting in results["settings"]:
-        row = [f"{setting['way']}-way {setting['shot']}-shot", str(setting["episodes"])]
+    for setting in evaluation.settings:
+        row = [f"{setting.way}-way {setting.shot}-shot", str(setting.episodes)]
         for name in runs:
-            score = setting["runs"][name]
-            row.append(f"{100 * score['accuracy']:.2f} ± {100 * score['ci95']:.2f}")
+            row.append(setting.runs[name].cell())
         for name in runs[1:]:
-            paired = setting["paired_differences"][name]
-            row.append(f"{100 * paired['difference']:+.2f} ± {100 * paired['ci95']:.2f}")
+            row.append(setting.paired_differences[name].cell())
         table.add_row(*row)
-        if "tta" in setting:  # test-time augmentation, apart from the canonical view's row
-            views = len(next(iter(setting["tta"].values()))["views"])
-            row = [f"  same, logits averaged over {views} views", str(setting["episodes"])]
-            for name in runs:
-                score = setting["tta"][name]
-                row.append(f"{100 * score['accuracy']:.2f} ± {100 * score['ci95']:.2f}")
+        if setting.tta is not None:  # test-time augmentation, apart from the canonical view's row
+            views = len(next(iter(setting.tta.values())).views)
+            row = [f"  same, logits averaged over {views} views", str(setting.episodes)]
+            row += [setting.tta[name].cell() for name in runs]
             table.add_row(*row, *([""] * (len(runs) - 1)))
     return table

@@ -330,7 +330,7 @@ class SplitFeatures:
             return chunk, block  # (stop - start, T_stored, P, D)
 
         with progress_bar(console) as progress:
-            task = progress.add_task(f"loading {self.pool.part} features", total=cached)
+            bar = progress.add_task(f"loading {self.pool.part} features", total=cached)
             readers = Prefetcher(workers=self.plan.readers, depth=2 * self.plan.readers)
             for (start, stop), block in readers.map(read, chunks):
                 # ranks [start, stop): the device tier's first, then the host's
@@ -341,7 +341,7 @@ class SplitFeatures:
                     host_start = start + split - self.plan.on_device
                     host_stop = stop - self.plan.on_device
                     self.on_host[host_start:host_stop] = torch.from_numpy(block[split:])
-                progress.advance(task, stop - start)
+                progress.advance(bar, stop - start)
         if self.copy_stream is not None:  # the loaders' stream reads what this one wrote
             self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +207,49 @@ def seed_matrix(configuration: Configuration, setting: SettingScores) -> np.ndar
     return np.stack(rows)
 
 
+@dataclass(frozen=True)
+class RowScore:
+    """A configuration on one shot setting: accuracy ± CI, each seed's, and Δ to the reference."""
+
+    way: int
+    shot: int
+    accuracy: float
+    ci95: float
+    seed_accuracies: list[float]
+    difference: float
+    difference_ci95: float
+
+    def cells(self, *, reference: bool) -> list[str]:
+        """accuracy ± CI, seed range, Δ ± CI (none for the reference itself)."""
+        seeds = self.seed_accuracies
+        spread = f"{_points(min(seeds))}–{_points(max(seeds))}" if len(seeds) > 1 else ""
+        difference = f"{100 * self.difference:+.1f} ± {_points(self.difference_ci95)}"
+        return [
+            f"{_points(self.accuracy)} ± {_points(self.ci95)}",
+            spread,
+            "" if reference else difference,
+        ]
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One configuration of a report: its runs (seeds), the checkpoints scored, and a score per
+    shot setting."""
+
+    model: str
+    feature_set: str
+    settings: dict[str, Any]  # the differing settings' values
+    label: str
+    seeds: list[int]
+    runs: list[str]
+    checkpoints: dict[str, list[str]]  # by run: "best, step 400", ...
+    scores: list[RowScore]
+
+    def checkpoints_cell(self) -> str:
+        """The checkpoints it scored: "best, step 400", or one per seed joined by "; "."""
+        return "; ".join(dict.fromkeys(c for run in self.checkpoints.values() for c in run))
+
+
 @dataclass
 class Report:
     """Configurations (the first is the reference) and the episode sets they all share."""
@@ -221,6 +265,53 @@ class Report:
     def paired(self, first: int, second: int, setting: int) -> tuple[float, float]:
         """Paired difference first − second on the setting's episodes, ± its 95% CI."""
         return mean_and_interval(self.averaged(first, setting) - self.averaged(second, setting))
+
+    @cached_property
+    def rows(self) -> list[ReportRow]:
+        """A row per configuration; differences are against the first configuration."""
+        rows = []
+        names = labels(self.configurations, self.differing)
+        for number, configuration in enumerate(self.configurations):
+            scores = []
+            for index, setting in enumerate(self.settings):
+                matrix = seed_matrix(configuration, setting)  # (seeds, E)
+                accuracy, interval = mean_and_interval(matrix.mean(axis=0))
+                difference, difference_interval = self.paired(number, 0, index)
+                scores.append(
+                    RowScore(
+                        way=setting.way,
+                        shot=setting.shot,
+                        accuracy=accuracy,
+                        ci95=interval,
+                        seed_accuracies=matrix.mean(axis=1).tolist(),
+                        difference=difference,
+                        difference_ci95=difference_interval,
+                    )
+                )
+            rows.append(
+                ReportRow(
+                    model=configuration.model,
+                    feature_set=configuration.feature_set,
+                    settings={name: configuration.settings.get(name) for name in self.differing},
+                    label=names[number],
+                    seeds=[run.seed for run in configuration.runs],
+                    runs=[str(run.folder) for run in configuration.runs],
+                    checkpoints=scored_checkpoints(configuration, self.settings),
+                    scores=scores,
+                )
+            )
+        return rows
+
+    @property
+    def warnings(self) -> list[str]:
+        """A run scored only as its untrained step-0 model on these episodes."""
+        return [
+            f"{run} is scored as its untrained step-0 model, the only evaluation it "
+            f"has on these episodes: evaluate its trained best (sact evaluate --run {run})"
+            for row in self.rows
+            for run, checkpoints in row.checkpoints.items()
+            if any(c.startswith(f"{UNTRAINED},") for c in checkpoints)
+        ]
 
 
 def build_report(paths: Sequence[Path]) -> Report:
@@ -241,52 +332,8 @@ def scored_checkpoints(
     return scored
 
 
-def checkpoints_cell(row: dict[str, Any]) -> str:
-    """The checkpoints a row scored: "best, step 400", or one per seed joined by "; "."""
-    return "; ".join(dict.fromkeys(c for run in row["checkpoints"].values() for c in run))
-
-
 def report_json(report: Report) -> dict[str, Any]:
-    """The report as JSON-ready data; differences are against the first configuration."""
-    rows = []
-    warnings = []
-    names = labels(report.configurations, report.differing)
-    for number, configuration in enumerate(report.configurations):
-        scored = scored_checkpoints(configuration, report.settings)
-        for run, checkpoints in scored.items():
-            if any(c.startswith(f"{UNTRAINED},") for c in checkpoints):
-                warnings.append(
-                    f"{run} is scored as its untrained step-0 model, the only evaluation it "
-                    f"has on these episodes: evaluate its trained best (sact evaluate --run {run})"
-                )
-        scores = []
-        for index, setting in enumerate(report.settings):
-            matrix = seed_matrix(configuration, setting)  # (seeds, E)
-            accuracy, interval = mean_and_interval(matrix.mean(axis=0))
-            difference, difference_interval = report.paired(number, 0, index)
-            scores.append(
-                {
-                    "way": setting.way,
-                    "shot": setting.shot,
-                    "accuracy": accuracy,
-                    "ci95": interval,
-                    "seed_accuracies": matrix.mean(axis=1).tolist(),
-                    "difference": difference,
-                    "difference_ci95": difference_interval,
-                }
-            )
-        rows.append(
-            {
-                "model": configuration.model,
-                "feature_set": configuration.feature_set,
-                "settings": {name: configuration.settings.get(name) for name in report.differing},
-                "label": names[number],
-                "seeds": [run.seed for run in configuration.runs],
-                "runs": [str(run.folder) for run in configuration.runs],
-                "checkpoints": scored,
-                "scores": scores,
-            }
-        )
+    """The report as JSON-ready data."""
     return {
         "settings": [
             {
@@ -299,8 +346,8 @@ def report_json(report: Report) -> dict[str, Any]:
             for s in report.settings
         ],
         "differing": report.differing,
-        "rows": rows,
-        "warnings": warnings,
+        "rows": [asdict(row) for row in report.rows],
+        "warnings": report.warnings,
     }
 
 
@@ -308,61 +355,46 @@ def _points(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def cells(row: dict[str, Any], *, reference: bool) -> list[str]:
-    """The per-shot cells of a row: accuracy ± CI, seed range, Δ ± CI."""
-    out = []
-    for score in row["scores"]:
-        out.append(f"{_points(score['accuracy'])} ± {_points(score['ci95'])}")
-        seeds = score["seed_accuracies"]
-        out.append(f"{_points(min(seeds))}–{_points(max(seeds))}" if len(seeds) > 1 else "")
-        if reference:
-            out.append("")
-        else:
-            diff = f"{100 * score['difference']:+.1f} ± {_points(score['difference_ci95'])}"
-            out.append(diff)
-    return out
-
-
-def headers(data: dict[str, Any]) -> list[str]:
+def headers(report: Report) -> list[str]:
     columns = ["model", "settings", "feature set", "checkpoint", "seeds"]
-    reference = data["rows"][0]["model"]
-    for s in data["settings"]:
-        shot = f"{s['way']}-way {s['shot']}-shot"
+    reference = report.rows[0].model
+    for s in report.settings:
+        shot = f"{s.way}-way {s.shot}-shot"
         columns += [f"{shot} (%)", "seed range", f"Δ vs {reference}"]
     return columns
 
 
-def row_cells(data: dict[str, Any]) -> list[list[str]]:
+def row_cells(rows: Sequence[ReportRow]) -> list[list[str]]:
     return [
         [
-            row["model"],
-            row["label"],
-            row["feature_set"],
-            checkpoints_cell(row),
-            str(len(row["seeds"])),
-            *cells(row, reference=number == 0),
+            row.model,
+            row.label,
+            row.feature_set,
+            row.checkpoints_cell(),
+            str(len(row.seeds)),
+            *(cell for score in row.scores for cell in score.cells(reference=number == 0)),
         ]
-        for number, row in enumerate(data["rows"])
+        for number, row in enumerate(rows)
     ]
 
 
-def report_table(data: dict[str, Any], *, title: str = "sact report") -> Table:
-    episodes = ", ".join(f"{s['episodes']} {s['shot']}-shot" for s in data["settings"])
+def report_table(report: Report, *, title: str = "sact report") -> Table:
+    episodes = ", ".join(f"{len(s.correct)} {s.shot}-shot" for s in report.settings)
     table = Table(title=f"{title}: accuracy ± 95% CI on identical episodes ({episodes})")
-    for number, column in enumerate(headers(data)):
+    for number, column in enumerate(headers(report)):
         table.add_column(column, justify="left" if number < TEXT_COLUMNS else "right")
-    for cells_of_row in row_cells(data):
+    for cells_of_row in row_cells(report.rows):
         table.add_row(*cells_of_row)
     return table
 
 
-def report_markdown(data: dict[str, Any]) -> str:
-    columns = headers(data)
+def report_markdown(report: Report) -> str:
+    columns = headers(report)
     lines = [
         "| " + " | ".join(columns) + " |",
         "| "
         + " | ".join("---" if n < TEXT_COLUMNS else "---:" for n in range(len(columns)))
         + " |",
     ]
-    lines += ["| " + " | ".join(cells_of_row) + " |" for cells_of_row in row_cells(data)]
+    lines += ["| " + " | ".join(cells_of_row) + " |" for cells_of_row in row_cells(report.rows)]
     return "\n".join(lines) + "\n"

@@ -37,7 +37,7 @@ from sact.fewshot.precision import Precision
 
 # one episode as the trainer loads it: support videos (N*K, T, P, D), support labels (N*K,) on the
 # CPU, class-major; query videos (N*Q, T, P, D); query labels (N*Q,) on the device
-Task = tuple[Tensor, ...]
+LoadedEpisode = tuple[Tensor, Tensor, Tensor, Tensor]
 StepTotals = tuple[Tensor, Tensor, int]  # mean loss, correct queries (both on the device), queries
 
 
@@ -45,7 +45,7 @@ class Step(Protocol):
     def __call__(
         self,
         model: FewShotHead,
-        tasks: Sequence[Task],
+        episodes: Sequence[LoadedEpisode],
         precision: Precision,
         scaler: torch.amp.GradScaler,
     ) -> StepTotals: ...
@@ -71,17 +71,20 @@ def resolved_step(name: str, device: torch.device) -> str:
 
 
 def eager_step(
-    model: FewShotHead, tasks: Sequence[Task], precision: Precision, scaler: torch.amp.GradScaler
+    model: FewShotHead,
+    episodes: Sequence[LoadedEpisode],
+    precision: Precision,
+    scaler: torch.amp.GradScaler,
 ) -> StepTotals:
     """Each episode's forward and backward in turn, the gradients summed over the episodes."""
-    device = tasks[0][3].device
+    device = episodes[0][3].device
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     count = 0
-    for support, support_labels, query, query_labels in tasks:
+    for support, support_labels, query, query_labels in episodes:
         with precision:
             logits = model(support, support_labels, query)  # (N*Q, N)
-        loss = F.cross_entropy(logits.float(), query_labels) / len(tasks)
+        loss = F.cross_entropy(logits.float(), query_labels) / len(episodes)
         with precision.float32_matmuls():
             scaler.scale(loss).backward()
         total_loss += loss.detach()
@@ -127,17 +130,17 @@ class BatchedStep:
     def __call__(
         self,
         model: FewShotHead,
-        tasks: Sequence[Task],
+        episodes: Sequence[LoadedEpisode],
         precision: Precision,
         scaler: torch.amp.GradScaler,
     ) -> StepTotals:
         if self.fell_back:
-            return eager_step(model, tasks, precision, scaler)
+            return eager_step(model, episodes, precision, scaler)
         if self.compiled_once:
-            return self.run(model, tasks, precision, scaler)
+            return self.run(model, episodes, precision, scaler)
         started = time.perf_counter()
         try:
-            totals = self.run(model, tasks, precision, scaler)
+            totals = self.run(model, episodes, precision, scaler)
         except Exception as error:  # whatever the compiler raised: the run goes on eager
             reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
             self.say(
@@ -146,7 +149,7 @@ class BatchedStep:
             )
             self.fell_back = True
             model.zero_grad(set_to_none=True)  # what a half-run step left is not this step's
-            return eager_step(model, tasks, precision, scaler)
+            return eager_step(model, episodes, precision, scaler)
         self.compiled_once = True
         self.compile_seconds = time.perf_counter() - started
         self.say(f"step compiled ({self.compile_mode}) in {self.compile_seconds:.1f} s")
@@ -155,16 +158,16 @@ class BatchedStep:
     def run(
         self,
         model: FewShotHead,
-        tasks: Sequence[Task],
+        episodes: Sequence[LoadedEpisode],
         precision: Precision,
         scaler: torch.amp.GradScaler,
     ) -> StepTotals:
-        supports = [task[0] for task in tasks]
-        queries = [task[2] for task in tasks]
-        query_labels = torch.cat([task[3] for task in tasks])  # (E*Q,)
-        way = int(tasks[0][1].max()) + 1
+        supports = [episode[0] for episode in episodes]
+        queries = [episode[2] for episode in episodes]
+        query_labels = torch.cat([episode[3] for episode in episodes])  # (E*Q,)
+        way = int(episodes[0][1].max()) + 1
         support_count = sum(len(support) for support in supports)
-        episode_shape(support_count, len(query_labels), episodes=len(tasks), way=way)
+        episode_shape(support_count, len(query_labels), episodes=len(episodes), way=way)
         videos = torch.cat([*supports, *queries])  # (E*(N*K + Q), T, P, D)
         if self.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are spent
@@ -174,7 +177,7 @@ class BatchedStep:
                 videos,
                 query_labels,
                 supports=support_count,
-                episodes=len(tasks),
+                episodes=len(episodes),
                 way=way,
             )
         with precision.float32_matmuls():

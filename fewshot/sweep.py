@@ -62,7 +62,7 @@ from sact.fewshot.evaluation import evaluate, make_episodes
 from sact.fewshot.features import features_shared
 from sact.fewshot.precision import resolve_precision
 from sact.fewshot.records import run_records, weights_digest
-from sact.fewshot.report import build_report, report_json, report_markdown, report_table
+from sact.fewshot.report import Report, build_report, report_json, report_markdown, report_table
 from sact.fewshot.selection import select_checkpoint
 from sact.fewshot.sweep_config import (
     Published,
@@ -358,20 +358,21 @@ def published_rows(recipe: Recipe, shots: Sequence[int]) -> list[list[str]]:
             for entry in recipe.published]  # fmt: skip
 
 
-def published_table(recipe: Recipe, data: dict[str, Any], labels: list[str]) -> Table:
+def published_table(recipe: Recipe, report: Report, labels: list[str]) -> Table:
     """The recipe's published numbers beside this sweep's (not like for like: the papers
     fine-tune their backbone, a sweep trains a head on frozen features)."""
-    shots = [s["shot"] for s in data["settings"]]
+    shots = [s.shot for s in report.settings]
     table = Table(title=f"{recipe.title}: published (%) and this sweep's (% ± 95% CI)")
     table.add_column("method")
     for shot in shots:
-        table.add_column(f"{data['settings'][0]['way']}-way {shot}-shot", justify="right")
+        table.add_column(f"{report.settings[0].way}-way {shot}-shot", justify="right")
     table.add_column("source")
     for row in published_rows(recipe, shots):
         table.add_row(*row)
-    for label, row in zip(labels, data["rows"], strict=True):
-        scores = [f"{100 * s['accuracy']:.1f} ± {100 * s['ci95']:.1f}" for s in row["scores"]]
-        table.add_row(label, *scores, f"this sweep, {len(row['seeds'])} seed(s), frozen features")
+    for label, measured in zip(labels, report.rows, strict=True):
+        scores = [f"{100 * s.accuracy:.1f} ± {100 * s.ci95:.1f}" for s in measured.scores]
+        seeds = len(measured.seeds)
+        table.add_row(label, *scores, f"this sweep, {seeds} seed(s), frozen features")
     return table
 
 
@@ -387,15 +388,16 @@ def report(config: SweepConfig, runs: Sequence[SweepRun]) -> SweepResult:
     """`sact report` over the runs in the sweep's order (the first variant is the reference),
     with the recipe's published numbers beside it; written as report.md and report.json."""
     out = Path(config.out)
-    data = report_json(build_report([run.folder for run in runs]))
+    built = build_report([run.folder for run in runs])
+    data = report_json(built)
     by_folder = {run.folder.resolve(): run.variant.label for run in runs}
-    labels = [by_folder[Path(row["runs"][0])] for row in data["rows"]]
-    tables = [report_table(data, title="sact sweep")]
-    markdown = report_markdown(data)
+    labels = [by_folder[Path(row.runs[0])] for row in built.rows]
+    tables = [report_table(built, title="sact sweep")]
+    markdown = report_markdown(built)
     result: dict[str, Any] = {"config": config.to_json(), "report": data, "variants": labels}
     if config.recipe is not None:
         recipe = read_recipe(config.recipe)
-        tables.append(published_table(recipe, data, labels))
+        tables.append(published_table(recipe, built, labels))
         markdown += "\n" + table_markdown(tables[-1])
         result["published"] = {
             "recipe": recipe.name,

@@ -25,10 +25,10 @@ set, so the weights differ in the last bits and drift further apart over many st
 
 Defaults for a head on frozen features, from `bench/train.py sweep` (bench/RESULTS.md): on a
 synthetic store, at an equal budget of 1,200 episodes, AdamW at lr 1e-4 stayed near chance and
-3e-4 lagged (0.49 val accuracy at 4 tasks per step) where 1e-3 reached 0.89-0.97 and 3e-3
+3e-4 lagged (0.49 val accuracy at 4 episodes per step) where 1e-3 reached 0.89-0.97 and 3e-3
 0.98-1.00, with no instability up to 3e-3; the default lr 1e-3 keeps a factor 3 of headroom for
 real features, whose scale differs from the synthetic ones. Weight decay 0.01; a 100-step linear
-warm-up, then cosine decay to zero. 4 episodes per step: per episode, one task per step learned
+warm-up, then cosine decay to zero. 4 episodes per step: per episode, one episode per step learned
 a little faster in the sweep, but four cost less time per episode (fewer optimiser steps and
 validations per episode) and average the noisier gradients of real episodes (TRX averages 16);
 a judgement, not a measurement on real data. 10,000
@@ -89,7 +89,7 @@ from sact.fewshot.figures import training_curve
 from sact.fewshot.heads import FewShotHead
 from sact.fewshot.model import SACT
 from sact.fewshot.precision import resolve_precision
-from sact.fewshot.step import make_step, resolved_step
+from sact.fewshot.step import LoadedEpisode, make_step, resolved_step
 from sact.fewshot.tensorboard import FOLDER as TENSORBOARD_FOLDER
 from sact.fewshot.tensorboard import TensorBoardLog
 from sact.store.backends import FeatureSet, open_feature_set
@@ -98,9 +98,9 @@ from sact.store.feature_set import CANONICAL, is_url
 # a numpy Generator's bit_generator.state: saved with each checkpoint, so a resumed run draws on
 # exactly where the interrupted one stopped
 RngState = Mapping[str, Any]
-# one episode as drawn: the episode, its support and query frames (n, T), and their views (n,)
-# (None with a single training view)
-Task = tuple[Episode, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]
+# one training episode as drawn: the episode, its support and query frames (n, T), and their
+# views (n,) (None with a single training view)
+DrawnEpisode = tuple[Episode, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]
 SGD_MOMENTUM = 0.9
 METRICS_FILE = "metrics.jsonl"
 CURVE_FILE = "training_curve.png"
@@ -535,20 +535,20 @@ class Trainer:
 
     # -- data --
 
-    def plans(self) -> Iterator[tuple[list[Task], RngState]]:
+    def plans(self) -> Iterator[tuple[list[DrawnEpisode], RngState]]:
         """Each step's episodes, frames and views, drawn in order, with the generator state
         after."""
         stored = self.data.feature_set.frames
         while True:
-            tasks = []
+            drawn = []
             for _ in range(self.config.tasks_per_batch):
                 episode = self.data.train_sampler.sample(self.rng)
                 support_frames = segment_frames(stored, self.frames, len(episode.support), self.rng)
                 query_frames = segment_frames(stored, self.frames, len(episode.query), self.rng)
                 support_views = self.draw_views(len(episode.support))
                 query_views = self.draw_views(len(episode.query))
-                tasks.append((episode, support_frames, query_frames, support_views, query_views))
-            yield tasks, self.rng.bit_generator.state
+                drawn.append((episode, support_frames, query_frames, support_views, query_views))
+            yield drawn, self.rng.bit_generator.state
 
     def draw_views(self, count: int) -> np.ndarray | None:
         """A view per video, uniformly among the training views; nothing is drawn with a single
@@ -556,12 +556,14 @@ class Trainer:
         views = len(self.data.train_views)
         return None if views == 1 else self.rng.integers(0, views, size=count)
 
-    def load(self, plan) -> tuple[list[tuple[torch.Tensor, ...]], RngState]:
+    def load(
+        self, plan: tuple[list[DrawnEpisode], RngState]
+    ) -> tuple[list[LoadedEpisode], RngState]:
         """An episode's videos on the device, its support labels on the CPU (the model checks
         them there, no device sync), its query labels on the device (a non-blocking copy)."""
-        tasks, rng_state = plan
-        loaded: list[tuple[torch.Tensor, ...]] = []
-        for episode, support_frames, query_frames, support_views, query_views in tasks:
+        drawn, rng_state = plan
+        loaded: list[LoadedEpisode] = []
+        for episode, support_frames, query_frames, support_views, query_views in drawn:
             loaded.append(
                 (
                     self.train_features.videos(episode.support, support_frames, support_views),
@@ -572,7 +574,7 @@ class Trainer:
             )
         return loaded, rng_state
 
-    def batches(self) -> Iterator[tuple[list[tuple[torch.Tensor, ...]], RngState]]:
+    def batches(self) -> Iterator[tuple[list[LoadedEpisode], RngState]]:
         if self.step >= self.iterations:  # a finished run resumed: its split is never read
             return iter(())
         plans = itertools.islice(self.plans(), self.iterations - self.step)
@@ -583,14 +585,17 @@ class Trainer:
 
     # -- steps --
 
-    def train_step(self, tasks: list[tuple[torch.Tensor, ...]]) -> tuple[float, float]:
-        """One optimiser step on the mean loss of `tasks`: (loss, accuracy) over the tasks."""
+    def train_step(self, episodes: list[LoadedEpisode]) -> tuple[float, float]:
+        """One optimiser step on the mean loss of `episodes`: (loss, accuracy) over them."""
         assert self.optimizer is not None
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
-        total_loss, correct, count = self.run_step(self.model, tasks, self.precision, self.scaler)
+        # summed on the device and read once, after the step: no device sync per episode
+        total_loss, correct, count = self.run_step(
+            self.model, episodes, self.precision, self.scaler
+        )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         loss_value, correct_value = torch.stack([total_loss, correct.to(total_loss.dtype)]).tolist()
@@ -604,7 +609,7 @@ class Trainer:
         """Val accuracy over the fixed val episodes, ± its 95% CI."""
         (accuracies,) = score_episodes(
             self.model,
-            self.val_features,
+            [self.val_features],
             [self.data.val_episodes],
             batch_size=self.config.batch_size,
             autocast=self.autocast,
@@ -678,13 +683,13 @@ class Trainer:
             TextColumn("{task.fields[status]}"),
         )
         with Progress(*columns, console=self.console, disable=self.console is None) as progress:
-            task = progress.add_task("train", total=self.iterations, completed=self.step, status="")
+            bar = progress.add_task("train", total=self.iterations, completed=self.step, status="")
             if not self.restored:
                 # the untrained model: the curve's first point
                 self.validate_and_save(self.rng.bit_generator.state)
             try:
-                for tasks, rng_state in self.batches():
-                    loss, accuracy = self.train_step(tasks)
+                for episodes, rng_state in self.batches():
+                    loss, accuracy = self.train_step(episodes)
                     self.step += 1
                     lr = learning_rate(self.config, self.step)
                     self.log(
@@ -693,7 +698,7 @@ class Trainer:
                     if self.step % self.config.val_every == 0 or self.step == self.iterations:
                         self.validate_and_save(rng_state)
                     progress.update(
-                        task,
+                        bar,
                         completed=self.step,
                         status=f"loss {loss:.3f}  val {100 * self.last_accuracy:.1f}%",
                     )

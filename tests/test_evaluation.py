@@ -70,18 +70,19 @@ def test_the_same_evaluation_twice_gives_identical_numbers(runs, tmp_path):
     _, _, _, sact, _ = runs
     first = evaluate(config(sact, out=str(tmp_path / "a.json")))
     second = evaluate(config(sact, out=str(tmp_path / "b.json")))
-    assert first["settings"] == second["settings"]
-    (one_shot, two_shot) = first["settings"]
-    assert (one_shot["shot"], two_shot["shot"], one_shot["episodes"]) == (1, 2, 60)
-    accuracy = one_shot["runs"][str(sact)]["accuracy"]
-    assert 0 <= accuracy <= 1 and one_shot["runs"][str(sact)]["ci95"] > 0
-    assert json.loads((tmp_path / "a.json").read_text())["settings"] == first["settings"]
+    assert first.settings == second.settings
+    (one_shot, two_shot) = first.settings
+    assert (one_shot.shot, two_shot.shot, one_shot.episodes) == (1, 2, 60)
+    accuracy = one_shot.runs[str(sact)].accuracy
+    assert 0 <= accuracy <= 1 and one_shot.runs[str(sact)].ci95 > 0
+    written = (tmp_path / "a.json").read_text()
+    assert written == json.dumps(first.to_json(), indent=2) + "\n"
 
 
 def test_results_land_in_the_run_directory_by_default(runs):
     _, _, _, sact, _ = runs
     results = evaluate(config(sact, shots=(1,), episodes=10))
-    record = Path(results["path"])
+    record = Path(results.path)
     assert record.parent == sact / "evaluations" and not (sact / "evaluation.json").exists()
     assert json.loads(record.read_text())["model"] == "sact"
     assert results_table(results).row_count == 1
@@ -95,23 +96,23 @@ def test_every_evaluation_of_a_run_is_kept(runs):
     again = evaluate(config(sact, shots=(1,), episodes=12, seed=3))
     other = evaluate(config(sact, shots=(1,), episodes=12, seed=4))
     last = evaluate(config(sact, shots=(1,), episodes=12, seed=3, checkpoint="last"))
-    paths = {first["path"], again["path"], other["path"], last["path"]}
-    assert first["path"] == again["path"] and len(paths) == 3
+    paths = {first.path, again.path, other.path, last.path}
+    assert first.path == again.path and len(paths) == 3
     assert {Path(p).name.split("-")[0] for p in paths} == {"best", "last"}
-    records = {path: read_record(Path(path)) for path in [first["path"], other["path"]]}
+    records = {path: read_record(Path(path)) for path in [first.path, other.path]}
     for results in (first, other):
-        record = records[results["path"]]
+        record = records[results.path]
         (setting,) = record.settings
-        expected = results["settings"][0]["runs"][str(sact)]["accuracy"]
+        expected = results.settings[0].runs[str(sact)].accuracy
         assert setting.accuracies.mean() == pytest.approx(expected) and len(setting.correct) == 12
         assert record.data["step"] == read_checkpoint(sact / "checkpoints/best").step
-    assert records[first["path"]].settings[0].episodes_digest != (
-        records[other["path"]].settings[0].episodes_digest
+    assert records[first.path].settings[0].episodes_digest != (
+        records[other.path].settings[0].episodes_digest
     )
     # the compared run keeps its own record, on the same episodes
-    (theirs,) = read_record(Path(first["records"][str(floor)])).settings
-    assert theirs.episodes_digest == records[first["path"]].settings[0].episodes_digest
-    assert str(floor) in records[first["path"]].data["compared"]
+    (theirs,) = read_record(Path(first.records[str(floor)])).settings
+    assert theirs.episodes_digest == records[first.path].settings[0].episodes_digest
+    assert str(floor) in records[first.path].data["compared"]
 
 
 def test_embedding_once_gives_the_logits_of_a_full_forward(runs):
@@ -139,17 +140,17 @@ def test_episode_files_and_paired_comparisons(runs, tmp_path):
     assert episodes_file.is_file()
     again = evaluate(config(sact, episodes_file=str(episodes_file), shots=(5,), episodes=3))
     # the file decides the episodes: its 1- and 2-shot settings, 60 episodes each
-    assert [s["shot"] for s in again["settings"]] == [1, 2]
-    for setting, repeated in zip(results["settings"], again["settings"], strict=True):
-        assert repeated["runs"][str(sact)] == setting["runs"][str(sact)]
-        ours = setting["runs"][str(sact)]["accuracy"]
-        theirs = setting["runs"][str(floor)]["accuracy"]
-        paired = setting["paired_differences"][str(floor)]
-        assert paired["difference"] == pytest.approx(ours - theirs)
-        assert paired["ci95"] >= 0
+    assert [s.shot for s in again.settings] == [1, 2]
+    for setting, repeated in zip(results.settings, again.settings, strict=True):
+        assert repeated.runs[str(sact)] == setting.runs[str(sact)]
+        ours = setting.runs[str(sact)].accuracy
+        theirs = setting.runs[str(floor)].accuracy
+        paired = setting.paired_differences[str(floor)]
+        assert paired.difference == pytest.approx(ours - theirs)
+        assert paired.ci95 >= 0
     itself = evaluate(config(sact, episodes_file=str(episodes_file), compare=(str(sact),)))
-    paired = itself["settings"][0]["paired_differences"][str(sact)]
-    assert paired == {"difference": 0.0, "ci95": 0.0}
+    paired = itself.settings[0].paired_differences[str(sact)]
+    assert (paired.difference, paired.ci95) == (0.0, 0.0)
 
 
 def test_the_latest_run_is_the_default(runs, tmp_path):
@@ -158,7 +159,7 @@ def test_the_latest_run_is_the_default(runs, tmp_path):
         EvalConfig(runs_dir=str(folder / "runs"), way=3, shots=(1,), episodes=5, device="cpu",
                    out=str(tmp_path / "latest.json"))
     )  # fmt: skip
-    assert list(results["runs"]) == [str(sact)]
+    assert list(results.runs) == [str(sact)]
     with pytest.raises(SactError, match="no trained run under"):
         evaluate(EvalConfig(runs_dir=str(tmp_path / "none")))
 
@@ -241,7 +242,7 @@ def test_evaluation_reads_the_store_once_front_to_back_and_scores_as_a_forward_p
     torch.manual_seed(0)
     model = SACT(dim=16, frames=4, grid=(2, 2), d_k=16).eval()
     episodes = EpisodeSampler(pool, way=3, shot=2, queries=2).episodes(30, seed=0)
-    (accuracies,) = score_episodes(model, features, [episodes], batch_size=5, workers=1)
+    (accuracies,) = score_episodes(model, [features], [episodes], batch_size=5, workers=1)
     rows = np.concatenate(read_rows)
     assert len(read_rows) > 1 and (np.diff(rows) > 0).all()  # once each, front to back
     assert set(rows) <= set(pool.store_indices)

@@ -185,14 +185,14 @@ def test_a_run_records_its_policy_resolved_and_old_runs_read_as_legacy(workdir, 
         )
         for name in ("auto", "bf16-keys")
     }
-    assert [scored[name]["precision"] for name in scored] == ["float32", "bf16-keys"]
-    records = {name: json.loads(Path(r["path"]).read_text()) for name, r in scored.items()}
+    assert [scored[name].precision for name in scored] == ["float32", "bf16-keys"]
+    records = {name: json.loads(Path(r.path).read_text()) for name, r in scored.items()}
     assert records["bf16-keys"]["precision"] == "bf16-keys"
     # another policy is another record; float32 on the CPU keeps the name records had before
-    assert scored["auto"]["path"] != scored["bf16-keys"]["path"]
+    assert scored["auto"].path != scored["bf16-keys"].path
     old_parts = [
         records["auto"]["weights"],
         *(s["episodes_digest"] for s in records["auto"]["settings"]),
     ]
     old_key = hashlib.sha256(" ".join(old_parts).encode()).hexdigest()[:DIGEST_CHARS]
-    assert scored["auto"]["path"].endswith(f"-{old_key}.json")
+    assert scored["auto"].path.endswith(f"-{old_key}.json")

@@ -61,14 +61,15 @@ def runs(tmp_path_factory, synthetic_store):
 
 def test_seeds_are_one_configuration_and_differences_are_paired(runs):
     folder, paths, results = runs
-    data = report_json(build_report([paths["sact-0"], paths["sact-1"], paths["floor"]]))
+    report = build_report([paths["sact-0"], paths["sact-1"], paths["floor"]])
+    data = report_json(report)
     sact, floor = data["rows"]
     assert (sact["model"], floor["model"]) == ("sact", "nearest-mean")
     assert sact["seeds"] == [0, 1] and floor["seeds"] == [0]
     assert [s["shot"] for s in data["settings"]] == [1, 2]
     for number, setting in enumerate(data["settings"]):
         per_seed = [
-            results[name]["settings"][number]["runs"][str(paths[name])]["accuracy"]
+            results[name].settings[number].runs[str(paths[name])].accuracy
             for name in ("sact-0", "sact-1")
         ]
         score = sact["scores"][number]
@@ -89,7 +90,7 @@ def test_seeds_are_one_configuration_and_differences_are_paired(runs):
     assert again["rows"][1]["scores"][0]["accuracy"] == pytest.approx(sact["scores"][0]["accuracy"])
     # what differs between the configurations is named, what they share is not
     assert "lr" in data["differing"] and "way" not in data["differing"]
-    markdown = report_markdown(data)
+    markdown = report_markdown(report)
     assert markdown.count("\n") == 4 and "| sact |" in markdown and "| nearest-mean |" in markdown
 
 

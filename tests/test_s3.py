@@ -17,7 +17,7 @@ from sact.cli import app
 from sact.demo.synthetic import SyntheticDatasetConfig, make_synthetic_dataset
 from sact.extract.config import ExtractConfig
 from sact.extract.pipeline import run_extraction
-from sact.fewshot.evaluation import EvalConfig, evaluate
+from sact.fewshot.evaluation import EvalConfig, Evaluation, evaluate
 from sact.fewshot.training import TrainConfig, train
 from sact.store.backends import list_feature_sets, open_feature_set
 from sact.store.zarr_store import zarr_feature_set_names
@@ -88,7 +88,7 @@ def test_extract_train_evaluate_on_s3(dataset, s3_bucket: str, tmp_path: Path) -
     )
     assert trained.steps == 2
 
-    def evaluated(feats: str, out: Path) -> dict:
+    def evaluated(feats: str, out: Path) -> Evaluation:
         return evaluate(
             EvalConfig(
                 run=str(trained.run_dir),
@@ -104,9 +104,9 @@ def test_extract_train_evaluate_on_s3(dataset, s3_bucket: str, tmp_path: Path) -
         )
 
     results = evaluated(url, tmp_path / "evaluation.json")
-    scored = results["runs"][str(trained.run_dir)]
-    assert (scored["store"], scored["feature_set"], scored["videos"]) == (url, "tiny", 6)
-    accuracy = results["settings"][0]["runs"][str(trained.run_dir)]["accuracy"]
+    scored = results.runs[str(trained.run_dir)]
+    assert (scored.store, scored.feature_set, scored.videos) == (url, "tiny", 6)
+    accuracy = results.settings[0].runs[str(trained.run_dir)].accuracy
     assert 0.0 <= accuracy <= 1.0
 
     runner = CliRunner()
@@ -125,7 +125,7 @@ def test_extract_train_evaluate_on_s3(dataset, s3_bucket: str, tmp_path: Path) -
     assert copy.attrs == remote_set.attrs
     # Stage 2 takes the HDF5 copy as it takes the store: same episodes, same accuracy ...
     from_hdf5 = evaluated(str(tmp_path / "feats.h5"), tmp_path / "evaluation-h5.json")
-    assert from_hdf5["settings"][0]["runs"][str(trained.run_dir)]["accuracy"] == accuracy
+    assert from_hdf5.settings[0].runs[str(trained.run_dir)].accuracy == accuracy
     # ... and trains from it.
     options = ["--way", "2", "--shot", "1", "--query", "1", "--d-k", "16", "--iterations", "1"]
     options += ["--val-every", "1", "--val-episodes", "2", "--device", "cpu"]

@@ -18,7 +18,7 @@ from sact.common.errors import SactError
 from sact.fewshot import training as training_module
 from sact.fewshot.checkpoints import read_checkpoint
 from sact.fewshot.config import EvalConfig
-from sact.fewshot.evaluation import evaluate, results_table
+from sact.fewshot.evaluation import Evaluation, evaluate, results_table
 from sact.fewshot.report import build_report, report_json, report_table
 from sact.fewshot.selection import select_checkpoint
 from sact.fewshot.training import TrainConfig, train
@@ -76,7 +76,7 @@ def train_scripted(store, out: Path, monkeypatch, scripted: dict[int, float], **
         train(run_config(store, out, **changes))
 
 
-def evaluation(run: Path, **changes) -> dict:
+def evaluation(run: Path, **changes) -> Evaluation:
     config = EvalConfig(run=str(run), way=3, shots=(1,), episodes=10, device="cpu")
     return evaluate(replace(config, **changes))
 
@@ -107,19 +107,19 @@ def test_the_untrained_model_is_kept_apart_and_never_best(run):
 
 def test_evaluate_scores_the_best_trained_step_names_it_and_warns(run):
     results = evaluation(run)
-    scored = results["runs"][str(run)]
-    assert (scored["checkpoint_name"], scored["step"]) == ("best", 8)
-    (warning,) = results["warnings"]
-    assert scored["warning"] == warning
+    scored = results.runs[str(run)]
+    assert (scored.checkpoint_name, scored.step) == ("best", 8)
+    (warning,) = results.warnings
+    assert scored.warning == warning
     assert "within the 95% CI of the untrained model's 46.7% ± 8.8%" in warning
     assert "\n" not in warning
     header = results_table(results).columns[2].header
     assert "best, step 8" in str(header)
-    record = json.loads(Path(results["records"][str(run)]).read_text())
+    record = json.loads(Path(results.records[str(run)]).read_text())
     assert (record["checkpoint"], record["step"]) == ("best", 8)
 
-    untrained = evaluation(run, checkpoint="untrained")["runs"][str(run)]
-    assert (untrained["checkpoint_name"], untrained["step"], untrained["warning"]) == (
+    untrained = evaluation(run, checkpoint="untrained").runs[str(run)]
+    assert (untrained.checkpoint_name, untrained.step, untrained.warning) == (
         "untrained",
         0,
         None,
@@ -142,10 +142,11 @@ def test_a_best_at_the_first_validation_is_warned_about(synthetic_store, tmp_pat
 
 def test_report_names_the_scored_checkpoint(run):
     evaluation(run)
-    data = report_json(build_report([run]))
+    report = build_report([run])
+    data = report_json(report)
     assert data["rows"][0]["checkpoints"] == {str(run.resolve()): ["best, step 8"]}
     assert data["warnings"] == []
-    table = report_table(data)
+    table = report_table(report)
     assert [column.header for column in table.columns][:5] == [
         "model", "settings", "feature set", "checkpoint", "seeds",
     ]  # fmt: skip
@@ -167,15 +168,14 @@ def as_written_by_an_older_sact(run: Path) -> None:
 def test_an_older_runs_untrained_best_is_not_scored_as_best(run):
     as_written_by_an_older_sact(run)
     results = evaluation(run)
-    scored = results["runs"][str(run)]
-    assert (scored["checkpoint_name"], scored["step"]) == ("last", 12)
-    assert (
-        "trained by an older sact, which kept its untrained step-0 model (val 46.7%)"
-        in (scored["warning"])
+    scored = results.runs[str(run)]
+    assert (scored.checkpoint_name, scored.step) == ("last", 12)
+    assert "trained by an older sact, which kept its untrained step-0 model (val 46.7%)" in (
+        scored.warning or ""
     )
-    assert "not above the untrained model's 46.7%" in scored["warning"]
-    untrained = evaluation(run, checkpoint="untrained")["runs"][str(run)]
-    assert (untrained["checkpoint_name"], untrained["step"]) == ("untrained", 0)
+    assert "not above the untrained model's 46.7%" in (scored.warning or "")
+    untrained = evaluation(run, checkpoint="untrained").runs[str(run)]
+    assert (untrained.checkpoint_name, untrained.step) == ("untrained", 0)
 
 
 def test_report_prefers_a_trained_record_to_an_older_best_step0_one(run):

@@ -464,11 +464,12 @@ def test_evaluate_tta_averages_logits_over_views_and_reports_them_apart(
     config = EvalConfig(run=str(tmp_path / "run"), episodes=30, shots=(1,), device="cpu")
     plain = evaluate(config)
     with_tta = evaluate(replace(config, tta=True, out=str(tmp_path / "tta.json")))
-    (setting,) = with_tta["settings"]
-    assert setting["runs"] == plain["settings"][0]["runs"]  # the canonical view's, unchanged
-    (tta,) = setting["tta"].values()
-    assert tta["views"] == ["canonical", "crop-tl", "jitter_d0", "jitter_d1"]
-    assert 0.0 <= tta["accuracy"] <= 1.0 and tta["ci95"] > 0
+    (setting,) = with_tta.settings
+    assert setting.runs == plain.settings[0].runs  # the canonical view's, unchanged
+    assert setting.tta is not None and plain.settings[0].tta is None
+    (tta,) = setting.tta.values()
+    assert tta.views == ("canonical", "crop-tl", "jitter_d0", "jitter_d1")
+    assert 0.0 <= tta.accuracy <= 1.0 and tta.ci95 > 0
     console = Console(record=True, width=200)
     console.print(results_table(with_tta))
     assert "logits averaged over 4 views" in console.export_text()
