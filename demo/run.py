@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from sact.common.errors import SactError
 from sact.common.files import write_text_atomic
+from sact.common.progress import progress_display
 from sact.demo.config import DemoConfig
 from sact.demo.synthetic import TASKS, SyntheticDatasetConfig, make_synthetic_dataset
 from sact.explain import explain
@@ -180,9 +180,8 @@ def generate(config: DemoConfig, task: str, folder: Path, console: Console) -> P
         task=task,
     )
     total = len(TASKS[task]) * config.videos_per_class
-    columns = (TextColumn("[bold]generate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("generate", total=total)
+    with progress_display(console, label="generate", transient=False) as progress:
+        bar = progress.add_task("videos", total=total)
         make_synthetic_dataset(dataset_config, on_video=lambda _: progress.advance(bar))
     return dataset_config.root
 

@@ -42,16 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from sact.common.claims import SETUP, ClaimBook, RunInfo
@@ -59,6 +50,7 @@ from sact.common.devices import resolve_device
 from sact.common.distributed import Job, Rank, device_for, joined, owned_shards, rank_from_env
 from sact.common.errors import SactError, is_storage_error, storage_error_reason
 from sact.common.options import Checked, checked
+from sact.common.progress import progress_display
 from sact.common.words import agreeing, counted
 from sact.data.split_lists import SPLIT_RECORD, SplitRecord
 from sact.extract.backbone import FrozenBackbone, PendingTokens, load_backbone
@@ -320,18 +312,9 @@ class VideosPerSecond(ProgressColumn):
 
 
 def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("[bold]extract {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        VideosPerSecond(),
-        TextColumn("[red]{task.fields[failed]} failed"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+    failed = TextColumn("[red]{task.fields[failed]} failed")
+    extras = (VideosPerSecond(), failed, TimeElapsedColumn(), TextColumn("ETA"))
+    return progress_display(console, *extras, label="extract", transient=False)
 
 
 @dataclass

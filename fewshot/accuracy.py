@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from sact.common.progress import progress_display
 from sact.fewshot.episodes import Episode
 from sact.fewshot.features import (
     Prefetcher,
     SplitFeatures,
-    progress_bar,
     segment_frames,
     to_device,
 )
@@ -91,7 +91,7 @@ def embed_videos(
         else Prefetcher(workers=workers, depth=2 * workers).map(load, batches)
     )
     parts = []
-    with progress_bar(console) as progress:
+    with progress_display(console) as progress:
         bar = progress.add_task(f"embedding {features.pool.part} videos", total=len(positions))
         for videos in loaded:
             with autocast:

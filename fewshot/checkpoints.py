@@ -33,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from sact.common.errors import SactError
+from sact.common.files import read_versioned_json
 from sact.common.tensor_files import load_tensors
 from sact.fewshot.heads import FewShotHead
 from sact.fewshot.kinds import create_model, is_model, model_names
@@ -144,16 +145,11 @@ def read_checkpoint(path: Path) -> Checkpoint:
     """A checkpoint from its folder, its checkpoint.json or its model.safetensors."""
     folder = path.parent if path.is_file() else checkpoint_folder(path)
     description = folder / DESCRIPTION
-    try:
-        data = json.loads(description.read_text(encoding="utf-8"))
-    except FileNotFoundError as error:
-        raise CheckpointError(f"no checkpoint at {path} ({DESCRIPTION} missing)") from error
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"cannot read {description}: {error}") from error
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(
-            f"{description} is not a sact checkpoint of format {CHECKPOINT_FORMAT}"
-        )
+    if not description.exists():
+        raise CheckpointError(f"no checkpoint at {path} ({DESCRIPTION} missing)")
+    data = read_versioned_json(
+        description, what="checkpoint", version=CHECKPOINT_FORMAT, error=CheckpointError
+    )
     try:
         return Checkpoint(
             folder=folder,

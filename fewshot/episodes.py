@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from sact.common.errors import SactError
-from sact.common.files import write_text_atomic
+from sact.common.files import read_versioned_json, write_text_atomic
 from sact.data.split_lists import (
     SPLIT_PARTS,
     SPLIT_RECORD,
@@ -397,12 +397,9 @@ def _positive_int(value: Any, what: str, where: str) -> int:
 def load_episodes(path: Path, pool: VideoPool) -> list[EpisodeSet]:
     """Read an episode file against a pool; every video and class is checked, nothing trusted."""
     where = str(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise EpisodeError(f"cannot read episode file {where}: {error}") from error
-    if not isinstance(data, dict) or data.get("format") != EPISODE_FILE_FORMAT:
-        raise EpisodeError(f"{where} is not a sact episode file (format {EPISODE_FILE_FORMAT})")
+    data = read_versioned_json(
+        path, what="episode file", version=EPISODE_FILE_FORMAT, error=EpisodeError
+    )
     settings = data.get("settings")
     if not isinstance(settings, list) or not settings:
         raise EpisodeError(f"{where} holds no episode settings")

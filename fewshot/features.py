@@ -35,9 +35,9 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from sact.common.errors import SactError
+from sact.common.progress import progress_display
 from sact.fewshot.episodes import VideoPool
 from sact.fewshot.memory import available_host_bytes, free_device_bytes
 from sact.store.backends import FeatureSet
@@ -79,18 +79,6 @@ def segment_frames(
     starts = (np.arange(used) * stored) // used  # (used,)
     lengths = (np.arange(1, used + 1) * stored) // used - starts  # (used,)
     return starts + rng.integers(0, lengths, size=(count, used))  # (count, used)
-
-
-def progress_bar(console: Console | None) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=console is None,
-    )
 
 
 class Prefetcher:
@@ -329,7 +317,7 @@ class SplitFeatures:
             block = self.feature_set.read(indices, self.views[view])
             return chunk, block  # (stop - start, T_stored, P, D)
 
-        with progress_bar(console) as progress:
+        with progress_display(console) as progress:
             bar = progress.add_task(f"loading {self.pool.part} features", total=cached)
             readers = Prefetcher(workers=self.plan.readers, depth=2 * self.plan.readers)
             for (start, stop), block in readers.map(read, chunks):

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from sact.common.errors import SactError
-from sact.common.files import write_text_atomic
+from sact.common.files import read_versioned_json, write_text_atomic
 from sact.fewshot.checkpoints import WEIGHTS, Checkpoint
 
 RECORD_FORMAT = 1
@@ -118,12 +118,9 @@ def _setting(raw: Any, where: str) -> SettingScores:
 
 
 def read_record(path: Path) -> Record:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RecordError(f"cannot read evaluation record {path}: {error}") from error
-    if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
-        raise RecordError(f"{path} is not a sact evaluation record (format {RECORD_FORMAT})")
+    data = read_versioned_json(
+        path, what="evaluation record", version=RECORD_FORMAT, error=RecordError
+    )
     settings = data.get("settings")
     if not isinstance(settings, list) or not settings:
         raise RecordError(f"{path} holds no settings")

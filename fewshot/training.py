@@ -51,12 +51,13 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import TextColumn
 
 from sact.common.devices import resolve_device
 from sact.common.errors import storage_error_reason
 from sact.common.files import write_text_atomic
 from sact.common.options import Checked
+from sact.common.progress import progress_display
 from sact.fewshot.accuracy import mean_and_interval, score_episodes
 from sact.fewshot.attention import attention_weights, draw_attention, focused_patches
 from sact.fewshot.checkpoints import (
@@ -675,15 +676,10 @@ class Trainer:
         if self.optimizer is None:
             return self.score_once()
         self.load_features()
-        columns = (
-            TextColumn("train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[status]}"),
-        )
-        with Progress(*columns, console=self.console, disable=self.console is None) as progress:
-            bar = progress.add_task("train", total=self.iterations, completed=self.step, status="")
+        status = TextColumn("{task.fields[status]}")
+        display = progress_display(self.console, status, label="train", transient=False)
+        with display as progress:
+            bar = progress.add_task("", total=self.iterations, completed=self.step, status="")
             if not self.restored:
                 # the untrained model: the curve's first point
                 self.validate_and_save(self.rng.bit_generator.state)

@@ -25,9 +25,10 @@ from typing import Any
 import h5py
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from sact.common.files import atomic_path
+from sact.common.progress import progress_display
 from sact.store.feature_set import (
     CANONICAL,
     FEATURE_SET_NAME,
@@ -190,14 +191,7 @@ def export_hdf5(
     if not names:
         raise FeatureStoreError(f"store {source} holds no feature set to export")
     summary: dict[str, Any] = {"source": source, "destination": str(destination), "sets": {}}
-    progress = Progress(
-        TextColumn("[bold]export[/] {task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} videos"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
+    progress = progress_display(console, label="export")
     with atomic_path(destination) as partial, h5py.File(partial, "w") as handle, progress:
         handle.attrs["sact"] = json.dumps(dict(root.attrs["sact"]))
         for name in names:

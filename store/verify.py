@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import zarr
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
+from sact.common.progress import progress_display
 from sact.store.feature_set import (
     CANONICAL,
     DAMAGED_CHUNK_ERRORS,
@@ -224,15 +225,7 @@ def verify_store(
         raise VerifyError(f"{location} is an HDF5 copy; verify the zarr store it was exported from")
     root = open_root(location, mode="r")
     names = feature_set_names(root) if feature_sets is None else list(feature_sets)
-    progress = Progress(
-        TextColumn("[bold]verify[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=console is None,
-    )
+    progress = progress_display(console, label="verify")
     damaged: list[DamagedVideo] = []
     with progress:
         for name in names:
