@@ -7,7 +7,7 @@ The public Python API, importable without paying for torch until it is used::
     features = sact.open_feature_set("feats.zarr")           # read-only, zarr or HDF5
     result = sact.train(sact.TrainConfig(feats="feats.zarr", iterations=1000, out="runs/x"))
     scores = sact.evaluate(sact.EvalConfig(run="runs/x", episodes=1000))
-    model = sact.SACT(dim=2048, frames=8, grid=7)             # or sact.TRX, sact.ProtoNet
+    model = sact.SACT(dim=2048, frames=8, grid=7)  # as sact train trains it; SACT.paper(...)
 
 The repository's folders are this package's subpackages: ``sact.extract`` (stage 1),
 ``sact.fewshot`` (stage 2), ``sact.data`` (split lists), ``sact.cli`` (the command line).

@@ -87,9 +87,9 @@ class TrainConfig:
     tmixer: bool = model_option(True, help="SA-CT's TMixer (ablation: --no-tmixer).")
     cpe: bool = model_option(True, help="SA-CT's CPE (ablation: --no-cpe).")
     # SA-CT deviations from the seed that make it train (docs/MODEL.md, "Training at the seed's
-    # scale"); input_norm=False with distance="seed" is the seed's formula
+    # scale"); input_norm=False with distance="seed" is the paper formula (SACT.paper)
     input_norm: bool = model_option(
-        True, help="SA-CT: LayerNorm on the input features (seed: --no-input-norm)."
+        True, help="SA-CT: LayerNorm on the input features (paper formula: --no-input-norm)."
     )
     distance: str = model_option(
         "sum", help="SA-CT's distance of frame sums (sum), means (mean) or the seed's."

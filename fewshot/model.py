@@ -73,7 +73,13 @@ class SACTEmbedding(VideoEmbedding):
 
 
 class SACT(FewShotHead[SACTEmbedding]):
-    """Spatial Alignment Cross Transformer on cached features (B, T, P, D)."""
+    """Spatial Alignment Cross Transformer on cached features (B, T, P, D).
+
+    `SACT(...)` is the sact default, what `sact train` trains: the paper's formula with two
+    deviations (`input_norm`, `distance="sum"`) without which it can stall or collapse;
+    `SACT.paper(...)` is the paper's formula as the seed's code computes it (docs/MODEL.md,
+    "Training at the seed's scale").
+    """
 
     def __init__(
         self,
@@ -84,15 +90,14 @@ class SACT(FewShotHead[SACTEmbedding]):
         d_k: int = 1152,
         tmixer: bool = True,
         cpe: bool = True,
-        input_norm: bool = False,
-        distance: str = "seed",
+        input_norm: bool = True,
+        distance: str = "sum",
     ) -> None:
         super().__init__(dim=dim, frames=frames, grid=grid)
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
         self.d_k, self.distance = d_k, distance
-        # Two deviations from the seed, off here and on in `sact train` by default: without them
-        # training can stall or collapse (docs/MODEL.md, "Training at the seed's scale").
+        # the two deviations from the paper's formula (off in `SACT.paper`)
         self.input_norm = nn.LayerNorm(dim) if input_norm else None
         self.tmixer = TMixer(dim=dim, frames=frames) if tmixer else None
         self.cpe = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim) if cpe else None
@@ -101,6 +106,30 @@ class SACT(FewShotHead[SACTEmbedding]):
         self.to_value = nn.Linear(dim, d_k)
         self.norm_support = nn.LayerNorm(d_k)
         self.norm_query = nn.LayerNorm(d_k)
+
+    @classmethod
+    def paper(
+        cls,
+        *,
+        dim: int,
+        frames: int,
+        grid: tuple[int, int] | int,
+        d_k: int = 1152,
+        tmixer: bool = True,
+        cpe: bool = True,
+    ) -> SACT:
+        """The paper's formula as the seed's code computes it: no LayerNorm on the input features,
+        the distance of the frame sums over T'² (`sact train --no-input-norm --distance seed`)."""
+        return cls(
+            dim=dim,
+            frames=frames,
+            grid=grid,
+            d_k=d_k,
+            tmixer=tmixer,
+            cpe=cpe,
+            input_norm=False,
+            distance="seed",
+        )
 
     def config(self) -> dict[str, Any]:
         return {

@@ -48,15 +48,16 @@ class Variant:
         return self.model != "nearest-mean"
 
 
-# Every model kind is a variant of its own name; SA-CT's ablations and the seed's formula
-# (docs/MODEL.md) are variants too. SA-CT first: the reference of every paired difference.
+# Every model kind is a variant of its own name; SA-CT's ablations and its paper formula
+# (docs/MODEL.md) are variants too. SA-CT first: the reference of every paired difference. "sact
+# default" is what `SACT(...)` and `sact train` build, "paper formula" what `SACT.paper(...)` does.
 VARIANTS = (
-    Variant("sact", "SA-CT", "sact"),
+    Variant("sact", "SA-CT (sact default)", "sact"),
     Variant("sact-no-tmixer", "SA-CT −TMixer", "sact", (("tmixer", False),)),
     Variant("sact-no-cpe", "SA-CT −CPE", "sact", (("cpe", False),)),
     Variant(
-        "sact-seed-formula",
-        "SA-CT, seed's formula",
+        "sact-paper-formula",
+        "SA-CT (paper formula)",
         "sact",
         (("input_norm", False), ("distance", "seed")),
     ),

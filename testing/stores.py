@@ -10,7 +10,7 @@ With `relu` the features are clipped at 0 like a CNN's last activations (about h
 are 0), so a benchmark's compressed chunks are about as large as real ones. With `scale` and
 `shared` they become scale·f + shared·s, s a fixed positive vector over the channels that every
 video shares: the small activations dominated by a common component that a random-init CNN gives
-(on which SA-CT at the seed's formula does not train, docs/MODEL.md).
+(on which SA-CT at the paper formula does not train, docs/MODEL.md).
 """
 
 from __future__ import annotations

@@ -8,17 +8,22 @@ import pytest
 import torch
 
 from sact.fewshot import SACT, SACTEmbedding, create_model
+from sact.fewshot.config import TrainConfig
 from sact.fewshot.heads import class_major, group_by_class
 
 DIM, FRAMES, GRID, D_K = 16, 4, (2, 2), 8
 PATCHES = GRID[0] * GRID[1]
 CONFIGS = [(True, True), (True, False), (False, True), (False, False)]  # (tmixer, cpe)
+PAPER = {"input_norm": False, "distance": "seed"}  # SACT.paper's options
 
 
 def make_model(*, tmixer: bool = True, cpe: bool = True, seed: int = 0, **options) -> SACT:
-    """A SACT with every parameter random, LayerNorm affine parameters included."""
+    """A SACT with every parameter random, LayerNorm affine parameters included: the paper
+    formula, unless `options` change it."""
     torch.manual_seed(seed)
-    model = SACT(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K, tmixer=tmixer, cpe=cpe, **options)
+    model = SACT(
+        dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K, tmixer=tmixer, cpe=cpe, **{**PAPER, **options}
+    )
     generator = torch.Generator().manual_seed(seed)
     norms = [model.norm_support, model.norm_query]
     if model.input_norm is not None:
@@ -159,7 +164,9 @@ def test_agrees_with_loop_reference(tmixer: bool, cpe: bool) -> None:
     assert relative < 1e-9, f"relative error {relative:.2e}"
 
 
-@pytest.mark.parametrize("options", [{"input_norm": True}, {"distance": "sum"}])
+@pytest.mark.parametrize(
+    "options", [{"input_norm": True}, {"distance": "sum"}, {"input_norm": True, "distance": "sum"}]
+)
 def test_the_deviations_from_the_seed_agree_with_the_loop_reference(options) -> None:
     model = make_model(**options).double()
     support, labels, query = (t.double() if t.is_floating_point() else t for t in make_episode())
@@ -188,9 +195,9 @@ def test_at_the_seed_formula_small_features_give_flat_logits() -> None:
     support, query = videos(15), videos(10)
     labels = torch.arange(5).repeat_interleave(3)
     spread, shared_share = {}, {}
-    for name, options in {"seed": {}, "default": {"input_norm": True, "distance": "sum"}}.items():
+    for name, build in {"seed": SACT.paper, "default": SACT}.items():
         torch.manual_seed(0)
-        model = SACT(dim=dim, frames=frames, grid=GRID, d_k=32, **options)
+        model = build(dim=dim, frames=frames, grid=GRID, d_k=32)
         with torch.no_grad():
             logits = model(support, labels, query)  # (Q, N)
             values = model.embed(torch.cat([support, query])).values  # (B, T', P, d_k)
@@ -386,8 +393,8 @@ def test_square_grid_from_an_int_and_config_rebuilds_the_model() -> None:
         "d_k": D_K,
         "tmixer": True,
         "cpe": True,
-        "input_norm": False,
-        "distance": "seed",
+        "input_norm": True,
+        "distance": "sum",
     }
     rebuilt = create_model("sact", **config)
     rebuilt.load_state_dict(model.state_dict())
@@ -424,3 +431,16 @@ def test_half_precision_model_does_not_overflow_on_large_layernorm_gains() -> No
     with torch.no_grad():
         logits = model(support, labels, query)
     assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+
+
+def test_the_library_default_is_what_sact_train_trains_and_paper_is_the_seeds_formula() -> None:
+    """One SA-CT default: `SACT(...)` builds the model `sact train` builds with its defaults, and
+    `SACT.paper(...)` the paper's formula (the seed's `--no-input-norm --distance seed`)."""
+    trained = TrainConfig()
+    default = SACT(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K).config()
+    assert (default["input_norm"], default["distance"]) == (trained.input_norm, trained.distance)
+    paper = SACT.paper(dim=DIM, frames=FRAMES, grid=GRID, d_k=D_K).config()
+    assert {name: paper[name] for name in PAPER} == PAPER
+    assert {k: v for k, v in paper.items() if k not in PAPER} == {
+        k: v for k, v in default.items() if k not in PAPER
+    }
