@@ -1,5 +1,6 @@
-"""The fault-injection suite's scenarios, shared by its quick tests (tests/test_faults_*.py) and
-the whole suite (``python -m tests.faults.reliability``, which writes docs/RELIABILITY.md).
+"""The fault-injection suite's kill scenarios, shared by their quick tests (tests/test_kills.py) and
+the whole suite (``python -m tests.faults.reliability``, which writes docs/RELIABILITY.md with
+``--out``).
 
 Each scenario injects one kind of fault into real `sact` commands, seeded and bounded in time, and
 returns one ``Injection`` per fault injected: when and how, what sact did (the outcome), whether
@@ -10,7 +11,10 @@ that is what sact owes this fault, and how many videos or training steps were lo
     kill_training_twice  killed between a checkpoint's renames, then again while resuming
     kill_one_writer      one of two concurrent `sact extract` runs SIGKILLed
 
-and, in modules of their own, a full disk (tests.faults.full_disk, in a mount namespace).
+and, in modules of their own beside this one, each with its quick tests: a full disk (full_disk,
+in a mount namespace; tests/test_full_disk.py), a flaky S3 (flaky_s3; test_flaky_s3.py), a shared
+store (shared_store; test_shared_store.py), bad videos (bad_videos; test_bad_videos.py), flipped
+bytes (corruption; test_corruption.py) and hostile inputs (hostile; test_hostile_inputs.py).
 
 Processes run with one torch thread (``OMP_NUM_THREADS=1``), so their float sums happen in the same
 order and stores and weights can be compared bit for bit.
