@@ -69,6 +69,7 @@ from sact.testing.stores import write_split_lists, write_synthetic_store
 from flips import flips_table, policy_flips, test_videos  # isort: skip
 
 PARTS = ("steps", "flips", "models")
+CPU_HALF_PROBE = 512
 WAY, SHOT = 5, 5
 
 
@@ -99,7 +100,7 @@ class FlipScale:
 
 
 FLIP_SCALES = {
-    "full": FlipScale(dim=256, grid=4, d_k=128, iterations=300, videos_per_class=12, episodes=2000),
+    "full": FlipScale(dim=128, grid=4, d_k=64, iterations=200, videos_per_class=12, episodes=2000),
     "quick": FlipScale(dim=64, grid=2, d_k=32, iterations=100, videos_per_class=10, episodes=300),
 }
 FLIP_CLASSES = {"train": range(0, 20), "val": range(20, 25), "test": range(25, 30)}
@@ -129,6 +130,14 @@ def make_tasks(dims: Dims, episodes: int, device: torch.device) -> list[tuple[to
         )
         for _ in range(episodes)
     ]
+
+
+def probe_size(label: str, device: torch.device, size: int) -> int:
+    """The probe's size: half precisions on a CPU at most CPU_HALF_PROBE³ (without native bf16
+    or fp16 a 2048³ one takes minutes: 0.1-0.2 GFLOP/s on this machine's AVX2 cores)."""
+    if device.type != "cuda" and label in ("bfloat16", "float16"):
+        return min(size, CPU_HALF_PROBE)
+    return size
 
 
 def probes_for(model: FewShotHead, precision: Precision) -> list[str]:
@@ -170,7 +179,7 @@ def time_step_mode(
     for _ in range(repeats):
         took = seconds(one_step, device) / len(tasks)
         rates = {
-            label: matmul_rate(device, label, size=matmul_size)
+            label: matmul_rate(device, label, size=probe_size(label, device, matmul_size))
             for label in probes_for(model, precision)
         }
         bound = step_bound_seconds(
@@ -220,7 +229,7 @@ def steps_part(args: argparse.Namespace, device: torch.device, console: Console)
             )
         )
     probes = {
-        label: matmul_rate(device, label, size=args.matmul_size)
+        label: matmul_rate(device, label, size=probe_size(label, device, args.matmul_size))
         for label in ("float32", "bfloat16", *(["tf32"] if device.type == "cuda" else []))
     }
     return {

@@ -36,9 +36,21 @@ from sact.fewshot.records import Record, SettingScores, run_records
 from sact.fewshot.selection import UNTRAINED, is_untrained
 
 CONFIG_FILE = "config.json"
-# training-config fields that do not change what a run computes, or that tell its seeds apart
+# training-config fields that do not change what a run computes (the step mode: only the order
+# of float sums, as the device), or that tell its seeds apart
 NOT_A_SETTING = frozenset(
-    {"out", "seed", "resume", "device", "cache_gb", "workers", "prefetch", "feats", "batch_size"}
+    {
+        "out",
+        "seed",
+        "resume",
+        "device",
+        "cache_gb",
+        "workers",
+        "prefetch",
+        "feats",
+        "batch_size",
+        "step",
+    }
 )
 
 
