@@ -514,7 +514,7 @@ def main() -> None:
         results["steps"] = steps_part(args, device, console)
         steps = results["steps"]
         dims = steps["dims"]
-        probes = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in steps["matmul_probes"].items())
+        probes = ", ".join(f"{k} {v / 1e9:.3g}" for k, v in steps["matmul_probes"].items())
         console.print(
             steps_table(
                 steps,
