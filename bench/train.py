@@ -232,8 +232,8 @@ def onthefly(args: argparse.Namespace) -> dict:
         for _ in range(args.repeats):  # the sides take turns, so a drifting load weighs on both
             videos_seconds, videos = timed(decode_and_embed, device=device)
             fly_head_seconds, _ = timed(train_on, videos, device=device)
-            load_seconds, loaded = timed(cached_load, device=device)
-            cached_head_seconds, _ = timed(train_on, loaded, device=device)
+            load_seconds, from_cache = timed(cached_load, device=device)
+            cached_head_seconds, _ = timed(train_on, from_cache, device=device)
             on_the_fly = videos_seconds + fly_head_seconds
             cached = load_seconds + cached_head_seconds
             rounds.append(
