@@ -27,7 +27,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from sact import __version__
-from sact.common.errors import SactError
+from sact.common.errors import Interrupted, SactError
 from sact.common.options import checked, declared_options, default_of, option_name
 from sact.common.words import agreeing, counted
 from sact.demo.config import DemoConfig
@@ -36,6 +36,7 @@ from sact.fewshot.config import EvalConfig, ExplainConfig, TrainConfig, prepare_
 from sact.fewshot.sweep_config import SweepConfig
 
 stderr = Console(stderr=True)
+INTERRUPTED_STATUS = 130  # the shell's exit status for a command stopped by SIGINT
 
 
 def fail(message: str, *, code: int = 2) -> NoReturn:
@@ -61,11 +62,14 @@ def user_errors() -> Iterator[None]:
     """Turn the library's user-facing errors into one line on stderr and exit status 2."""
     try:
         yield
+    except Interrupted as interrupted:  # what was under way is saved: not an error
+        stderr.print(escape(str(interrupted)), highlight=False, soft_wrap=True)
+        sys.exit(INTERRUPTED_STATUS)
     except SactError as error:
         fail(str(error))
     except KeyboardInterrupt:
         stderr.print("interrupted; run the same command again to resume")
-        sys.exit(130)
+        sys.exit(INTERRUPTED_STATUS)
 
 
 # click's UsageError, as typer raises it (recent typers raise it from their own copy of click)

@@ -31,7 +31,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from sact.common.errors import SactError
+from sact.common.errors import Interrupted, SactError
 from sact.common.files import write_text_atomic
 from sact.common.progress import progress_display
 from sact.demo.config import DemoConfig
@@ -253,7 +253,12 @@ def train_variants(
         for seed in seeds_of(config, variant):
             run_dir = run_folder(folder, variant, seed)
             console.print(f"[bold]{variant.label}[/], seed {config.seed + seed}")
-            train(train_config(config, variant, seed, dataset, store, run_dir), console=console)
+            try:
+                train(train_config(config, variant, seed, dataset, store, run_dir), console=console)
+            except Interrupted as interrupted:  # the demo continues the run itself
+                raise Interrupted(
+                    interrupted.what, "run the same sact demo command again to continue"
+                ) from interrupted
             runs.append(run_dir)
     return runs
 

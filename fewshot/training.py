@@ -17,11 +17,14 @@ Determinism: the episodes, their frame offsets and views come from one `np.rando
 drawn in order in the main thread (reads run ahead in threads, which does not change what is
 drawn); the generator's state after each step is saved with the checkpoint, as are the optimiser
 and torch RNG states. `--resume` therefore continues exactly where the last checkpoint was taken:
-same episodes, frames, schedule and RNG states. On the CPU the continued run has bitwise the same
-weights and metrics as one that was never interrupted (tests/test_training.py checks it). On a GPU
-two runs, interrupted or not, agree only within floating-point tolerance: cuDNN's convolution
-backward (the CPE) and atomic adds are nondeterministic and no deterministic-algorithm flags are
-set, so the weights differ in the last bits and drift further apart over many steps.
+same episodes, frames, schedule and RNG states. Ctrl-C (SIGINT) lets the step under way end and
+saves it as `last` before the run stops (a second Ctrl-C stops at once, keeping the last
+checkpoint), so an interrupt loses no step. On the CPU the continued run has bitwise the same
+weights and metrics as one that was never interrupted (tests/test_training.py and
+tests/test_interrupt.py check it). On a GPU two runs, interrupted or not, agree only within
+floating-point tolerance: cuDNN's convolution backward (the CPE) and atomic adds are
+nondeterministic and no deterministic-algorithm flags are set, so the weights differ in the last
+bits and drift further apart over many steps.
 
 Defaults for a head on frozen features, from `bench/train.py sweep` (bench/RESULTS.md): on a
 synthetic store, at an equal budget of 1,200 episodes, AdamW at lr 1e-4 stayed near chance and
@@ -41,20 +44,24 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
+import signal
+import threading
+from collections.abc import Callable, Generator, Iterator, Mapping
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import TextColumn
+from rich.progress import Progress, TaskID, TextColumn
 
 from sact.common.devices import resolve_device
-from sact.common.errors import storage_error_reason
+from sact.common.errors import Interrupted, storage_error_reason
 from sact.common.files import write_text_atomic
 from sact.common.options import Checked
 from sact.common.progress import progress_display
@@ -316,6 +323,10 @@ def train(
         trainer = Trainer(config, data, model, run_dir, frames, console)
         trainer.on_validation = on_validation
         return trainer.run()
+    except KeyboardInterrupt as interrupt:  # outside the steps (reading features, say)
+        if not (run_dir / CONFIG_FILE).exists():
+            raise  # nothing written: the same command starts it again
+        raise Interrupted(f"interrupted; run {run_dir}", resume_instruction(run_dir)) from interrupt
     except OSError as error:  # a full disk: the checkpoints written before stay as they were
         again = (
             f"sact train --out {run_dir} --resume"
@@ -326,6 +337,10 @@ def train(
             f"run {run_dir} stopped: {storage_error_reason(error)}; what it saved is intact: "
             f"once that is fixed, continue with {again}"
         ) from error
+
+
+def resume_instruction(run_dir: Path) -> str:
+    return f"continue with: sact train --out {run_dir} --resume"
 
 
 def new_model(config: TrainConfig, feature_set: FeatureSet, frames: int) -> FewShotHead:
@@ -390,6 +405,8 @@ class Trainer:
         self.last_accuracy = math.nan
         self.last_ci95 = math.nan  # of the last validation, on the val episodes
         self.validated_at: int | None = None  # the step of the last validation
+        self.saved_at: int | None = None  # the step of the last checkpoint
+        self.interrupted = False  # by Ctrl-C: the run stops once its step is saved
         self.metrics_path = run_dir / METRICS_FILE
         self.checkpoints = run_dir / "checkpoints"
         self.restored = config.resume and checkpoint_folder(self.checkpoints / "last").exists()
@@ -500,6 +517,7 @@ class Trainer:
             resume_tensors=tensors,
             resume_json=state,
         )
+        self.saved_at = self.step
 
     def restore(self) -> None:
         folder = self.checkpoints / "last"
@@ -518,7 +536,7 @@ class Trainer:
         if self.device.type == "cuda" and "cuda_rng" in tensors:
             torch.cuda.set_rng_state(tensors["cuda_rng"], self.device)
         self.rng.bit_generator.state = state["numpy_rng"]
-        self.step = int(state["step"])
+        self.step = self.saved_at = int(state["step"])
         self.best_accuracy = float(state["best_accuracy"])
         self.best_step = int(state["best_step"])
         if self.best_step == 0 and self.optimizer is not None:
@@ -575,14 +593,16 @@ class Trainer:
             )
         return loaded, rng_state
 
-    def batches(self) -> Iterator[tuple[list[LoadedEpisode], RngState]]:
+    def batches(self) -> Generator[tuple[list[LoadedEpisode], RngState]]:
+        """The remaining steps' batches; closing it stops the reads running ahead."""
         if self.step >= self.iterations:  # a finished run resumed: its split is never read
-            return iter(())
+            return
         plans = itertools.islice(self.plans(), self.iterations - self.step)
         if self.train_features.in_memory:
-            return map(self.load, plans)
-        prefetcher = Prefetcher(workers=self.config.workers, depth=self.config.prefetch)
-        return prefetcher.map(self.load, plans)
+            yield from map(self.load, plans)
+        else:
+            prefetcher = Prefetcher(workers=self.config.workers, depth=self.config.prefetch)
+            yield from prefetcher.map(self.load, plans)
 
     # -- steps --
 
@@ -680,34 +700,75 @@ class Trainer:
         display = progress_display(self.console, status, label="train", transient=False)
         with display as progress:
             bar = progress.add_task("", total=self.iterations, completed=self.step, status="")
-            if not self.restored:
-                # the untrained model: the curve's first point
-                self.validate_and_save(self.rng.bit_generator.state)
             try:
-                for episodes, rng_state in self.batches():
-                    loss, accuracy = self.train_step(episodes)
-                    self.step += 1
-                    lr = learning_rate(self.config, self.step)
-                    self.log(
-                        {"step": self.step, "loss": loss, "train_accuracy": accuracy, "lr": lr}
-                    )
-                    if self.step % self.config.val_every == 0 or self.step == self.iterations:
-                        self.validate_and_save(rng_state)
-                    progress.update(
-                        bar,
-                        completed=self.step,
-                        status=f"loss {loss:.3f}  val {100 * self.last_accuracy:.1f}%",
-                    )
-            except KeyboardInterrupt:
-                if self.tensorboard is not None:
-                    self.tensorboard.close()
-                if self.console is not None:
-                    self.console.print(
-                        f"interrupted; continue from the last checkpoint with: "
-                        f"sact train --out {self.run_dir} --resume"
-                    )
-                raise
+                with self.interrupt_after_the_step(progress, bar):
+                    self.steps(progress, bar)
+            except KeyboardInterrupt as interrupt:  # a second Ctrl-C: stopped at once
+                self.stop_tensorboard()
+                saved = "nothing saved" if self.saved_at is None else f"saved: step {self.saved_at}"
+                raise Interrupted(
+                    f"stopped at once during step {self.step + 1} of run {self.run_dir} ({saved})",
+                    resume_instruction(self.run_dir),
+                ) from interrupt
+        if self.interrupted and self.step < self.iterations:
+            self.stop_tensorboard()
+            raise Interrupted(
+                f"interrupted: step {self.step} of {self.iterations} saved in "
+                f"{self.checkpoints / 'last'}",
+                resume_instruction(self.run_dir),
+            )
         return self.result()
+
+    def steps(self, progress: Progress, bar: TaskID) -> None:
+        """Train to `iterations`, or to the end of the step a Ctrl-C fell in, which is then saved
+        (with the generator state after it: reads run ahead)."""
+        if not self.restored:
+            # the untrained model: the curve's first point
+            self.validate_and_save(self.rng.bit_generator.state)
+        if self.interrupted:
+            return
+        with closing(self.batches()) as batches:
+            for episodes, rng_state in batches:
+                loss, accuracy = self.train_step(episodes)
+                self.step += 1
+                lr = learning_rate(self.config, self.step)
+                self.log({"step": self.step, "loss": loss, "train_accuracy": accuracy, "lr": lr})
+                if self.step % self.config.val_every == 0 or self.step == self.iterations:
+                    self.validate_and_save(rng_state)
+                progress.update(
+                    bar,
+                    completed=self.step,
+                    status=f"loss {loss:.3f}  val {100 * self.last_accuracy:.1f}%",
+                )
+                if self.interrupted:
+                    if self.saved_at != self.step:
+                        self.save(best=False, rng_state=rng_state)
+                    return
+
+    @contextmanager
+    def interrupt_after_the_step(self, progress: Progress, bar: TaskID) -> Iterator[None]:
+        """Ctrl-C (SIGINT) lets the step under way end, and `steps` saves it and stops: no step
+        is lost. A second Ctrl-C stops at once (KeyboardInterrupt), keeping the last checkpoint.
+        Signal handlers belong to the main thread: elsewhere, Ctrl-C is the caller's."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def interrupt(signum: int, frame: FrameType | None) -> None:
+            self.interrupted = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            # shown by the progress display's own thread: nothing printed in a signal handler
+            progress.update(bar, status="Ctrl-C: stopping once this step is done and saved")
+
+        previous = signal.signal(signal.SIGINT, interrupt)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def stop_tensorboard(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
     def score_once(self) -> TrainResult:
         """A model without parameters: validated and saved once, so it can be evaluated."""

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from typer.testing import CliRunner
 
 from sact.cli import app
+from sact.common.errors import Interrupted
 from sact.fewshot.config import TrainConfig, prepare_training, read_train_config
 from sact.fewshot.training import Trainer, learning_rate, read_metrics, train
 from sact.testing.stores import write_split_lists, write_synthetic_store
@@ -100,7 +101,7 @@ def test_resumed_run_purges_the_events_after_its_checkpoint(
         return take_step(self, tasks)
 
     monkeypatch.setattr(Trainer, "train_step", interrupted_at_step_five)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         train(config)
     monkeypatch.setattr(Trainer, "train_step", take_step)
     train(replace(config, resume=True))

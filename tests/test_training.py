@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-from sact.common.errors import SactError
+from sact.common.errors import Interrupted, SactError
 from sact.fewshot import features as features_module
 from sact.fewshot.accuracy import embed_videos
 from sact.fewshot.checkpoints import read_checkpoint
@@ -147,7 +147,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(store, tmp_path, monkey
 
     monkeypatch.setattr(Trainer, "train_step", killed_at_step_7)
     # the interrupted run streams its features: prefetching must not change what is drawn
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         train(tiny(store, tmp_path / "cut", model=model, cache_gb=0.0, **options))
     assert read_checkpoint(tmp_path / "cut/checkpoints/last").step == 4
     monkeypatch.setattr(Trainer, "train_step", original_step)
@@ -169,7 +169,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_scratch(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Trainer, "validate_and_save", killed)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         train(tiny(store, tmp_path / "run", iterations=2, val_every=1))
     monkeypatch.undo()
     result = train(TrainConfig(feats="", out=str(tmp_path / "run"), resume=True, device="cpu"))
@@ -280,7 +280,7 @@ def test_a_checkpoint_resumes_under_the_other_half_precision(
 
     monkeypatch.setattr(Trainer, "train_step", killed_at_step_3)
     monkeypatch.setattr("sact.fewshot.training.resolve_precision", half_keys(saved_under))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         train(tiny(store, tmp_path / "run", iterations=4, val_every=2))
     # bfloat16 needs no loss scaling: its disabled scaler saves an empty state
     assert bool(saved_scaler_state(tmp_path / "run")) == (saved_under == torch.float16)
@@ -423,7 +423,7 @@ def test_views_are_drawn_per_video_seeded_recorded_and_resume_bit_for_bit(
         return original_step(self, tasks)
 
     monkeypatch.setattr(Trainer, "train_step", killed_at_step_7)
-    with pytest.raises(KeyboardInterrupt):  # streamed: reads per view, in reader threads
+    with pytest.raises(Interrupted):  # streamed: reads per view, in reader threads
         train(tiny(view_store, tmp_path / "cut", cache_gb=0.0))
     monkeypatch.setattr(Trainer, "train_step", original_step)
     resumed = train(TrainConfig(feats="", out=str(tmp_path / "cut"), resume=True, device="cpu"))
