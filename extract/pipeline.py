@@ -407,7 +407,8 @@ def extract_shards(
         view=view,
         decoder=decoder,
     )
-    task = progress.add_task(writer.view, total=len(dataset), failed=0)
+    # a view with nothing left to extract (a finished run resumed) draws no empty bar
+    task = progress.add_task(writer.view, total=len(dataset), failed=0, visible=len(dataset) > 0)
     failed = processed = 0
     patches, dim = writer.features.shape[2:]
 

@@ -59,6 +59,12 @@ def test_one_unmatched_line_is_one_line(video_folder: Path, tmp_path: Path) -> N
     assert "read trainlist01.txt (1 line), vallist01.txt (1 line), testlist01.txt (1 line)" in said
 
 
+def test_a_finished_extraction_resumed_draws_no_empty_bar(video_folder: Path, tmp_path: Path):
+    extract_in_this_process(video_folder, tmp_path / "feats.zarr")
+    again = extract_in_this_process(video_folder, tmp_path / "feats.zarr")
+    assert "extract canonical" not in again and "0/0" not in again
+
+
 def test_a_long_title_is_wrapped_to_the_figures_width_never_cut() -> None:
     figure = Figure(figsize=(6.0, 4.0), dpi=100)
     FigureCanvasAgg(figure)
