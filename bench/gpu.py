@@ -1,7 +1,8 @@
 """SSv2-OTAM's targets on one GPU, measured by one command on synthetic data of SSv2's shape, each
 against what bounds it in the same run. The parts, in order (`--parts` picks some):
 
-peaks       dense matmul rate of 8192³ products in bfloat16, TF32 and IEEE float32: the bounds.
+peaks       dense matmul rate of 8192³ products in bfloat16, float16, TF32 and IEEE float32
+            (fewshot/flops.py's probes): the bounds.
 extraction  bench/extraction.py's ``gpu_extraction``: clips in SSv2's format through each decoder
             installed, the backbone alone, `sact extract` end to end; OTAM's 71,796 videos
             extrapolated (goal 5 min).
@@ -9,7 +10,7 @@ loader      the tiered feature cache of `sact train` (device, host memory, store
             episodes/s against its bound (memory copy rate, file read rate).
 steps       the SA-CT training step at ResNet-50 dims (T = 8, 7x7, D = 2048, d_k = 1152, 5-way
             5-shot 5 queries) in each precision policy and step mode (`policies`, `step_modes`): its
-            time against the analytic FLOP count of bench/model.py over the peaks above, at the
+            time against fewshot/flops.py's analytic FLOP count over the peaks above, at the
             step's own precision and at bfloat16 (goal: ≤ 2× the bfloat16 bound).
 training    the training loop with the tier mix OTAM's train split would get on this machine; 75,000
             episodes projected from the timed steps and from the loop (goal 10 min), the loop's
@@ -73,7 +74,8 @@ from sact.fewshot.accuracy import embed_videos, episode_logits
 from sact.fewshot.config import STEPS, EvalConfig, TrainConfig
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
 from sact.fewshot.features import CachePlan, Prefetcher, SplitFeatures, plan_cache, segment_frames
-from sact.fewshot.precision import CUDA_AUTO, POLICIES, resolve_precision, tf32_switches
+from sact.fewshot.flops import matmul_rate, sact_flops, step_bound_seconds, step_flops
+from sact.fewshot.precision import CUDA_AUTO, POLICIES, resolve_precision
 from sact.fewshot.step import make_step
 from sact.fewshot.training import Trainer, new_model, prepare_data
 from sact.testing.stores import write_split_lists, write_synthetic_store
@@ -81,7 +83,6 @@ from sact.testing.stores import write_split_lists, write_synthetic_store
 # this script's folder is on the path when it runs: parts that live with their own benchmarks
 from evaluate import measure as measure_evaluation  # isort: skip
 from extraction import gpu_extraction, gpu_report_rows  # isort: skip
-from model import sact_flops  # isort: skip
 
 # SSv2 with the OTAM split (data/splits/ssv2_OTAM) and the targets of issues 11 and 20
 OTAM_VIDEOS = {"train": 67_013, "val": 1_926, "test": 2_857}
@@ -94,6 +95,7 @@ GOALS = {
     "flip_rate": 0.005,
 }  # extraction's: bench/extraction.py
 WAY, SHOT, QUERIES = 5, 5, 5  # training episodes; evaluation: 1 query per class
+PEAK_LABELS = ("bfloat16", "float16", "tf32", "float32")  # fewshot/flops.py's precision labels
 # Each part's usual seconds at each scale, the synthetic store's writing included in the first
 # part that needs it, for --budget-s: rough estimates (the H200 run of 2026-11-27 took 240 s for
 # extraction, loader, training and evaluation together); the JSON's part_seconds are the real ones.
@@ -299,7 +301,7 @@ class Bench:
         return stage2(self.scale, self.device, self.readers, self.scratch / "stage2")
 
     def peak(self, precision: str) -> float:
-        """FLOP/s of `peaks` at "bfloat16", "tf32" or "float32" (measured now if not yet)."""
+        """FLOP/s of `peaks` at one of PEAK_LABELS (measured now if not yet)."""
         if "peaks" not in self.results:
             self.results["peaks"] = peaks(self)
         return float(self.results["peaks"][precision])
@@ -308,25 +310,12 @@ class Bench:
 # ---- peaks -------------------------------------------------------------------------------------
 
 
-def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, *, use_tf32: bool) -> float:
-    """FLOP/s of a size³ matmul in `dtype`, the best of three after a warm-up."""
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
-    b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
-    with tf32_switches(device, use_tf32):
-        a @ b
-        return 2 * size**3 / min(timed(lambda: a @ b, device) for _ in range(3))
-
-
 def peaks(bench: Bench) -> dict[str, Any]:
+    """fewshot/flops.py's dense matmul rates, by the precision labels its bounds use."""
     size, device = bench.scale.matmul_size, bench.device
-    return {
-        "size": size,
-        "bfloat16": matmul_rate(device, torch.bfloat16, size, use_tf32=False),
-        "tf32": matmul_rate(device, torch.float32, size, use_tf32=True),
-        "float32": matmul_rate(device, torch.float32, size, use_tf32=False),
-        "note": None if device.type == "cuda" else "no TF32 on a CPU: the tf32 probe is float32",
-    }
+    rates = {label: matmul_rate(device, label, size=size) for label in PEAK_LABELS}
+    note = None if device.type == "cuda" else "no TF32 on a CPU: the tf32 probe is float32"
+    return {"size": size, **rates, "note": note}
 
 
 # ---- extraction ----------------------------------------------------------------------------------
@@ -457,40 +446,6 @@ def loader_tiers(bench: Bench) -> dict:
 # ---- steps and training ------------------------------------------------------------------------
 
 
-def step_flops(scale: Scale, config: TrainConfig) -> dict[str, float]:
-    """Analytic FLOPs of one training step (bench/model.py: forward per stage, step = 3 x forward,
-    per episode times the step's episodes) by the path that computes them: the keys (CPE, W_s,
-    W_q), the values (TMixer, W_v) and `match` (scores, prototypes)."""
-    stages = sact_flops(
-        n=WAY, k=SHOT, q=WAY * QUERIES, t=scale.frames, p=scale.grid**2, d=scale.dim,
-        d_k=scale.d_k, tmixer=True,
-    )  # fmt: skip
-    per_step = 3 * config.tasks_per_batch
-    return {
-        "keys": (stages["cpe"] + stages["projections"] * 2 / 3) * per_step,
-        "values": (stages["tmixer"] + stages["projections"] / 3) * per_step,
-        "match": (stages["scores"] + stages["prototypes"]) * per_step,
-    }
-
-
-def bound_seconds(bench: Bench, flops: dict[str, float], policy_name: str) -> float:
-    """The step's FLOPs over the peaks of the precisions the policy computes each path in:
-    half-precision paths at the bfloat16 peak (float16's is the same on tensor cores), float32
-    paths at TF32's or IEEE float32's, `match` at IEEE float32's (it is exact under every one)."""
-    policy = POLICIES[policy_name]
-
-    def peak(dtype: torch.dtype) -> float:
-        if dtype != torch.float32:
-            return bench.peak("bfloat16")
-        return bench.peak("tf32" if policy.tf32 else "float32")
-
-    return (
-        flops["keys"] / peak(policy.keys)
-        + flops["values"] / peak(policy.values)
-        + flops["match"] / bench.peak("float32")
-    )
-
-
 def use(trainer: Trainer, policy_name: str, mode: str, say: Callable[[str], object]) -> None:
     """Switch the trainer to another precision policy and step mode, as `sact train
     --precision --step` would have built it."""
@@ -509,14 +464,17 @@ def time_steps(trainer: Trainer, tasks: list, count: int, device: torch.device) 
 
 
 def steps(bench: Bench) -> dict:
-    """The step in each step mode and precision policy against its bounds: every policy eager and
+    """The step in each step mode and precision policy against fewshot/flops.py's bound at the
+    policy's precisions and at bfloat16's (the card's floor): every policy eager and
     batched, then the compiled modes with `--precision auto`'s CUDA choice first. Rows stop
     starting once the part's seconds (`Part.seconds`) are spent; the rest are listed."""
     scale, device, data = bench.scale, bench.device, bench.data
     trainer = data.trainer
-    flops = step_flops(scale, data.config)
-    total = sum(flops.values())
-    bf16_bound = total / bench.peak("bfloat16")
+    episode = {"way": WAY, "shot": SHOT, "queries": WAY * QUERIES}
+    episodes = data.config.tasks_per_batch
+    total = step_flops(trainer.model, **episode) * episodes
+    rates = {label: bench.peak(label) for label in PEAK_LABELS}
+    bf16_bound = total / rates["bfloat16"]
     names = policies(device)
     plan = [(mode, name) for mode in step_modes(device) for name in names]
     compiled = [mode not in ("eager", "batched") for mode, _ in plan]
@@ -541,7 +499,11 @@ def steps(bench: Bench) -> dict:
                 "precision": name,
                 "step_seconds": seconds,
                 "episodes_per_second": data.config.tasks_per_batch / seconds,
-                "over_own_bound": seconds / bound_seconds(bench, flops, name),
+                "over_own_bound": seconds
+                / (
+                    episodes
+                    * step_bound_seconds(trainer.model, trainer.precision, rates, **episode)
+                ),
                 "over_bf16_bound": seconds / bf16_bound,
                 "compile_seconds": getattr(trainer.run_step, "compile_seconds", None),
                 "fell_back_to_eager": getattr(trainer.run_step, "fell_back", False),
@@ -552,7 +514,6 @@ def steps(bench: Bench) -> dict:
     return {
         "episodes_per_step": data.config.tasks_per_batch,
         "step_gflop": total / 1e9,
-        "gflop_by_path": {path: value / 1e9 for path, value in flops.items()},
         "rows": rows,
         "not_run": not_run,
     }
@@ -692,8 +653,8 @@ def report(results: dict, console: Console) -> None:
     if "peaks" in results:
         p = results["peaks"]
         table.add_row(
-            f"matmul {p['size']}³: bfloat16 / tf32 / float32",
-            " / ".join(f"{p[k] / 1e12:.3g}" for k in ("bfloat16", "tf32", "float32")) + " TFLOP/s",
+            f"matmul {p['size']}³: {' / '.join(PEAK_LABELS)}",
+            " / ".join(f"{p[label] / 1e12:.3g}" for label in PEAK_LABELS) + " TFLOP/s",
         )
     if "extraction" in results:
         for row in gpu_report_rows(results["extraction"]):
