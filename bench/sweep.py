@@ -5,7 +5,8 @@ On a synthetic store (random features of the given shape, train/val/test classes
 
 (a) one after another, each as `sact train` and then `sact evaluate` make it (each run loads its
     own features), timed run by run, training and evaluation apart;
-(b) by `run_sweep` (fewshot/sweep.py: the runs share the loaded features), timed as a whole.
+(b) by `run_sweep` (fewshot/sweep.py: the runs share the loaded features), timed as a whole;
+in `--rounds` rounds, (a) first in odd rounds and (b) first in even ones.
 
 The table gives both, their ratio (a)/(b), the load average beside each, and whether (b)'s runs
 are bitwise (a)'s (the CPU's promise). `--otam` also extrapolates the sweep to SSv2-OTAM's
@@ -91,7 +92,9 @@ def same_weights(first: Path, second: Path) -> bool:
     )
 
 
-def otam_extrapolation(config: SweepConfig, a: dict[str, Any], b: dict[str, Any]) -> dict:
+def otam_extrapolation(
+    config: SweepConfig, a: dict[str, Any], b: dict[str, Any], *, rounds: int
+) -> dict:
     """SSv2-OTAM's comparison (the recipe's variants, seeds, steps and test episodes), from this
     run: each measured run's training scaled by the recipe's steps over the timed ones, its
     evaluation by the recipe's episodes over the timed ones, per variant; what the sweep spent
@@ -111,7 +114,9 @@ def otam_extrapolation(config: SweepConfig, a: dict[str, Any], b: dict[str, Any]
         mean_evaluate = sum(r["evaluate_s"] for r in measured) / len(measured)
         train_s += recipe["seeds"] * mean_train * recipe["steps"] / steps
         evaluate_s += recipe["seeds"] * mean_evaluate * recipe["episodes"] / episodes
-    overhead = max(0.0, b["seconds"] - sum(r["train_s"] + r["evaluate_s"] for r in a["runs"]))
+    # what the sweep spent besides its runs' own training and evaluation (a round's worth)
+    runs_seconds = sum(r["train_s"] + r["evaluate_s"] for r in a["runs"]) / rounds
+    overhead = max(0.0, b["seconds"] - runs_seconds)
     total = train_s + evaluate_s + overhead
     return {
         "runs": len(recipe["variants"]) * recipe["seeds"],
@@ -125,24 +130,54 @@ def otam_extrapolation(config: SweepConfig, a: dict[str, Any], b: dict[str, Any]
 
 
 def measure(
-    config: SweepConfig, folder: Path, *, otam: bool = False, console: Console | None = None
+    config: SweepConfig,
+    folder: Path,
+    *,
+    rounds: int = 1,
+    otam: bool = False,
+    console: Console | None = None,
 ) -> dict[str, Any]:
-    """(a) and (b) on `config`, in this order, each in its own folder under `folder`."""
-    a = one_by_one(replace(config, out=str(folder / "one-by-one")))
-    if console is not None:
-        console.print(f"(a) one by one: {a['seconds']:.1f} s (load {a['load']:.1f})")
-    b = swept(replace(config, out=str(folder / "sweep")))
-    if console is not None:
-        console.print(f"(b) sact sweep: {b['seconds']:.1f} s (load {b['load']:.1f})")
+    """(a) and (b) on `config`, `rounds` times, in turns: (a) first in odd rounds, (b) first in
+    even ones, so neither always pays this process's first calls nor always meets the machine's
+    load first. Each round's runs in folders of their own under `folder`."""
+    arms: dict[str, list[dict[str, Any]]] = {"one_by_one": [], "sweep": []}
+    same = True
+    for number in range(rounds):
+        here = folder / f"round{number}"
+        order = ("one_by_one", "sweep") if number % 2 == 0 else ("sweep", "one_by_one")
+        for arm in order:
+            out = replace(config, out=str(here / arm))
+            arms[arm].append(one_by_one(out) if arm == "one_by_one" else swept(out))
+            if console is not None:
+                numbers = arms[arm][-1]
+                console.print(
+                    f"round {number + 1}, {arm}: {numbers['seconds']:.1f} s "
+                    f"(load {numbers['load']:.1f})"
+                )
+        same = same and same_weights(here / "one_by_one/runs", here / "sweep/runs")
+    a, b = arms["one_by_one"], arms["sweep"]
     result = {
-        "runs": len(a["runs"]),
-        "one_by_one": a,
-        "sweep": b,
-        "ratio": a["seconds"] / b["seconds"],
-        "bitwise_same_runs": same_weights(folder / "one-by-one/runs", folder / "sweep/runs"),
+        "runs": len(a[0]["runs"]),
+        "rounds": rounds,
+        "one_by_one": {
+            "seconds": sum(r["seconds"] for r in a) / rounds,
+            "load": sum(r["load"] for r in a) / rounds,
+            "rounds": a,
+        },
+        "sweep": {
+            "seconds": sum(r["seconds"] for r in b) / rounds,
+            "load": sum(r["load"] for r in b) / rounds,
+            "rounds": b,
+        },
+        "bitwise_same_runs": same,
     }
+    result["ratio"] = result["one_by_one"]["seconds"] / result["sweep"]["seconds"]
     if otam:
-        result["otam"] = otam_extrapolation(config, a, b)
+        runs = [run for one in a for run in one["runs"]]
+        sweep_seconds = result["sweep"]["seconds"]
+        result["otam"] = otam_extrapolation(
+            config, {"runs": runs}, {"seconds": sweep_seconds}, rounds=rounds
+        )
     return result
 
 
@@ -180,6 +215,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--d-k", type=int, default=64)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=2, help="(a) and (b) in turns")
     parser.add_argument("--otam", action="store_true", help="extrapolate to SSv2-OTAM's sweep")
     parser.add_argument("--json", type=Path, help="also write the results here")
     options = parser.parse_args()
@@ -210,7 +246,7 @@ def main() -> None:
                              val_episodes=50, warmup=max(1, options.steps // 10)),
         )  # fmt: skip
         checked(config)
-        result = measure(config, folder, otam=options.otam, console=console)
+        result = measure(config, folder, rounds=options.rounds, otam=options.otam, console=console)
     result |= {"options": vars(options) | {"json": str(options.json)},
                "torch_threads": torch.get_num_threads()}  # fmt: skip
     console.print(table(result, options.device))
