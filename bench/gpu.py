@@ -21,6 +21,10 @@ evaluation  bench/evaluate.py's ``measure`` on the store's test split (its video
             shards, as in an OTAM store): read, embed and match timed alone and end to end, before
             and after 10e1c02, 10,000 5-way 5-shot episodes; OTAM's 2,857 videos extrapolated by
             the share of them the split holds (goal 5 s in all, 1 s for the match).
+sweep       bench/sweep.py's ``measure``: the ssv2-otam recipe's 5 variants, one seed (5 of its 15
+            runs), each `scale.steps` steps (eager) and 1,000 test episodes per shot, one by one
+            and by `sact sweep`; the 15-run comparison extrapolated to the recipe's 18,750
+            steps and 10,000 episodes per run (goal 60 min after extraction).
 
 The store is a slice of OTAM's split (its classes, fewer videos); the rates extrapolate. The JSON
 is rewritten after each part; a part that fails is recorded and the others go on; a part that
@@ -70,6 +74,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sact.common.devices import bf16_is_native, resolve_device, synchronize
+from sact.common.options import checked
 from sact.fewshot.accuracy import embed_videos, episode_logits
 from sact.fewshot.config import STEPS, EvalConfig, TrainConfig
 from sact.fewshot.episodes import EpisodeSampler, build_pool, resolve_split
@@ -77,12 +82,14 @@ from sact.fewshot.features import CachePlan, Prefetcher, SplitFeatures, plan_cac
 from sact.fewshot.flops import matmul_rate, sact_flops, step_bound_seconds, step_flops
 from sact.fewshot.precision import CUDA_AUTO, POLICIES, resolve_precision
 from sact.fewshot.step import make_step
+from sact.fewshot.sweep_config import SweepConfig, read_recipe
 from sact.fewshot.training import Trainer, new_model, prepare_data
 from sact.testing.stores import write_split_lists, write_synthetic_store
 
 # this script's folder is on the path when it runs: parts that live with their own benchmarks
 from evaluate import measure as measure_evaluation  # isort: skip
 from extraction import gpu_extraction, gpu_report_rows  # isort: skip
+from sweep import measure as measure_sweep  # isort: skip
 
 # SSv2 with the OTAM split (data/splits/ssv2_OTAM) and the targets of issues 11 and 20
 OTAM_VIDEOS = {"train": 67_013, "val": 1_926, "test": 2_857}
@@ -108,8 +115,10 @@ PART_SECONDS = {
     "training": {"ssv2": 30, "cpu": 60, "tiny": 2},
     "flips": {"ssv2": 20, "cpu": 120, "tiny": 2},
     "evaluation": {"ssv2": 40, "cpu": 240, "tiny": 5},
+    "sweep": {"ssv2": 300, "cpu": 600, "tiny": 30},
 }
 FLIP_EPISODES = 1_000
+SWEEP_EPISODES = 1_000  # test episodes per shot of the sweep part's runs
 GiB = 1024**3
 
 
@@ -622,6 +631,25 @@ def evaluation(bench: Bench) -> dict:
     return numbers
 
 
+def sweep(bench: Bench) -> dict:
+    """bench/sweep.py's (a) one by one and (b) `sact sweep` on the stage-2 store: a stated
+    fraction of SSv2-OTAM's comparison (one seed of three, `scale.steps` steps, 1,000 test
+    episodes per shot), extrapolated to the whole of it."""
+    data, scale = bench.data, bench.scale
+    recipe = read_recipe("ssv2-otam").sweep
+    base = SweepConfig()
+    config = replace(
+        base, feats=data.feature_set.location, split=str(data.split),
+        variants=tuple(recipe["variants"]), seeds=1, steps=scale.steps,
+        episodes=min(scale.eval_episodes, SWEEP_EPISODES), device=str(bench.device),
+        # eager: a compiled step's compile time is paid once per run, over 18,750 steps, not 60
+        training=replace(base.training, d_k=scale.d_k, val_every=scale.steps, val_episodes=50,
+                         warmup=1, step="eager", workers=bench.readers),
+    )  # fmt: skip
+    checked(config)
+    return measure_sweep(config, bench.scratch / "sweep", otam=True, console=bench.console)
+
+
 # ---- the parts, the table ----------------------------------------------------------------------
 
 
@@ -643,6 +671,7 @@ PARTS = (
     Part("training", training),
     Part("flips", flips),
     Part("evaluation", evaluation),
+    Part("sweep", sweep),
 )
 
 
@@ -728,6 +757,20 @@ def report(results: dict, console: Console) -> None:
                 f"goal {GOALS['evaluate_seconds']:.0f} s (match {GOALS['match_seconds']:.0f} s)",
                 f"match bound {e['otam_match_bound_seconds']:.2f} s (float32 peak)",
             )
+    if "sweep" in results:
+        w, otam = results["sweep"], results["sweep"]["otam"]
+        table.add_row(
+            f"sact sweep vs the same {w['runs']} runs one by one, s",
+            f"{w['sweep']['seconds']:.0f} vs {w['one_by_one']['seconds']:.0f}",
+            "bitwise" if w["bitwise_same_runs"] else "runs differ",
+            f"{w['ratio']:.2f}",
+        )
+        table.add_row(
+            f"SSv2-OTAM comparison, {otam['runs']} runs (train; evaluate), extrapolated",
+            f"{otam['minutes']:.0f} min ({otam['train_minutes']:.0f}; "
+            f"{otam['evaluate_minutes']:.0f})",
+            f"goal {otam['goal_minutes']:.0f} min",
+        )
     console.print(table)
     if results.get("steps", {}).get("not_run"):
         console.print(f"steps not timed (the part's time ran out): {results['steps']['not_run']}")
