@@ -117,6 +117,7 @@ def measure(
     batch_size: int,
     workers: int,
     episodes: int,
+    more_workers: int | None = None,
     say: Callable[[str], object] = print,
 ) -> dict[str, Any]:
     """Read / embed / match seconds of both paths on every video of `pool` and `episodes`
@@ -195,7 +196,7 @@ def measure(
     same = np.array_equal(*numbers.pop("per_episode_accuracies").values())
     numbers["same_accuracies"] = same
     # do the reader threads scale? (zarr decodes on a thread pool, but the rest of a read holds
-    # the GIL): the same reads by one thread
+    # the GIL): the same reads by one thread and, where given, by `more_workers`
     one_thread, _, one_thread_load = timed(
         lambda: read_only(features, batches_of(in_store_order), 1), device
     )
@@ -206,6 +207,15 @@ def measure(
         "one_thread_load": one_thread_load,
         "speedup_of_workers": one_thread / now["read_seconds"],
     }
+    if more_workers is not None:
+        more, _, _ = timed(
+            lambda: read_only(features, batches_of(in_store_order), more_workers), device
+        )
+        numbers["read_scaling"] |= {
+            "more_workers": more_workers,
+            "more_workers_seconds": more,
+            "speedup_of_more_workers": one_thread / more,
+        }
     return numbers
 
 

@@ -608,15 +608,17 @@ def flips(bench: Bench) -> dict:
 
 def evaluation(bench: Bench) -> dict:
     """bench/evaluate.py's read / embed / match of the test split, both paths, with the trained
-    model under `sact evaluate`'s autocast; OTAM's test split by the share the slice holds."""
+    model and `sact evaluate`'s defaults (precision, batch, reader threads), the reads also by
+    one thread and by one per core; OTAM's test split by the share the slice holds."""
     data, device = bench.data, bench.device
     feature_set = data.feature_set
     pool = build_pool(feature_set, resolve_split(feature_set, str(data.split)), "test")
+    settings = EvalConfig()  # what `sact evaluate` reads and embeds with by default
     numbers = measure_evaluation(
         data.trainer.model, feature_set, pool, frames=bench.scale.frames, device=device,
-        autocast=resolve_precision(EvalConfig().precision, device), batch_size=128,
-        workers=bench.readers,
-        episodes=bench.scale.eval_episodes, say=bench.console.print,
+        autocast=resolve_precision(settings.precision, device), batch_size=settings.batch_size,
+        workers=settings.workers, episodes=bench.scale.eval_episodes,
+        more_workers=bench.readers, say=bench.console.print,
     )  # fmt: skip
     numbers.pop("embeddings")
     numbers["share_of_otam_test"] = len(pool) / OTAM_VIDEOS["test"]
@@ -747,8 +749,10 @@ def report(results: dict, console: Console) -> None:
             if path == "now":
                 scaling = e["read_scaling"]
                 table.add_row(
-                    f"evaluation reads: {scaling['workers']} threads over one",
-                    f"{scaling['speedup_of_workers']:.2f}×",
+                    f"evaluation reads: {scaling['workers']} threads "
+                    f"({scaling['more_workers']}) over one",
+                    f"{scaling['speedup_of_workers']:.2f}× "
+                    f"({scaling['speedup_of_more_workers']:.2f}×)",
                     f"one thread {scaling['one_thread_seconds']:.2f} s",
                 )
             table.add_row(
