@@ -482,9 +482,7 @@ def report(
     epilog=examples(
         "sact sweep --recipe ssv2-otam --feats feats.zarr --out sweeps/otam",
         "sact sweep --feats feats.zarr --variants sact,protonet --seeds 2 --steps 2000",
-        "sact sweep --file sweep.toml",
-        "torchrun --nproc-per-node 8 $(which sact) sweep --recipe ssv2-otam --feats feats.zarr",
-        "sact sweep --list",
+        "torchrun --nproc-per-node 8 $(which sact) sweep --recipe ssv2-otam --feats f.zarr",
     )
 )
 @with_options(SweepConfig)
