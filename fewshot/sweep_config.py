@@ -18,7 +18,8 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from rich.table import Table
 
@@ -289,7 +290,35 @@ def _typed(config: Any, values: dict[str, Any], where: str, allowed: tuple[str, 
     if unknown:
         raise SweepError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(allowed)}")
     changes = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    hints = get_type_hints(type(config))
+    for name, value in changes.items():
+        if not _fits(value, hints[name]):
+            raise SweepError(f"{where}: {name} = {value!r} is not a {_type_name(hints[name])}")
     return replace(config, **changes)
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether `value` (as TOML or JSON gives it) has the field type `annotation`: bool, int,
+    float (an int too), str, a tuple of one of them, or one of those or None."""
+    if get_origin(annotation) in (UnionType, Union):
+        return any(_fits(value, option) for option in get_args(annotation))
+    if get_origin(annotation) is tuple:
+        return isinstance(value, tuple) and all(_fits(v, get_args(annotation)[0]) for v in value)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(annotation, type) and isinstance(value, annotation)
+
+
+def _type_name(annotation: Any) -> str:
+    if get_origin(annotation) in (UnionType, Union):
+        return " or ".join(_type_name(option) for option in get_args(annotation))
+    if get_origin(annotation) is tuple:
+        return f"list of {_type_name(get_args(annotation)[0])}"
+    return "null" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
 
 
 def apply_layer(config: SweepConfig, layer: dict[str, Any], where: str) -> SweepConfig:

@@ -22,6 +22,7 @@ import torch
 from typer.testing import CliRunner
 
 from sact.cli import app
+from sact.fewshot.sweep_config import variant
 
 runner = CliRunner()
 SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "sweep.schema.json"
@@ -126,7 +127,7 @@ def test_a_sweep_gives_the_table_of_the_runs_made_one_by_one(
     torch.set_num_threads(1)
     monkeypatch.chdir(swept)
     report = json.loads((swept / "sweep/report.json").read_text())
-    assert report["variants"] == ["SA-CT", "SA-CT −CPE", "ProtoNet"]
+    assert report["variants"] == [variant(name).label for name in VARIANT_OPTIONS]
     assert sorted(path.name for path in (swept / "sweep/runs").iterdir()) == sorted(RUNS)
     for run in RUNS:
         variant, seed = run.rsplit("-seed", 1)
@@ -243,7 +244,7 @@ def test_a_recipe_runs_at_a_tiny_size_with_its_published_numbers_beside(
     # the recipe's test protocol: 5-way, 1 and 5 shots; the file's budget and variants
     settings = report["report"]["settings"]
     assert [(s["way"], s["shot"], s["episodes"]) for s in settings] == [(5, 1, 10), (5, 5, 10)]
-    assert report["variants"] == ["SA-CT", "ProtoNet"]
+    assert report["variants"] == [variant("sact").label, variant("protonet").label]
     methods = {m["method"]: m for m in report["published"]["methods"]}
     assert list(methods) == ["TRX", "STRM", "HyRSM", "SA-CT"]
     assert methods["TRX"]["accuracy"] == {"1": None, "5": 64.6}
@@ -271,3 +272,19 @@ def test_every_recipe_is_listed_and_reads_as_a_sweep(tmp_path: Path) -> None:
     listed = runner.invoke(app, ["sweep", "--list"], terminal_width=400)
     assert listed.exit_code == 0, listed.output
     assert all(name in listed.output for name in names) and "TRX: 5-shot 64.6" in listed.output
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[train]\nlr = "x"\n', "[train]: lr = 'x' is not a float"),
+        ('seeds = "3"\n', "seeds = '3' is not a int"),
+        ("bogus = 1\n", "unknown key 'bogus'"),
+        ("[evaluate]\nepisodes = 5\n", "[evaluate]: unknown key 'episodes'"),
+    ],
+)
+def test_a_bad_sweep_file_is_refused_in_one_line(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "bad.toml").write_text(text)
+    refused = runner.invoke(app, ["sweep", "--file", str(tmp_path / "bad.toml")])
+    assert refused.exit_code == 2 and refused.output.count("\n") == 1
+    assert message in refused.output
