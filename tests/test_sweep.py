@@ -22,7 +22,7 @@ import torch
 from typer.testing import CliRunner
 
 from sact.cli import app
-from sact.fewshot.sweep_config import variant
+from sact.fewshot.sweep_config import variant as registered_variant
 
 runner = CliRunner()
 SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "sweep.schema.json"
@@ -127,7 +127,7 @@ def test_a_sweep_gives_the_table_of_the_runs_made_one_by_one(
     torch.set_num_threads(1)
     monkeypatch.chdir(swept)
     report = json.loads((swept / "sweep/report.json").read_text())
-    assert report["variants"] == [variant(name).label for name in VARIANT_OPTIONS]
+    assert report["variants"] == [registered_variant(name).label for name in VARIANT_OPTIONS]
     assert sorted(path.name for path in (swept / "sweep/runs").iterdir()) == sorted(RUNS)
     for run in RUNS:
         variant, seed = run.rsplit("-seed", 1)
@@ -244,7 +244,7 @@ def test_a_recipe_runs_at_a_tiny_size_with_its_published_numbers_beside(
     # the recipe's test protocol: 5-way, 1 and 5 shots; the file's budget and variants
     settings = report["report"]["settings"]
     assert [(s["way"], s["shot"], s["episodes"]) for s in settings] == [(5, 1, 10), (5, 5, 10)]
-    assert report["variants"] == [variant("sact").label, variant("protonet").label]
+    assert report["variants"] == [registered_variant(name).label for name in ("sact", "protonet")]
     methods = {m["method"]: m for m in report["published"]["methods"]}
     assert list(methods) == ["TRX", "STRM", "HyRSM", "SA-CT"]
     assert methods["TRX"]["accuracy"] == {"1": None, "5": 64.6}
