@@ -482,7 +482,7 @@ def report(
     epilog=examples(
         "sact sweep --recipe ssv2-otam --feats feats.zarr --out sweeps/otam",
         "sact sweep --feats feats.zarr --variants sact,protonet --seeds 2 --steps 2000",
-        "torchrun --nproc-per-node 8 $(which sact) sweep --recipe ssv2-otam --feats f.zarr",
+        "torchrun --nproc-per-node 8 $(which sact) sweep --file sweep.toml",
     )
 )
 @with_options(SweepConfig)
