@@ -40,6 +40,7 @@ from sact.fewshot.checkpoints import Checkpoint, check_compatible, run_dir_of
 from sact.fewshot.config import LEGACY_PRECISION, EvalConfig, EvaluationError, latest_run
 from sact.fewshot.episodes import (
     Episode,
+    EpisodeError,
     EpisodeSampler,
     EpisodeSet,
     VideoPool,
@@ -222,8 +223,16 @@ def make_episodes(config: EvalConfig, pool: VideoPool, console: Console | None) 
             console.print(f"episodes from {path} (their way/shot/query settings are used)")
         return settings
     settings = []
+    unfinished = pool.unfinished()
+    if unfinished is not None and console is not None:
+        console.print(f"[yellow]warning:[/] {unfinished}; scoring the videos done so far")
     for shot in config.shots:
-        sampler = EpisodeSampler(pool, way=config.way, shot=shot, queries=config.query)
+        try:
+            sampler = EpisodeSampler(pool, way=config.way, shot=shot, queries=config.query)
+        except EpisodeError as error:
+            if unfinished is None:
+                raise
+            raise EvaluationError(unfinished) from error  # the cause, not its consequence
         if console is not None and sampler.exclusion_note():
             console.print(sampler.exclusion_note())
         settings.append(

@@ -15,7 +15,9 @@ import pytest
 from sact.data.split_lists import SPLIT_RECORD, SplitRecord, load_split
 from sact.demo.synthetic import encode_video
 from sact.extract.config import ExtractConfigError
+from sact.fewshot.config import EvalConfig, EvaluationError
 from sact.fewshot.episodes import EpisodeError, build_pool, resolve_split
+from sact.fewshot.evaluation import evaluate
 from sact.fewshot.training import TrainConfig, TrainingError, train
 from sact.store.backends import open_feature_set
 from sact.testing.extraction import extract_in_this_process, tiny_config
@@ -223,6 +225,22 @@ def test_training_during_an_unfinished_extraction_says_so(tmp_path):
         train(tiny_training(Path(store), tmp_path / "run", split=str(lists)))
     assert str(refused.value).startswith(
         "the extraction is not finished: 4 of 16 train videos done (run the same `sact extract`"
+    )
+
+
+def test_evaluating_during_an_unfinished_extraction_says_so(tmp_path):
+    parts = {"train": range(0, 4), "val": range(4, 6), "test": range(6, 8)}
+    lists = write_split_lists(tmp_path / "lists", 8, 4, parts)
+    options = {"classes": 8, "videos_per_class": 4, "shard_size": 4, "split": str(lists)}
+    done = write_synthetic_store(tmp_path / "done.zarr", **options)
+    run = train(tiny_training(Path(done), tmp_path / "run", split=str(lists))).run_dir
+    # the same videos, the second test class not extracted yet
+    unfinished = write_synthetic_store(tmp_path / "unfinished.zarr", **options, pending_shards=[7])
+    config = EvalConfig(run=str(run), feats=unfinished, way=2, shots=(1,), query=1, episodes=5)
+    with pytest.raises(EvaluationError) as refused:
+        evaluate(config)
+    assert str(refused.value).startswith(
+        "the extraction is not finished: 4 of 8 test videos done (run the same `sact extract`"
     )
 
 
