@@ -67,7 +67,10 @@ def test_every_variant_and_seed_is_trained_evaluated_and_reported(demo_run) -> N
     assert task["predicted"]["tiers"] == [list(t) for t in TASKS_PREDICTED["order"].tiers]
     assert sorted(task["measured"]["ranks"].values()) == list(range(1, len(VARIANTS) + 1))
     assert "predicted tier" in [column.header for column in result.tables[0].columns]
-    assert "| SA-CT |" in result.markdown and (out / "demo/demo.md").read_text() == result.markdown
+    assert (
+        "| SA-CT (sact default) |" in result.markdown
+        and (out / "demo/demo.md").read_text() == result.markdown
+    )
     progress = (out / "console.txt").read_text()
     assert "order 5/5" in progress and "extract" in progress
 
