@@ -22,6 +22,7 @@ from sact.fewshot.evaluation import Evaluation, evaluate, results_table
 from sact.fewshot.report import build_report, report_json, report_table
 from sact.fewshot.selection import select_checkpoint
 from sact.fewshot.training import TrainConfig, train
+from tests.test_training import tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -38,24 +39,9 @@ def scripted_accuracies(mean: float) -> np.ndarray:
 
 
 def run_config(store, out: Path, **changes) -> TrainConfig:
-    config = TrainConfig(
-        feats=store.location,
-        split=store.split,
-        way=3,
-        shot=2,
-        query=2,
-        frames=4,
-        d_k=16,
-        iterations=12,
-        lr=3e-3,
-        warmup=5,
-        tasks_per_batch=1,
-        val_every=4,
-        val_episodes=VAL_EPISODES,
-        out=str(out),
-        device="cpu",
-    )
-    return replace(config, **changes)
+    """test_training's tiny run, one episode per step, validated on VAL_EPISODES episodes."""
+    changes = {"tasks_per_batch": 1, "val_episodes": VAL_EPISODES, **changes}
+    return tiny((store.location, store.split), out, **changes)
 
 
 def train_scripted(store, out: Path, monkeypatch, scripted: dict[int, float], **changes) -> None:
