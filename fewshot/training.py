@@ -47,7 +47,7 @@ import math
 import signal
 import threading
 from collections.abc import Callable, Generator, Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
@@ -97,7 +97,7 @@ from sact.fewshot.figures import training_curve
 from sact.fewshot.heads import FewShotHead
 from sact.fewshot.model import SACT
 from sact.fewshot.precision import resolve_precision
-from sact.fewshot.step import LoadedEpisode, make_step, resolved_step
+from sact.fewshot.step import LoadedEpisode, StepTotals, make_step, resolved_step
 from sact.fewshot.tensorboard import FOLDER as TENSORBOARD_FOLDER
 from sact.fewshot.tensorboard import TensorBoardLog
 from sact.store.backends import FeatureSet, open_feature_set
@@ -269,6 +269,15 @@ def train(
     metrics.jsonl (bench/views.py scores the test split over training this way). A config the
     command line prepared (`prepare_training`: merged and checked) runs as it is.
     """
+    trainer = open_run(config, console)
+    trainer.on_validation = on_validation
+    with run_errors(trainer.run_dir):
+        return trainer.run()
+
+
+def open_run(config: TrainConfig | Checked[TrainConfig], console: Console | None) -> Trainer:
+    """A run ready to train: its data prepared, its folder and config.json written (a new run)
+    or its last checkpoint restored (`resume`)."""
     if not isinstance(config, Checked):
         config = prepare_training(config)
     config = config.config
@@ -317,12 +326,17 @@ def train(
             "torch": torch.__version__,
             "step_mode": resolved_step(config.step, device),  # what --step auto chose here
         }
-    try:
+    with run_errors(run_dir):
         if description is not None:
             write_text_atomic(run_dir / CONFIG_FILE, json.dumps(description, indent=2) + "\n")
-        trainer = Trainer(config, data, model, run_dir, frames, console)
-        trainer.on_validation = on_validation
-        return trainer.run()
+        return Trainer(config, data, model, run_dir, frames, console)
+
+
+@contextmanager
+def run_errors(run_dir: Path) -> Iterator[None]:
+    """A Ctrl-C outside the steps, or a storage failure, as one line naming how to go on."""
+    try:
+        yield
     except KeyboardInterrupt as interrupt:  # outside the steps (reading features, say)
         if not (run_dir / CONFIG_FILE).exists():
             raise  # nothing written: the same command starts it again
@@ -337,6 +351,27 @@ def train(
             f"run {run_dir} stopped: {storage_error_reason(error)}; what it saved is intact: "
             f"once that is fixed, continue with {again}"
         ) from error
+
+
+@contextmanager
+def on_first_interrupt(interrupt: Callable[[], None]) -> Iterator[None]:
+    """The first Ctrl-C (SIGINT) calls `interrupt`, whose caller stops once the step under way is
+    saved; a second one stops at once (KeyboardInterrupt), keeping the last checkpoint. Signal
+    handlers belong to the main thread: elsewhere, Ctrl-C is the caller's. `interrupt` runs in
+    the signal handler: it only sets state (a progress display prints from its own thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        interrupt()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def resume_instruction(run_dir: Path) -> str:
@@ -608,19 +643,41 @@ class Trainer:
 
     def train_step(self, episodes: list[LoadedEpisode]) -> tuple[float, float]:
         """One optimiser step on the mean loss of `episodes`: (loss, accuracy) over them."""
+        self.begin_step()
+        # summed on the device and read once, after the step: no device sync per episode
+        totals = self.run_step(self.model, episodes, self.precision, self.scaler)
+        return self.take_step(totals)
+
+    def begin_step(self) -> None:
+        """Training mode, this step's learning rate, no gradients yet."""
         assert self.optimizer is not None
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.config, self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
-        # summed on the device and read once, after the step: no device sync per episode
-        total_loss, correct, count = self.run_step(
-            self.model, episodes, self.precision, self.scaler
-        )
+
+    def take_step(self, totals: StepTotals) -> tuple[float, float]:
+        """The optimiser step on the gradients the step left; (loss, accuracy) of its episodes."""
+        assert self.optimizer is not None
+        total_loss, correct, count = totals
         self.scaler.step(self.optimizer)
         self.scaler.update()
         loss_value, correct_value = torch.stack([total_loss, correct.to(total_loss.dtype)]).tolist()
         return loss_value, correct_value / count
+
+    def after_step(self, loss: float, accuracy: float, rng_state: RngState) -> str:
+        """Count the step taken, log it, validate and save on schedule; its status line."""
+        self.step += 1
+        lr = learning_rate(self.config, self.step)
+        self.log({"step": self.step, "loss": loss, "train_accuracy": accuracy, "lr": lr})
+        if self.step % self.config.val_every == 0 or self.step == self.iterations:
+            self.validate_and_save(rng_state)
+        return f"loss {loss:.3f}  val {100 * self.last_accuracy:.1f}%"
+
+    def save_unsaved(self, rng_state: RngState) -> None:
+        """Save the last step taken, unless it already is (an interrupted run stops here)."""
+        if self.saved_at != self.step:
+            self.save(best=False, rng_state=rng_state)
 
     def say(self, message: str) -> None:
         if self.console is not None:
@@ -722,49 +779,30 @@ class Trainer:
     def steps(self, progress: Progress, bar: TaskID) -> None:
         """Train to `iterations`, or to the end of the step a Ctrl-C fell in, which is then saved
         (with the generator state after it: reads run ahead)."""
-        if not self.restored:
-            # the untrained model: the curve's first point
-            self.validate_and_save(self.rng.bit_generator.state)
+        self.validate_untrained()
         if self.interrupted:
             return
         with closing(self.batches()) as batches:
             for episodes, rng_state in batches:
-                loss, accuracy = self.train_step(episodes)
-                self.step += 1
-                lr = learning_rate(self.config, self.step)
-                self.log({"step": self.step, "loss": loss, "train_accuracy": accuracy, "lr": lr})
-                if self.step % self.config.val_every == 0 or self.step == self.iterations:
-                    self.validate_and_save(rng_state)
-                progress.update(
-                    bar,
-                    completed=self.step,
-                    status=f"loss {loss:.3f}  val {100 * self.last_accuracy:.1f}%",
-                )
+                status = self.after_step(*self.train_step(episodes), rng_state)
+                progress.update(bar, completed=self.step, status=status)
                 if self.interrupted:
-                    if self.saved_at != self.step:
-                        self.save(best=False, rng_state=rng_state)
+                    self.save_unsaved(rng_state)
                     return
 
-    @contextmanager
-    def interrupt_after_the_step(self, progress: Progress, bar: TaskID) -> Iterator[None]:
-        """Ctrl-C (SIGINT) lets the step under way end, and `steps` saves it and stops: no step
-        is lost. A second Ctrl-C stops at once (KeyboardInterrupt), keeping the last checkpoint.
-        Signal handlers belong to the main thread: elsewhere, Ctrl-C is the caller's."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
+    def validate_untrained(self) -> None:
+        """A new run's first validation, of the untrained model: the curve's first point."""
+        if not self.restored:
+            self.validate_and_save(self.rng.bit_generator.state)
 
-        def interrupt(signum: int, frame: FrameType | None) -> None:
+    def interrupt_after_the_step(self, progress: Progress, bar: TaskID) -> AbstractContextManager:
+        """Ctrl-C lets the step under way end, and `steps` saves it and stops: no step is lost."""
+
+        def interrupt() -> None:
             self.interrupted = True
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            # shown by the progress display's own thread: nothing printed in a signal handler
             progress.update(bar, status="Ctrl-C: stopping once this step is done and saved")
 
-        previous = signal.signal(signal.SIGINT, interrupt)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
+        return on_first_interrupt(interrupt)
 
     def stop_tensorboard(self) -> None:
         if self.tensorboard is not None:
