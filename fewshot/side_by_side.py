@@ -55,6 +55,15 @@ from sact.fewshot.training import (
 )
 
 SHAPE_FIELDS = ("way", "shot", "query", "tasks_per_batch")  # one episode shape for every run
+# the device types on which `sact sweep --side-by-side auto` trains side by side: those where it
+# was measured faster than one by one (the CPU: bench/sweep.py; CUDA: bench/gpu.py's sweep part;
+# docs/SWEEP.md, "Side by side"); none yet
+AUTO_ON: frozenset[str] = frozenset()
+
+
+def side_by_side_on(choice: str, device: torch.device) -> bool:
+    """Whether `--side-by-side` `choice` (auto, on or off) trains side by side on `device`."""
+    return choice == "on" or (choice == "auto" and device.type in AUTO_ON)
 
 
 def draws_random_numbers(model: FewShotHead) -> bool:

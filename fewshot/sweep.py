@@ -15,7 +15,10 @@ without reading features. A half-trained run resumes from its last checkpoint (`
 asks is refused in one line naming the field, never reused.
 
 On one device the runs of a process share the features they train on: the train and val splits are
-loaded once (fewshot/features.py, `features_shared`), not once per run.
+loaded once (fewshot/features.py, `features_shared`), not once per run. With `--side-by-side on`
+each variant's seeds also train side by side in one process, one stacked step for all of them
+(fewshot/side_by_side.py); `auto` does where that was measured faster (docs/SWEEP.md, "Side by
+side").
 
 Several processes: each run is claimed before it is trained (common/claims.py, in OUT/.claims/),
 so processes sharing OUT never train the same run. Under torchrun (`torchrun --nproc-per-node G
@@ -64,6 +67,7 @@ from sact.fewshot.precision import resolve_precision
 from sact.fewshot.records import run_records, weights_digest
 from sact.fewshot.report import Report, build_report, report_json, report_markdown, report_table
 from sact.fewshot.selection import select_checkpoint
+from sact.fewshot.side_by_side import side_by_side_on, train_side_by_side
 from sact.fewshot.sweep_config import (
     Published,
     Recipe,
@@ -430,12 +434,32 @@ def prepare(config: SweepConfig, job: Job, console: Console | None) -> None:
         raise SweepError("rank 0 could not prepare the sweep; its error is in its log")
 
 
-def run_one(run: SweepRun, digests: Sequence[str], console: Console | None) -> None:
-    """Train (or resume) the run, then score it on the sweep's episodes, each unless done."""
-    if not trained(run):
-        train(replace(run.train, resume=(run.folder / CONFIG_FILE).exists()), console=console)
-    if not evaluated(run, digests):
-        evaluate(checked(run.evaluation), console=console)
+def groups(runs: Sequence[SweepRun], side_by_side: bool) -> list[list[SweepRun]]:
+    """The runs in the order they are made: side by side, each variant's seeds together (they
+    share one architecture); otherwise one by one."""
+    if not side_by_side:
+        return [[run] for run in runs]
+    by_variant: dict[str, list[SweepRun]] = {}
+    for run in runs:
+        by_variant.setdefault(run.variant.name, []).append(run)
+    return list(by_variant.values())
+
+
+def run_group(group: Sequence[SweepRun], digests: Sequence[str], console: Console | None) -> None:
+    """Train (or resume) the runs, side by side when there are several, then score each on the
+    sweep's episodes, each unless done."""
+    to_train = [
+        replace(run.train, resume=(run.folder / CONFIG_FILE).exists())
+        for run in group
+        if not trained(run)
+    ]
+    if len(to_train) > 1:
+        train_side_by_side(to_train, console)
+    elif to_train:
+        train(to_train[0], console=console)
+    for run in group:
+        if not evaluated(run, digests):
+            evaluate(checked(run.evaluation), console=console)
 
 
 def run_sweep(
@@ -464,17 +488,26 @@ def run_sweep(
         claims = ClaimBook(
             zarr.open_group(zarr.storage.LocalStore(out / CLAIMS_FOLDER), mode="a"), CLAIMS_SCOPE
         )
+        side_by_side = side_by_side_on(config.side_by_side, device)
         with claims.keep_alive(), features_shared():
-            for number, run in enumerate(runs, start=1):
-                if (trained(run) and evaluated(run, digests)) or not claims.try_claim(run.name):
+            for group in groups(runs, side_by_side):
+                unfinished = [
+                    run for run in group if not (trained(run) and evaluated(run, digests))
+                ]
+                mine = [run for run in unfinished if claims.try_claim(run.name)]
+                if not mine:
                     continue
                 try:
                     if console is not None:
                         where = f" (rank {rank.rank})" if rank.distributed else ""
-                        console.rule(f"[bold]run {number}/{len(runs)}: {run.name}{where}")
-                    run_one(run, digests, console)
+                        numbers = ", ".join(str(runs.index(run) + 1) for run in mine)
+                        names = ", ".join(run.name for run in mine)
+                        plural = "s" if len(mine) > 1 else ""
+                        console.rule(f"[bold]run{plural} {numbers}/{len(runs)}: {names}{where}")
+                    run_group(mine, digests, console)
                 finally:
-                    claims.release(run.name)
+                    for run in mine:
+                        claims.release(run.name)
         job.wait_for_all()
     if not rank.is_main:
         return None

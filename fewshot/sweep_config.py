@@ -69,6 +69,7 @@ VARIANTS = (
 )
 # the paper's comparison (issue 21): SA-CT, its two ablations and the two strongest baselines
 DEFAULT_VARIANTS = ("sact", "sact-no-tmixer", "sact-no-cpe", "trx-grid", "protonet")
+SIDE_BY_SIDE = ("auto", "on", "off")
 
 
 def variant_names() -> list[str]:
@@ -196,6 +197,12 @@ class SweepConfig:
     out: str = option("sweep", help="The sweep's folder: runs/, the test episodes, the report.")
     recipe: str | None = option(None, help="A published benchmark's recipe (see --list).")
     device: str = option("auto", help=DEVICE_HELP + " (under torchrun: each rank's GPU)")
+    side_by_side: str = option(
+        "auto",
+        help="Train each variant's seeds side by side in one process, one step for all of them "
+        "(fewshot/side_by_side.py): on, off, or auto: on only where bench/sweep.py (CPU) or "
+        "bench/gpu.py (CUDA) measured it faster; docs/SWEEP.md, 'Side by side'.",
+    )
     # every run's training and scoring, but for what the fields above and the variant set
     training: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
@@ -260,6 +267,10 @@ class SweepConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise SweepError(f"--{name} must be at least 1, got {value}")
+        if self.side_by_side not in SIDE_BY_SIDE:
+            raise SweepError(
+                f"--side-by-side must be {one_of(SIDE_BY_SIDE)}, got {self.side_by_side!r}"
+            )
         if self.evaluation.checkpoint not in CHECKPOINTS:
             raise SweepError(
                 f"[evaluate] checkpoint must be {one_of(CHECKPOINTS)}, got "

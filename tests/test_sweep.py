@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from sact.cli import app
 from sact.fewshot.sweep_config import variant as registered_variant
+from sact.fewshot.training import read_metrics
 
 runner = CliRunner()
 SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "sweep.schema.json"
@@ -186,6 +187,39 @@ def test_two_torchrun_ranks_give_the_table_of_one_process(swept: Path, tmp_path:
     claims = folder / "s/.claims/.sact-claims/runs"
     holders = {json.loads(path.read_text())["holder"]["pid"] for path in claims.glob("*/*.json")}
     assert len(list(claims.glob("*/*.json"))) == len(RUNS) and len(holders) == 2
+
+
+def test_a_sweep_side_by_side_scores_its_runs_as_one_by_one(
+    swept: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--side-by-side on`: each variant's two seeds train in one process, one stacked step for
+    both (fewshot/side_by_side.py); within float32 rounding of the runs made one by one, which
+    on this tiny task leaves every validation and every test episode's verdict as it was."""
+    torch.set_num_threads(1)
+    monkeypatch.chdir(swept)
+    result = runner.invoke(
+        app, ["sweep", "--file", "sweep.toml", "--out", "side", "--side-by-side", "on"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.count("2 runs train side by side") == len(VARIANT_OPTIONS)
+
+    def verdicts(folder: Path) -> dict[str, Any]:
+        return {
+            run: (
+                [r for r in read_metrics(folder / run / "metrics.jsonl") if "val_accuracy" in r],
+                saved_runs(folder)[f"{run}/correct"],
+            )
+            for run in RUNS
+        }
+
+    assert verdicts(swept / "side/runs") == verdicts(swept / "sweep/runs")
+    again = runner.invoke(
+        app, ["sweep", "--file", "sweep.toml", "--out", "side", "--side-by-side", "on"]
+    )
+    assert again.exit_code == 0 and "side by side" not in again.output  # nothing left to do
+    bad = runner.invoke(app, ["sweep", "--file", "sweep.toml", "--side-by-side", "maybe"])
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1
+    assert "--side-by-side must be auto, on or off" in bad.output
 
 
 def test_a_run_trained_otherwise_is_refused_in_one_line(
