@@ -10,7 +10,7 @@ convolution computes on operands rounded to TF32's 10-bit mantissa (weights once
 arrive), products summed in float32, as tensor cores do (bench/precision.py's rounding); layers
 under half-precision autocast are left to autocast. On CUDA they run on the tensor cores.
 
-    .venv/bin/python bench/flips.py sact-demo/motion/runs/sact/seed0 [RUN...] [--episodes 1000]
+    .venv/bin/python bench/flips.py sact-demo/motion/runs/sact-seed0 [RUN...] [--episodes 1000]
 
 CPU autocast is a proxy for CUDA's (same op lists, same output dtypes). bench/model.py runs the
 same measurement on a run it trains itself.

@@ -3,14 +3,17 @@
 For each task (demo/synthetic.py, TASKS):
 
     generate videos ─▶ sact extract (a small random-init timm backbone)
-        ─▶ sact train: every variant of VARIANTS, once per training seed, on the same store
-        ─▶ sact evaluate: every run on identical test episodes (kept in each run's evaluations/)
-        ─▶ sact report: mean over seeds, spread between seeds, paired differences to SA-CT,
-           beside the ranking the task's structure predicts (TASKS_PREDICTED, written before the
-           first run)
+        ─▶ sact sweep over the task's store: every variant of VARIANTS, once per training seed,
+           each run trained and scored on identical test episodes (fewshot/sweep.py; its runs in
+           <task>/runs/<variant>-seed<k>/, its cost table printed first)
+        ─▶ sact report's numbers (mean over seeds, spread between seeds, paired differences to
+           SA-CT) beside the ranking the task's structure predicts (TASKS_PREDICTED, written before
+           the first run)
 
 Every stage is the library's own entry point, called as the command line calls it, and every stage
-resumes: run the same command again after a kill and finished work is skipped.
+resumes: run the same command again after a kill and finished work is skipped (the sweep's own
+resume). A task folder written by the demo before it was a sweep (runs/<variant>/seed<k>/) is
+refused in one line rather than mixed with the sweep's layout.
 
 The defaults were chosen so a task (8 variants, 7 of them trained, one seed each) finishes in a
 few minutes on two CPU cores, and all four tasks with three seeds in about an hour (README.md holds
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +42,9 @@ from sact.demo.synthetic import TASKS, SyntheticDatasetConfig, make_synthetic_da
 from sact.explain import explain
 from sact.extract.pipeline import ExtractConfig, run_extraction
 from sact.fewshot.config import ExplainConfig
-from sact.fewshot.evaluation import evaluate
-from sact.fewshot.report import Report, ReportRow, build_report, report_json
-from sact.fewshot.sweep_config import VARIANTS, Variant
-from sact.fewshot.training import CONFIG_FILE, TrainConfig, train
+from sact.fewshot.report import Report, ReportRow, report_json
+from sact.fewshot.sweep import RUNS_FOLDER, plan, run_sweep
+from sact.fewshot.sweep_config import VARIANTS, SweepConfig, Variant, variant
 
 RESULTS_FILE = "demo.json"
 MARKDOWN_FILE = "demo.md"
@@ -216,72 +218,52 @@ def extract(config: DemoConfig, dataset: Path, folder: Path, console: Console) -
     return store
 
 
-def run_folder(folder: Path, variant: Variant, seed: int) -> Path:
-    return folder / "runs" / variant.name / f"seed{seed}"
-
-
-def train_config(
-    config: DemoConfig, variant: Variant, seed: int, dataset: Path, store: str, run_dir: Path
-) -> TrainConfig:
-    """The same budget, learning rate and episodes for every variant; only the seed differs
-    between a variant's runs."""
-    base = replace(
-        config.training,
+def sweep_config(config: DemoConfig, dataset: Path, store: str, folder: Path) -> SweepConfig:
+    """The task's sweep: every variant of VARIANTS on the task's store and split, with the demo's
+    seeds (config.seed, config.seed + 1, ...; the nearest mean once), budget and scoring, its
+    runs and test episodes under `folder`."""
+    return SweepConfig(
         feats=store,
         split=str(dataset),
-        model=variant.model,
-        d_k=config.training.d_k if variant.model != "nearest-mean" else None,
-        out=str(run_dir),
-        seed=config.seed + seed,
+        variants=tuple(one.name for one in VARIANTS),
+        seeds=config.seeds,
+        seed=config.seed,
+        shots=config.evaluation.shots,
+        out=str(folder),
         device=config.device,
-        resume=(run_dir / CONFIG_FILE).exists(),
+        training=config.training,
+        evaluation=config.evaluation,
     )
-    return replace(base, **dict(variant.changes))
 
 
-def seeds_of(config: DemoConfig, variant: Variant) -> range:
-    """A model with nothing to train gives the same run for every seed: one is enough."""
-    return range(1) if variant.model == "nearest-mean" else range(config.seeds)
-
-
-def train_variants(
-    config: DemoConfig, dataset: Path, store: str, folder: Path, console: Console
-) -> list[Path]:
-    """Every variant, once per seed; a run already there is resumed (or kept)."""
-    runs = []
-    for variant in VARIANTS:
-        for seed in seeds_of(config, variant):
-            run_dir = run_folder(folder, variant, seed)
-            console.print(f"[bold]{variant.label}[/], seed {config.seed + seed}")
-            try:
-                train(train_config(config, variant, seed, dataset, store, run_dir), console=console)
-            except Interrupted as interrupted:  # the demo continues the run itself
-                raise Interrupted(
-                    interrupted.what, "run the same sact demo command again to continue"
-                ) from interrupted
-            runs.append(run_dir)
-    return runs
-
-
-def evaluate_runs(config: DemoConfig, runs: list[Path], folder: Path, console: Console) -> None:
-    """Every run on the task's test episodes, drawn once and kept in test_episodes.json."""
-    for run_dir in runs:
-        evaluate(
-            replace(
-                config.evaluation,
-                run=str(run_dir),
-                seed=config.seed,
-                device=config.device,
-                episodes_file=str(folder / "test_episodes.json"),
-            ),
-            console=console,
+def refuse_the_old_layout(folder: Path) -> None:
+    """A task folder of the demo before it was a sweep holds runs/<variant>/seed<k>/: refused
+    rather than trained again beside it in the sweep's runs/<variant>-seed<k>/."""
+    old = [one.name for one in VARIANTS if (folder / RUNS_FOLDER / one.name).is_dir()]
+    if old:
+        raise DemoError(
+            f"{folder / RUNS_FOLDER / old[0]} is a run of an older sact demo "
+            "(runs/<variant>/seed<k>/); move it away or give the demo another --out"
         )
 
 
+def sweep_task(config: SweepConfig, console: Console) -> Report:
+    """Train and score every run of the task's sweep (what is done is kept); its report."""
+    try:
+        result = run_sweep(config, console=console)
+    except Interrupted as interrupted:  # the demo continues the sweep itself
+        raise Interrupted(
+            interrupted.what, "run the same sact demo command again to continue"
+        ) from interrupted
+    if result is None:  # a torchrun rank other than 0: the demo runs in one process
+        raise DemoError("sact demo runs in one process, not under torchrun")
+    return result.report
+
+
 def variant_of(row: ReportRow) -> Variant:
-    """The variant whose runs a report row holds (the runs' folder names it)."""
-    name = Path(row.runs[0]).parent.name
-    return next(variant for variant in VARIANTS if variant.name == name)
+    """The variant whose runs a report row holds (the sweep names each run's folder
+    <variant>-seed<k>)."""
+    return variant(Path(row.runs[0]).name.rsplit("-seed", 1)[0])
 
 
 @dataclass(frozen=True)
@@ -376,6 +358,7 @@ def pick_explained_pair(dataset: Path) -> tuple[str, str]:
 
 def run_task(config: DemoConfig, task: str, console: Console) -> TaskResult:
     folder = config.out / task
+    refuse_the_old_layout(folder)
     folder.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
@@ -391,24 +374,30 @@ def run_task(config: DemoConfig, task: str, console: Console) -> TaskResult:
     store = extract(config, dataset, folder, console)
     seconds["extract"] = time.perf_counter() - mark
 
-    _stage(console, f"{task} 3/5 train {len(VARIANTS)} variants × {config.seeds} seed(s)")
+    _stage(
+        console,
+        f"{task} 3/5 sweep: train {len(VARIANTS)} variants × {config.seeds} seed(s), score each "
+        "on identical test episodes",
+    )
     mark = time.perf_counter()
-    runs = train_variants(config, dataset, store, folder, console)
-    seconds["train"] = time.perf_counter() - mark
+    sweep = sweep_config(config, dataset, store, folder)
+    report = sweep_task(sweep, console)
+    seconds["sweep"] = time.perf_counter() - mark
 
-    _stage(console, f"{task} 4/5 evaluate every run on identical test episodes")
-    mark = time.perf_counter()
-    evaluate_runs(config, runs, folder, console)
-    report = build_report(runs)
+    _stage(console, f"{task} 4/5 compare with the predicted ranking")
     ranking = compare_to_prediction(report, task)
-    seconds["evaluate"] = time.perf_counter() - mark
+    runs = plan(sweep)
 
     _stage(console, f"{task} 5/5 draw SA-CT's attention")
     mark = time.perf_counter()
     query, support = pick_explained_pair(dataset)
-    sact_run = run_folder(folder, VARIANTS[0], 0)
     attention_png = explain(
-        ExplainConfig(run=sact_run, query=query, support=support, out=folder / "attention.png")
+        ExplainConfig(
+            run=runs[0].folder,  # the sweep's first: SA-CT, the first seed
+            query=query,
+            support=support,
+            out=folder / "attention.png",
+        )
     )
     seconds["explain"] = time.perf_counter() - mark
     seconds["total"] = time.perf_counter() - started
@@ -421,9 +410,9 @@ def run_task(config: DemoConfig, task: str, console: Console) -> TaskResult:
         figures={
             "attention": str(attention_png),
             **{
-                f"training_curve_{Path(run).parent.name}": str(Path(run) / "training_curve.png")
+                f"training_curve_{run.variant.name}": str(run.folder / "training_curve.png")
                 for run in runs
-                if Path(run).name == "seed0"
+                if run.seed == config.seed
             },
         },
         seconds={stage: round(value, 1) for stage, value in seconds.items()},
@@ -431,7 +420,7 @@ def run_task(config: DemoConfig, task: str, console: Console) -> TaskResult:
 
 
 def run_demo(config: DemoConfig, console: Console | None = None) -> DemoResult:
-    """Every asked task: generate, extract, train every variant per seed, evaluate, report."""
+    """Every asked task: generate, extract, sweep every variant per seed, report."""
     console = console or Console(stderr=True)
     if config.seeds < 1:
         raise DemoError(f"--seeds must be at least 1, got {config.seeds}")

@@ -347,6 +347,7 @@ def cost(
 
 @dataclass(frozen=True)
 class SweepResult:
+    report: Report  # `sact report`'s numbers, rows in the sweep's variant order
     data: dict[str, Any]  # what report.json holds
     tables: list[Table]
     markdown: Path
@@ -414,7 +415,7 @@ def report(config: SweepConfig, runs: Sequence[SweepRun]) -> SweepResult:
     markdown_path, json_path = out / REPORT_MARKDOWN, out / REPORT_JSON
     write_text_atomic(markdown_path, markdown)
     write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
-    return SweepResult(result, tables, markdown_path, json_path)
+    return SweepResult(built, result, tables, markdown_path, json_path)
 
 
 def prepare(config: SweepConfig, job: Job, console: Console | None) -> None:

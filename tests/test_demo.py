@@ -48,7 +48,7 @@ def test_every_variant_and_seed_is_trained_evaluated_and_reported(demo_run) -> N
     assert saved == result.results and set(saved["tasks"]) == {"order"}
     task = saved["tasks"]["order"]
     rows = task["report"]["rows"]
-    names = [Path(row["runs"][0]).parent.name for row in rows]
+    names = [Path(row["runs"][0]).name.rsplit("-seed", 1)[0] for row in rows]
     assert names == [variant.name for variant in VARIANTS]  # SA-CT first: the reference
     for name, row in zip(names, rows, strict=True):
         assert row["seeds"] == ([0] if name == "nearest-mean" else [0, 1])
@@ -109,7 +109,7 @@ def finished_work(task_dir: Path) -> dict[str, int]:
     written = [
         *(task_dir / "dataset").rglob(f"*{DemoConfig.video_suffix}"),
         *(task_dir / "feats.zarr").rglob("*"),
-        *(task_dir / "runs").glob("*/*/checkpoints/*/*"),
+        *(task_dir / "runs").glob("*/checkpoints/*/*"),
     ]
     return {
         str(path): path.stat().st_mtime_ns
@@ -132,3 +132,9 @@ def test_an_unknown_task_or_no_seed_is_refused(tmp_path) -> None:
         run_demo(DemoConfig(out=tmp_path, task="dance"), console=Console(quiet=True))
     with pytest.raises(DemoError, match="--seeds must be at least 1"):
         run_demo(DemoConfig(out=tmp_path, seeds=0), console=Console(quiet=True))
+
+
+def test_a_task_folder_of_the_demo_before_the_sweep_is_refused_in_one_line(tmp_path) -> None:
+    (tmp_path / "order/runs/sact/seed0").mkdir(parents=True)
+    with pytest.raises(DemoError, match=r"order/runs/sact is a run of an older sact demo"):
+        run_demo(DemoConfig(out=tmp_path, task="order"), console=Console(quiet=True))
