@@ -48,7 +48,7 @@ from rich.table import Table
 from sact.common.claims import ClaimBook
 from sact.common.devices import autocast_for, resolve_device, synchronize
 from sact.common.distributed import Job, device_for, joined, rank_from_env
-from sact.common.errors import SactError
+from sact.common.errors import Interrupted, SactError
 from sact.common.files import write_text_atomic
 from sact.common.options import Checked, checked, option_name
 from sact.fewshot.checkpoints import CheckpointError, read_checkpoint
@@ -89,6 +89,8 @@ CLAIMS_SCOPE = "runs"
 PREPARED = "prepared"  # the barrier after rank 0 drew the episodes
 # the timed warm-up: one untimed step (allocation, kernel choice), then these
 WARMUP_STEPS = 3
+# what continues a sweep stopped by Ctrl-C: the sweep resumes the run itself, with the others
+SWEEP_AGAIN = "run the same sact sweep command again to continue"
 
 
 @dataclass(frozen=True)
@@ -454,10 +456,13 @@ def run_group(group: Sequence[SweepRun], digests: Sequence[str], console: Consol
         for run in group
         if not trained(run)
     ]
-    if len(to_train) > 1:
-        train_side_by_side(to_train, console)
-    elif to_train:
-        train(to_train[0], console=console)
+    try:
+        if len(to_train) > 1:
+            train_side_by_side(to_train, console)
+        elif to_train:
+            train(to_train[0], console=console)
+    except Interrupted as interrupted:  # its instruction is `sact train --resume`'s
+        raise Interrupted(interrupted.what, SWEEP_AGAIN) from interrupted
     for run in group:
         if not evaluated(run, digests):
             evaluate(checked(run.evaluation), console=console)

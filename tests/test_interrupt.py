@@ -1,7 +1,8 @@
 """Ctrl-C during `sact train`: a real SIGINT, sent to a `sact train` process at a seeded step. The
 step under way ends and is saved, one instruction says how to continue, the exit status is 130,
 and the continued run is bitwise the one that was never interrupted (on the CPU). A second Ctrl-C
-stops at once and keeps the last checkpoint, which resumes bitwise too."""
+stops at once and keeps the last checkpoint, which resumes bitwise too. Within `sact sweep` the
+instruction is the sweep's, and the sweep run again continues the run bitwise."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pytest
 
 from sact.fewshot.checkpoints import read_checkpoint
 from sact.fewshot.selection import select_checkpoint
+from sact.fewshot.sweep import SWEEP_AGAIN, run_sweep
+from sact.fewshot.sweep_config import resolve_sweep
 from sact.fewshot.training import METRICS_FILE, TrainConfig, read_metrics, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -50,6 +53,20 @@ def options(store) -> dict[str, object]:
     }  # fmt: skip
 
 
+def sweep_file(store, folder: Path) -> Path:
+    """A sweep of one run, SA-CT seed 0, trained as `whole` (`options`), scored on 20 episodes."""
+    train = {k: v for k, v in options(store).items() if k not in ("feats", "split", "iterations",
+                                                                  "device")}  # fmt: skip
+    path = folder / "sweep.toml"
+    path.write_text(
+        f'feats = "{store.location}"\nsplit = "{store.split}"\nvariants = ["sact"]\nseeds = 1\n'
+        f'shots = [1]\nsteps = {ITERATIONS}\nepisodes = 20\ndevice = "cpu"\n\n[train]\n'
+        + "".join(f"{key} = {value}\n" for key, value in train.items())
+        + "\n[evaluate]\nway = 3\n"
+    )
+    return path
+
+
 def command_line(store, run: Path) -> list[str]:
     arguments = ["train", "--out", str(run)]
     for name, value in options(store).items():
@@ -75,12 +92,17 @@ def seeded_step() -> int:
     return int(np.random.default_rng(24).choice(between))
 
 
-def interrupted(store, run: Path, *, stop: int, presses: int) -> subprocess.CompletedProcess[str]:
+def pressed(arguments: list[str], *, stop: int, presses: int) -> subprocess.CompletedProcess[str]:
+    """`sact ARGUMENTS` in a process of its own, Ctrl-C pressed `presses` times during step
+    `stop`."""
     return subprocess.run(
-        [sys.executable, "-c", PRESSED_DURING_A_STEP, str(stop), str(presses),
-         *command_line(store, run)],
+        [sys.executable, "-c", PRESSED_DURING_A_STEP, str(stop), str(presses), *arguments],
         capture_output=True, text=True, timeout=600, env=os.environ,
     )  # fmt: skip
+
+
+def interrupted(store, run: Path, *, stop: int, presses: int) -> subprocess.CompletedProcess[str]:
+    return pressed(command_line(store, run), stop=stop, presses=presses)
 
 
 def assert_same_run(run: Path, whole: Path) -> None:
@@ -135,4 +157,22 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(
     assert read_checkpoint(run / "checkpoints/last").step == validated
 
     resume(run)
+    assert_same_run(run, whole)
+
+
+def test_ctrl_c_in_a_sweep_says_to_run_the_sweep_again_which_continues_bitwise(
+    synthetic_store, whole, tmp_path
+):
+    stop, file, out = seeded_step(), sweep_file(synthetic_store, tmp_path), tmp_path / "sweep"
+    completed = pressed(["sweep", "--file", str(file), "--out", str(out)], stop=stop, presses=1)
+    assert completed.returncode == SIGINT_STATUS, completed.stderr
+    run = out / "runs/sact-seed0"
+    instructions = [line for line in completed.stderr.splitlines() if "continue" in line]
+    assert instructions == [
+        f"interrupted: step {stop} of {ITERATIONS} saved in {run / 'checkpoints/last'}; "
+        f"{SWEEP_AGAIN}"
+    ], completed.stderr
+    assert "--resume" not in completed.stderr
+
+    run_sweep(resolve_sweep({"out": str(out)}, file=file))  # the same sweep again
     assert_same_run(run, whole)
