@@ -50,7 +50,7 @@ from sact.fewshot.episodes import (
     resolve_split,
     save_episodes,
 )
-from sact.fewshot.features import SplitFeatures
+from sact.fewshot.features import sharing_features, split_features
 from sact.fewshot.precision import resolve_precision, resolved_name
 from sact.fewshot.records import record_name, weights_digest, write_record
 from sact.fewshot.selection import Selected, select_checkpoint, select_folder
@@ -277,13 +277,18 @@ def score(
     device = resolve_device(config.device)
     autocast = resolve_precision(config.precision, device)
     model = scored.checkpoint.build().to(device)
+    # Alone, each video is read once per view to be embedded: nothing to keep. Within a sweep
+    # (`features_shared`) every run scores the same videos: they are read once, kept in host
+    # memory (off the GPU, which the runs still to train need) and embedded by each run's model.
+    cache_gb = None if sharing_features() else 0.0
     per_view = [
-        SplitFeatures(
+        split_features(
             scored.feature_set,
             scored.pool,
             frames=scored.checkpoint.model_config["frames"],
             device=device,
-            cache_gb=0.0,  # each video is read once per view to be embedded: nothing to keep
+            cache_gb=cache_gb,
+            device_tier=False,
             views=(view,),
         )
         for view in views

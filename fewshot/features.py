@@ -458,6 +458,11 @@ def features_shared() -> Iterator[None]:
         _SHARED.reset(token)
 
 
+def sharing_features() -> bool:
+    """Whether this is within `features_shared`: a split loaded now serves later runs too."""
+    return _SHARED.get() is not None
+
+
 def split_features(
     feature_set: FeatureSet, pool: VideoPool, *, console: Console | None = None, **options: Any
 ) -> SplitFeatures:

@@ -14,11 +14,13 @@ without reading features. A half-trained run resumes from its last checkpoint (`
 --resume`: bitwise on the CPU). A run folder whose saved config differs from the run the sweep
 asks is refused in one line naming the field, never reused.
 
-On one device the runs of a process share the features they train on: the train and val splits are
-loaded once (fewshot/features.py, `features_shared`), not once per run. With `--side-by-side on`
-each variant's seeds also train side by side in one process, one stacked step for all of them
-(fewshot/side_by_side.py); `auto` does where that was measured faster (docs/SWEEP.md, "Side by
-side").
+On one device the runs of a process share the features they read: the train and val splits are
+loaded once (fewshot/features.py, `features_shared`), not once per run, and so is the test split,
+kept in host memory for each run's model to embed (fewshot/evaluation.py, `score`). With
+`--side-by-side on` each variant's seeds also train side by side in one process, one stacked step
+for all of them (fewshot/side_by_side.py); `auto` does where that was measured faster
+(docs/SWEEP.md, "Side by side"). Ctrl-C saves the step under way and says to run the same sweep
+again (not `sact train --resume`).
 
 Several processes: each run is claimed before it is trained (common/claims.py, in OUT/.claims/),
 so processes sharing OUT never train the same run. Under torchrun (`torchrun --nproc-per-node G

@@ -12,6 +12,9 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +25,11 @@ import torch
 from typer.testing import CliRunner
 
 from sact.cli import app
+from sact.fewshot.episodes import build_pool, resolve_split
 from sact.fewshot.sweep_config import variant as registered_variant
 from sact.fewshot.training import read_metrics
+from sact.store.backends import open_feature_set
+from sact.store.feature_set import FeatureSet
 
 runner = CliRunner()
 SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "sweep.schema.json"
@@ -83,8 +89,31 @@ def environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in torchrun} | {"OMP_NUM_THREADS": "1"}
 
 
+@contextmanager
+def counting_reads(reads: Counter[int]) -> Iterator[None]:
+    """Within the block, every video read from any feature set is counted in `reads` by its
+    store index."""
+    read = FeatureSet.read
+
+    def counted(self: FeatureSet, indices: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+        reads.update(np.asarray(indices).ravel().tolist())
+        return read(self, indices, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(FeatureSet, "read", counted)
+        yield
+
+
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory, synthetic_store) -> Path:
+def sweep_reads() -> Counter[int]:
+    """How many times the sweep of `swept` read each video of its store, by store index."""
+    return Counter()
+
+
+@pytest.fixture(scope="module")
+def swept(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_store, sweep_reads: Counter[int]
+) -> Path:
     """The sweep run once in this process, on one torch thread, into sweep/."""
     folder = sweep_folder(tmp_path_factory.mktemp("sweep"), synthetic_store.location)
     threads = torch.get_num_threads()
@@ -92,7 +121,10 @@ def swept(tmp_path_factory: pytest.TempPathFactory, synthetic_store) -> Path:
     cwd = Path.cwd()
     os.chdir(folder)
     try:
-        result = runner.invoke(app, ["sweep", "--file", "sweep.toml", "--out", "sweep", "--json"])
+        with counting_reads(sweep_reads):
+            result = runner.invoke(
+                app, ["sweep", "--file", "sweep.toml", "--out", "sweep", "--json"]
+            )
     finally:
         os.chdir(cwd)
         torch.set_num_threads(threads)
@@ -123,10 +155,14 @@ def saved_runs(folder: Path) -> dict[str, bytes]:
 
 
 def test_a_sweep_gives_the_table_of_the_runs_made_one_by_one(
-    swept: Path, monkeypatch: pytest.MonkeyPatch
+    swept: Path, sweep_reads: Counter[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     torch.set_num_threads(1)
     monkeypatch.chdir(swept)
+    # the sweep read each test video once for its 6 runs (each run one by one reads it again)
+    feature_set = open_feature_set(str(swept / "feats.zarr"))
+    test = build_pool(feature_set, resolve_split(feature_set, None), "test").store_indices
+    assert [sweep_reads[index] for index in test.tolist()] == [1] * len(test)
     report = json.loads((swept / "sweep/report.json").read_text())
     assert report["variants"] == [registered_variant(name).label for name in VARIANT_OPTIONS]
     assert sorted(path.name for path in (swept / "sweep/runs").iterdir()) == sorted(RUNS)
