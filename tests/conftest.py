@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import pytest
 import torch
 
+from sact.common.errors import Interrupted
+from sact.fewshot.training import Trainer
 from sact.testing.stores import write_split_lists, write_synthetic_store
 from sact.testing.videos import write_corrupt_files, write_video_folder
 from tests.faults.s3 import local_s3_server, make_bucket, s3_environment
@@ -32,6 +35,27 @@ def _torch_threads_restored(_session_torch_threads):
     it in the last bits, and tests compare in-process runs with `sact` subprocesses bit for bit."""
     yield
     torch.set_num_threads(_session_torch_threads)
+
+
+@pytest.fixture
+def ctrl_c_at_step() -> Callable[[int], AbstractContextManager[None]]:
+    """`with ctrl_c_at_step(7): train(...)`: training raises KeyboardInterrupt, as Ctrl-C does,
+    when step 7 begins, and the block must end in `Interrupted`; the step is as it was after."""
+
+    @contextmanager
+    def interrupted_at(step: int) -> Iterator[None]:
+        original_step = Trainer.train_step
+
+        def step_or_ctrl_c(self: Trainer, tasks: Any) -> Any:
+            if self.step == step - 1:  # `self.step` counts the steps done
+                raise KeyboardInterrupt
+            return original_step(self, tasks)
+
+        with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
+            patch.setattr(Trainer, "train_step", step_or_ctrl_c)
+            yield
+
+    return interrupted_at
 
 
 @pytest.fixture

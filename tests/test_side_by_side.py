@@ -7,12 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sact.common.errors import Interrupted
 from sact.fewshot.checkpoints import build_model, read_checkpoint
 from sact.fewshot.config import EvalConfig
 from sact.fewshot.evaluation import evaluate
 from sact.fewshot.side_by_side import draws_random_numbers, train_side_by_side
-from sact.fewshot.training import Trainer, read_metrics, train
+from sact.fewshot.training import read_metrics, train
 from tests.test_training import tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -47,7 +46,7 @@ def validations(run) -> list[tuple[int, float]]:
             if "val_accuracy" in r]  # fmt: skip
 
 
-def test_a_run_alone_stops_at_step_4_and_the_group_resumes_it(store, tmp_path, monkeypatch):
+def test_a_run_alone_stops_at_step_4_and_the_group_resumes_it(store, tmp_path, ctrl_c_at_step):
     """Not bitwise (see WEIGHT_TOLERANCE, ZERO_GRADIENT): the same validations, best steps and
     test accuracy, and the weights within the tolerances, for a group whose runs start in three
     states: one finished alone (seed 0), one killed alone after its step-4 checkpoint (seed 1),
@@ -57,17 +56,8 @@ def test_a_run_alone_stops_at_step_4_and_the_group_resumes_it(store, tmp_path, m
         train(tiny(store, alone[seed], seed=seed))
     grouped = {seed: tmp_path / f"grouped{seed}" for seed in SEEDS}
     train(tiny(store, grouped[0], seed=0))
-    original_step = Trainer.train_step
-
-    def killed_at_step_7(self, tasks):
-        if self.step == 6:
-            raise KeyboardInterrupt
-        return original_step(self, tasks)
-
-    monkeypatch.setattr(Trainer, "train_step", killed_at_step_7)
-    with pytest.raises(Interrupted):
+    with ctrl_c_at_step(7):
         train(tiny(store, grouped[1], seed=1))
-    monkeypatch.undo()
     assert read_checkpoint(grouped[1] / "checkpoints/last").step == 4
 
     configs = [tiny(store, grouped[seed], seed=seed, resume=seed < 2) for seed in SEEDS]

@@ -134,23 +134,15 @@ def weights(run) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("model", ["sact", "trx"])
-def test_resume_after_a_kill_equals_an_uninterrupted_run(store, tmp_path, monkeypatch, model):
+def test_resume_after_a_kill_equals_an_uninterrupted_run(store, tmp_path, ctrl_c_at_step, model):
     options = {"d_k": 16} if model == "trx" else {}
     whole = train(tiny(store, tmp_path / "whole", model=model, **options))
 
-    original_step = Trainer.train_step
-
-    def killed_at_step_7(self, tasks):
-        if self.step == 6:  # after the checkpoint at step 4: steps 5 and 6 must be redone
-            raise KeyboardInterrupt
-        return original_step(self, tasks)
-
-    monkeypatch.setattr(Trainer, "train_step", killed_at_step_7)
-    # the interrupted run streams its features: prefetching must not change what is drawn
-    with pytest.raises(Interrupted):
+    # after the checkpoint at step 4: steps 5 and 6 must be redone; the interrupted run streams
+    # its features: prefetching must not change what is drawn
+    with ctrl_c_at_step(7):
         train(tiny(store, tmp_path / "cut", model=model, cache_gb=0.0, **options))
     assert read_checkpoint(tmp_path / "cut/checkpoints/last").step == 4
-    monkeypatch.setattr(Trainer, "train_step", original_step)
     resumed = train(TrainConfig(feats="", out=str(tmp_path / "cut"), resume=True, device="cpu"))
 
     assert resumed.steps == whole.steps == 12
@@ -269,23 +261,14 @@ def saved_scaler_state(run) -> dict:
     [(torch.bfloat16, torch.float16), (torch.float16, torch.bfloat16)],
 )
 def test_a_checkpoint_resumes_under_the_other_half_precision(
-    store, tmp_path, monkeypatch, saved_under, resumed_under
+    store, tmp_path, monkeypatch, ctrl_c_at_step, saved_under, resumed_under
 ):
-    original_step = Trainer.train_step
-
-    def killed_at_step_3(self, tasks):
-        if self.step == 2:
-            raise KeyboardInterrupt
-        return original_step(self, tasks)
-
-    monkeypatch.setattr(Trainer, "train_step", killed_at_step_3)
     monkeypatch.setattr("sact.fewshot.training.resolve_precision", half_keys(saved_under))
-    with pytest.raises(Interrupted):
+    with ctrl_c_at_step(3):
         train(tiny(store, tmp_path / "run", iterations=4, val_every=2))
     # bfloat16 needs no loss scaling: its disabled scaler saves an empty state
     assert bool(saved_scaler_state(tmp_path / "run")) == (saved_under == torch.float16)
 
-    monkeypatch.setattr(Trainer, "train_step", original_step)
     monkeypatch.setattr("sact.fewshot.training.resolve_precision", half_keys(resumed_under))
     resumed = train(TrainConfig(feats="", out=str(tmp_path / "run"), resume=True, device="cpu"))
     assert resumed.steps == 4
@@ -398,7 +381,7 @@ def view_store(synthetic_store, tmp_path_factory):
 
 
 def test_views_are_drawn_per_video_seeded_recorded_and_resume_bit_for_bit(
-    view_store, tmp_path, monkeypatch
+    view_store, tmp_path, monkeypatch, ctrl_c_at_step
 ):
     drawn: list[np.ndarray] = []
     original_videos = SplitFeatures.videos
@@ -415,17 +398,8 @@ def test_views_are_drawn_per_video_seeded_recorded_and_resume_bit_for_bit(
     assert set(np.concatenate(drawn).tolist()) == {0, 1, 2, 3}  # one view per video, all used
     monkeypatch.setattr(SplitFeatures, "videos", original_videos)
 
-    original_step = Trainer.train_step
-
-    def killed_at_step_7(self, tasks):
-        if self.step == 6:
-            raise KeyboardInterrupt
-        return original_step(self, tasks)
-
-    monkeypatch.setattr(Trainer, "train_step", killed_at_step_7)
-    with pytest.raises(Interrupted):  # streamed: reads per view, in reader threads
+    with ctrl_c_at_step(7):  # streamed: reads per view, in reader threads
         train(tiny(view_store, tmp_path / "cut", cache_gb=0.0))
-    monkeypatch.setattr(Trainer, "train_step", original_step)
     resumed = train(TrainConfig(feats="", out=str(tmp_path / "cut"), resume=True, device="cpu"))
     assert resumed.best_val_accuracy == whole.best_val_accuracy
     a, b = weights(tmp_path / "whole"), weights(tmp_path / "cut")
