@@ -317,10 +317,10 @@ def test_a_recipe_runs_at_a_tiny_size_with_its_published_numbers_beside(
     assert report["variants"] == [registered_variant(name).label for name in ("sact", "protonet")]
     methods = {m["method"]: m for m in report["published"]["methods"]}
     assert list(methods) == ["TRX", "STRM", "HyRSM", "SA-CT"]
-    assert methods["TRX"]["accuracy"] == {"1": None, "5": 64.6}
-    assert methods["STRM"]["accuracy"] == {"1": None, "5": 68.1}
+    assert methods["TRX"]["accuracy"] == {"1": 42.0, "5": 64.6}
+    assert methods["STRM"]["accuracy"] == {"1": 43.1, "5": 68.1}
     markdown = (tmp_path / "otam/report.md").read_text()
-    assert "| TRX | not reported | 64.6 | Perrett et al." in markdown
+    assert "| TRX | 42.0 | 64.6 | Perrett et al." in markdown
     assert "| SA-CT | " in markdown and "this sweep, 1 seed(s)" in markdown
     # the store is not what the recipe extracts: said, not refused
     assert "note: feature set synthetic has backbone" in result.output
@@ -346,7 +346,10 @@ def test_every_recipe_is_listed_and_reads_as_a_sweep(tmp_path: Path) -> None:
             assert not any(entry.shots.values()) or "https://" in entry.source, entry
     listed = runner.invoke(app, ["sweep", "--list"], terminal_width=400)
     assert listed.exit_code == 0, listed.output
-    assert all(name in listed.output for name in names) and "TRX: 5-shot 64.6" in listed.output
+    assert (
+        all(name in listed.output for name in names)
+        and "TRX: 1-shot 42.0, 5-shot 64.6" in listed.output
+    )
 
 
 @pytest.mark.parametrize(
