@@ -21,10 +21,12 @@ evaluation  bench/evaluate.py's ``measure`` on the store's test split (its video
             shards, as in an OTAM store): read, embed and match timed alone and end to end, before
             and after 10e1c02, 10,000 5-way 5-shot episodes; OTAM's 2,857 videos extrapolated by
             the share of them the split holds (goal 5 s in all, 1 s for the match).
-sweep       bench/sweep.py's ``measure``: the ssv2-otam recipe's 5 variants, one seed (5 of its 15
-            runs), each `scale.steps` steps (eager) and 1,000 test episodes per shot, one by one
-            and by `sact sweep`; the 15-run comparison extrapolated to the recipe's 18,750
-            steps and 10,000 episodes per run (goal 60 min after extraction).
+sweep       bench/sweep.py's ``measure``: the ssv2-otam recipe's 5 variants (`sweep_variants`: the
+            tiny scale runs SA-CT alone), two seeds (10 of its 15 runs), each `scale.steps` steps
+            (eager) and 1,000 test episodes per shot, (a) one by one, (b) by `sact sweep` one
+            after another and (c) side by side (each variant's seeds in one stacked step); the
+            15-run comparison extrapolated to the recipe's 18,750 steps and 10,000 episodes per
+            run, one after another and side by side (goal 60 min after extraction).
 
 The store is a slice of OTAM's split (its classes, fewer videos); the rates extrapolate. The JSON
 is rewritten after each part; a part that fails is recorded and the others go on; a part that
@@ -115,10 +117,11 @@ PART_SECONDS = {
     "training": {"ssv2": 30, "cpu": 60, "tiny": 2},
     "flips": {"ssv2": 20, "cpu": 120, "tiny": 2},
     "evaluation": {"ssv2": 40, "cpu": 240, "tiny": 5},
-    "sweep": {"ssv2": 300, "cpu": 600, "tiny": 30},
+    "sweep": {"ssv2": 450, "cpu": 1200, "tiny": 30},
 }
 FLIP_EPISODES = 1_000
 SWEEP_EPISODES = 1_000  # test episodes per shot of the sweep part's runs
+SWEEP_SEEDS = 2  # of the recipe's 3: the fewest that train side by side
 GiB = 1024**3
 
 
@@ -136,6 +139,7 @@ class Scale:
     eval_videos_per_class: int
     loader_episodes: int  # per tier
     steps: int  # timed training steps (after one warm-up step)
+    sweep_variants: int  # how many of ssv2-otam's variants the sweep part runs, the rest estimated
     eval_episodes: int
     matmul_size: int  # n of the n³ products of `peaks`
 
@@ -152,6 +156,7 @@ SCALES = {
         eval_videos_per_class=20,
         loader_episodes=200,
         steps=60,
+        sweep_variants=5,
         eval_episodes=EVAL_EPISODES,
         matmul_size=8192,
     ),
@@ -167,6 +172,7 @@ SCALES = {
         eval_videos_per_class=20,
         loader_episodes=20,
         steps=2,
+        sweep_variants=5,
         eval_episodes=20,
         matmul_size=1024,
     ),
@@ -181,6 +187,7 @@ SCALES = {
         eval_videos_per_class=10,
         loader_episodes=4,
         steps=3,
+        sweep_variants=1,  # SA-CT: its seeds stack, and the test suite's time is short
         eval_episodes=40,
         matmul_size=256,
     ),
@@ -634,15 +641,17 @@ def evaluation(bench: Bench) -> dict:
 
 
 def sweep(bench: Bench) -> dict:
-    """bench/sweep.py's (a) one by one and (b) `sact sweep` on the stage-2 store: a stated
-    fraction of SSv2-OTAM's comparison (one seed of three, `scale.steps` steps, 1,000 test
-    episodes per shot), extrapolated to the whole of it."""
+    """bench/sweep.py's (a) one by one, (b) `sact sweep` and (c) side by side on the stage-2
+    store: a stated fraction of SSv2-OTAM's comparison (`scale.sweep_variants` of its variants,
+    two seeds of three, the fewest (c) stacks; `scale.steps` steps, 1,000 test episodes per
+    shot), extrapolated to the whole of it."""
     data, scale = bench.data, bench.scale
     recipe = read_recipe("ssv2-otam").sweep
     base = SweepConfig()
     config = replace(
         base, feats=data.feature_set.location, split=str(data.split),
-        variants=tuple(recipe["variants"]), seeds=1, steps=scale.steps,
+        variants=tuple(recipe["variants"][: scale.sweep_variants]), seeds=SWEEP_SEEDS,
+        steps=scale.steps,
         episodes=min(scale.eval_episodes, SWEEP_EPISODES), device=str(bench.device),
         # eager: a compiled step's compile time is paid once per run, over 18,750 steps, not 60
         training=replace(base.training, d_k=scale.d_k, val_every=scale.steps, val_episodes=50,
@@ -769,10 +778,25 @@ def report(results: dict, console: Console) -> None:
             "bitwise" if w["bitwise_same_runs"] else "runs differ",
             f"{w['ratio']:.2f}",
         )
+        closeness = w["side_by_side_closeness"]
         table.add_row(
-            f"SSv2-OTAM comparison, {otam['runs']} runs (train; evaluate), extrapolated",
+            f"sact sweep one after another vs side by side, same {w['runs']} runs, s",
+            f"{w['sweep']['seconds']:.0f} vs {w['side_by_side']['seconds']:.0f}",
+            f"weights ≤ {closeness['largest_weight_difference']:.1e}"
+            + ("" if closeness["same_test_accuracies"] else ", test accuracies differ"),
+            f"{w['side_by_side_ratio']:.2f}",
+        )
+        timed, variants = len(otam["variants_timed"]), otam["variants"]
+        source = "" if timed == variants else f" from {timed} of {variants} variants"
+        table.add_row(
+            f"SSv2-OTAM comparison, {otam['runs']} runs (train; evaluate), extrapolated{source}",
             f"{otam['minutes']:.0f} min ({otam['train_minutes']:.0f}; "
             f"{otam['evaluate_minutes']:.0f})",
+            f"goal {otam['goal_minutes']:.0f} min",
+        )
+        table.add_row(
+            f"SSv2-OTAM comparison, {otam['runs']} runs side by side, extrapolated{source}",
+            f"{otam['side_by_side_minutes']:.0f} min",
             f"goal {otam['goal_minutes']:.0f} min",
         )
     console.print(table)

@@ -56,9 +56,24 @@ from sact.fewshot.training import (
 
 SHAPE_FIELDS = ("way", "shot", "query", "tasks_per_batch")  # one episode shape for every run
 # the device types on which `sact sweep --side-by-side auto` trains side by side: those where it
-# was measured faster than one by one (the CPU: bench/sweep.py; CUDA: bench/gpu.py's sweep part;
-# docs/SWEEP.md, "Side by side"); none yet
+# was measured faster than one by one (docs/SWEEP.md, "Side by side"). None: on the CPU
+# bench/sweep.py measured it slower; on CUDA bench/gpu.py's sweep part has not run yet
 AUTO_ON: frozenset[str] = frozenset()
+# How close side by side keeps each run to the run trained alone (tests/test_side_by_side.py checks
+# it, bench/sweep.py reports it). vmap's batched matmul sums each run's products in another order
+# than the run's own matmul: the gradients differ in the last float32 bits, and the tests' 12
+# AdamW steps keep the weights this close...
+WEIGHT_TOLERANCE = 1e-4
+# ...but for SA-CT's parameters whose gradient is zero in exact arithmetic: a bias on every value
+# cancels in match's differences (the attention weights sum to 1), one on every support key adds
+# the same score to every (k, m) a query patch attends to (softmax ignores it). Their gradients are
+# rounding noise, whose sign AdamW turns into steps of up to lr each (`adamw_noise_bound`)
+ZERO_GRADIENT = frozenset({"to_value.bias", "norm_support.bias"})
+
+
+def adamw_noise_bound(config: TrainConfig) -> float:
+    """How far apart two runs' zero-gradient parameters can drift: lr per step, each way."""
+    return 2 * config.lr * config.iterations
 
 
 def side_by_side_on(choice: str, device: torch.device) -> bool:

@@ -58,10 +58,14 @@ def test_the_gpu_benchmark_runs_at_a_tiny_size_on_the_cpu(tmp_path):
     assert evaluation["episodes"] == 40 and set(evaluation["paths"]) == {"before", "now"}
     assert evaluation["same_accuracies"] and evaluation["read_scaling"]["more_workers"] == 2
     assert all(path["otam_seconds"] > 0 for path in evaluation["paths"].values())
-    # the sweep's runs, one by one and by sact sweep, bitwise the same; OTAM's 15 extrapolated
+    # the sweep's runs, one by one and by sact sweep, bitwise the same, side by side within the
+    # tolerance with the same test accuracies; OTAM's 15 extrapolated both ways
     sweep = results["sweep"]
-    assert sweep["runs"] == 5 and sweep["bitwise_same_runs"] and sweep["otam"]["runs"] == 15
-    assert sweep["otam"]["minutes"] > 0 and "SSv2-OTAM comparison, 15" in done.stdout
+    assert sweep["runs"] == 2 and sweep["bitwise_same_runs"] and sweep["otam"]["runs"] == 15
+    closeness = sweep["side_by_side_closeness"]
+    assert closeness["within_tolerance"] and closeness["same_test_accuracies"]
+    assert sweep["otam"]["minutes"] > 0 and sweep["otam"]["side_by_side_minutes"] > 0
+    assert "SSv2-OTAM comparison, 15" in done.stdout and "15 runs side by side" in done.stdout
     for measure in ("(a) pyav: sact extract", "loader, store tier", "75,000 episodes",
                     "step, eager", "flips against float32",
                     "evaluation now: SSv2-OTAM, 2,857 videos + 10,000 episodes"):  # fmt: skip

@@ -10,26 +10,19 @@ from safetensors.torch import load_file
 from sact.fewshot.checkpoints import build_model, read_checkpoint
 from sact.fewshot.config import EvalConfig
 from sact.fewshot.evaluation import evaluate
-from sact.fewshot.side_by_side import draws_random_numbers, train_side_by_side
+from sact.fewshot.side_by_side import (
+    WEIGHT_TOLERANCE,
+    ZERO_GRADIENT,
+    adamw_noise_bound,
+    draws_random_numbers,
+    train_side_by_side,
+)
 from sact.fewshot.training import read_metrics, train
 from tests.test_training import tiny
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SEEDS = (0, 1, 2)
-# vmap's batched matmul sums each run's products in another order than the run's own matmul: the
-# gradients differ in the last float32 bits, and 12 AdamW steps keep the weights this close...
-WEIGHT_TOLERANCE = 1e-4
-# ...but for SA-CT's parameters whose gradient is zero in exact arithmetic: a bias on every value
-# cancels in match's differences (the attention weights sum to 1), one on every support key adds
-# the same score to every (k, m) a query patch attends to (softmax ignores it). Their gradients are
-# rounding noise, whose sign AdamW turns into steps of up to lr each
-ZERO_GRADIENT = {"to_value.bias", "norm_support.bias"}
-
-
-def adamw_noise_bound(config) -> float:
-    """How far apart two runs' zero-gradient parameters can drift: lr per step, each way."""
-    return 2 * config.lr * config.iterations
 
 
 @pytest.fixture
