@@ -2,7 +2,8 @@
 
     plan the runs (OUT/runs/<variant>-seed<k>/) ─▶ refuse a run folder trained otherwise
         ─▶ draw the test episodes once (OUT/test-episodes.json: every shot setting, --seed)
-        ─▶ print the cost: runs, steps, episodes, and an estimate from a timed warm-up
+        ─▶ print the cost: runs, steps, episodes, and an estimate from a timed warm-up (side by
+           side, each variant's seeds warm up in one stacked step, as they will train)
         ─▶ each run: `sact train`'s `train`, then `sact evaluate`'s `evaluate` on the episode file
         ─▶ `sact report`'s table (and a recipe's published numbers beside it): printed, and
            written as OUT/report.md and OUT/report.json
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -69,7 +71,12 @@ from sact.fewshot.precision import resolve_precision
 from sact.fewshot.records import run_records, weights_digest
 from sact.fewshot.report import Report, build_report, report_json, report_markdown, report_table
 from sact.fewshot.selection import select_checkpoint
-from sact.fewshot.side_by_side import side_by_side_on, train_side_by_side
+from sact.fewshot.side_by_side import (
+    StackedStep,
+    draws_random_numbers,
+    side_by_side_on,
+    train_side_by_side,
+)
 from sact.fewshot.sweep_config import (
     Published,
     Recipe,
@@ -238,9 +245,11 @@ class Cost:
     val_episodes: int  # validation episodes still to score
     test_episodes: int  # test episodes still to score
     seconds: float  # the estimate
+    side_by_side: bool  # some variant's runs warmed up and estimated side by side, as they train
 
     def table(self, device: torch.device) -> Table:
-        table = Table(title=f"sact sweep: the work left, and its estimate on {device}")
+        how = " (side by side)" if self.side_by_side else ""
+        table = Table(title=f"sact sweep: the work left, and its estimate on {device}{how}")
         for column in ("runs", "to train", "to evaluate", "steps", "val episodes",
                        "test episodes", "estimate"):  # fmt: skip
             table.add_column(column, justify="right")
@@ -261,18 +270,29 @@ class Cost:
 
 
 def timed_warmup(
-    run: SweepRun, feature_set: FeatureSet, device: torch.device
-) -> tuple[float, float]:
-    """(seconds per training step, seconds per scored episode) of the run's model on `device`,
-    from WARMUP_STEPS steps on random features of the store's shape. A throwaway model and
-    generator: nothing of the sweep's own random state is drawn. Scoring an episode is timed as a
-    whole forward; evaluation embeds each video once, so that is an upper bound for it."""
+    run: SweepRun, feature_set: FeatureSet, device: torch.device, *, side_by_side: int = 1
+) -> tuple[float, float, bool]:
+    """(seconds of one run's training step, seconds per scored episode, whether the step was
+    stacked) of the run's model on `device`, from WARMUP_STEPS steps on random features of the
+    store's shape. Throwaway models and generator: nothing of the sweep's own random state is
+    drawn. With `side_by_side` runs (more than one) of a model that stacks (it trains and draws
+    no random numbers, fewshot/side_by_side.py), the step timed is their stacked step over that
+    many models, as they will train, and one run's share is its seconds over them. Scoring an
+    episode is timed as a whole forward; evaluation embeds each video once, so that is an upper
+    bound for it."""
     config = run.train
     frames = config.frames or feature_set.frames
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = new_model(config, feature_set, frames).to(device)
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(config, parameters) if parameters else None
+        stacked = side_by_side > 1 and optimizer is not None and not draws_random_numbers(model)
+        models = [model]
+        if stacked:
+            models += [new_model(config, feature_set, frames).to(device)
+                       for _ in range(side_by_side - 1)]  # fmt: skip
+        optimizers = [make_optimizer(config, [p for p in m.parameters() if p.requires_grad])
+                      for m in models[1:]]  # fmt: skip
         autocast, _ = autocast_for(device)
         generator = torch.Generator().manual_seed(0)
         patches = int(np.prod(feature_set.grid))
@@ -296,12 +316,27 @@ def timed_warmup(
                 F.cross_entropy(logits.float(), query_labels).backward()
             optimizer.step()
 
+        precision = resolve_precision(config.precision, device)
+        float16 = precision.autocast_dtype == torch.float16  # needs loss scaling, as in training
+        scalers = [torch.amp.GradScaler(device.type, enabled=float16) for _ in models]
+        episode = (support, support_labels, query, query_labels)
+        stacked_step = StackedStep(model) if stacked else None
+
+        def side_by_side_step() -> None:
+            assert stacked_step is not None and optimizer is not None
+            for one in (optimizer, *optimizers):
+                one.zero_grad(set_to_none=True)
+            stacked_step(models, [[episode] * config.tasks_per_batch] * len(models), precision,
+                         scalers)  # fmt: skip
+            for one in (optimizer, *optimizers):
+                one.step()
+
         def score() -> None:
             with torch.inference_mode(), autocast:
                 model(support, support_labels, query)
 
         seconds = []
-        for work in (step, score):
+        for work in (side_by_side_step if stacked else step, score):
             work()
             synchronize(device)
             started = time.perf_counter()
@@ -309,7 +344,7 @@ def timed_warmup(
                 work()
             synchronize(device)
             seconds.append((time.perf_counter() - started) / WARMUP_STEPS)
-    return seconds[0], seconds[1]
+    return seconds[0] / len(models), seconds[1], stacked
 
 
 def cost(
@@ -317,18 +352,24 @@ def cost(
     digests: Sequence[str],
     feature_set: FeatureSet,
     device: torch.device,
+    *,
+    side_by_side: bool = False,
 ) -> Cost:
-    """What is left to do, and how long it should take here (one warm-up per variant)."""
+    """What is left to do, and how long it should take here (one warm-up per variant, of its
+    runs left to train side by side when `side_by_side`, as they will train)."""
     steps = val = test = to_train = to_evaluate = 0
     seconds = 0.0
-    timings: dict[str, tuple[float, float]] = {}
+    timings: dict[str, tuple[float, float, bool]] = {}
+    untrained = [run.variant.name for run in runs if not trained(run)]
+    together = Counter(untrained if side_by_side else [])
     for run in runs:
         done_training, done_scoring = trained(run), evaluated(run, digests)
         if done_training and done_scoring:
             continue
-        if run.variant.name not in timings:
-            timings[run.variant.name] = timed_warmup(run, feature_set, device)
-        per_step, per_episode = timings[run.variant.name]
+        name = run.variant.name
+        if name not in timings:
+            timings[name] = timed_warmup(run, feature_set, device, side_by_side=together[name])
+        per_step, per_episode, _ = timings[name]
         if not done_training:
             to_train += 1
             last = run.folder / LAST_CHECKPOINT
@@ -343,7 +384,8 @@ def cost(
             episodes = run.evaluation.episodes * len(run.evaluation.shots)
             test += episodes
             seconds += episodes * per_episode
-    return Cost(len(runs), to_train, to_evaluate, steps, val, test, seconds)
+    stacked = any(timing[2] for timing in timings.values())
+    return Cost(len(runs), to_train, to_evaluate, steps, val, test, seconds, stacked)
 
 
 # ---- the sweep ----------------------------------------------------------------------------------
@@ -483,6 +525,7 @@ def run_sweep(
     for run in runs:
         refuse_a_different_run(run)
     out = Path(config.out)
+    side_by_side = side_by_side_on(config.side_by_side, device)
     with joined(rank, device=device) as job:
         prepare(config, job, console)
         digests = file_digests(out / EPISODES_FILE)
@@ -492,11 +535,11 @@ def run_sweep(
                 note = unlike_the_recipe(read_recipe(config.recipe), feature_set)
                 if note:
                     console.print(f"[yellow]note:[/] {note}", highlight=False)
-            console.print(cost(runs, digests, feature_set, device).table(device))
+            work = cost(runs, digests, feature_set, device, side_by_side=side_by_side)
+            console.print(work.table(device))
         claims = ClaimBook(
             zarr.open_group(zarr.storage.LocalStore(out / CLAIMS_FOLDER), mode="a"), CLAIMS_SCOPE
         )
-        side_by_side = side_by_side_on(config.side_by_side, device)
         with claims.keep_alive(), features_shared():
             for group in groups(runs, side_by_side):
                 unfinished = [

@@ -238,6 +238,7 @@ def test_a_sweep_side_by_side_scores_its_runs_as_one_by_one(
     )
     assert result.exit_code == 0, result.output
     assert result.output.count("2 runs train side by side") == len(VARIANT_OPTIONS)
+    assert "its estimate on cpu (side by side)" in result.output  # warmed up as they train
 
     def verdicts(folder: Path) -> dict[str, Any]:
         return {
