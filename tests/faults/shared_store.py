@@ -28,7 +28,10 @@ from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+import torch
+from typer.testing import CliRunner
 
+from sact.cli import app
 from tests.faults.flaky_s3 import FaultRates, FlakyS3Proxy
 from tests.faults.s3 import local_s3_server, make_bucket, s3_environment
 from tests.faults.scenarios import (
@@ -165,10 +168,18 @@ def claims_held(location: str, shards: int) -> list[str]:
 
 
 def clean_reference(workdir: Path, videos: Path, **options: object) -> dict[str, np.ndarray]:
+    """The arrays of a clean `sact extract` made in this process on one torch thread, as the runs
+    under test make theirs: a process of its own would import torch, timm and torchvision again
+    (seconds; the suite's time is short)."""
     reference = workdir / "reference.zarr"
-    clean = run_sact(extract_arguments(videos, reference, **options))
-    if clean.returncode not in (0, 1):  # 1: the broken files failed, as they should
-        raise RuntimeError(f"the clean run failed: {failure_message(clean)}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        clean = CliRunner().invoke(app, extract_arguments(videos, reference, **options))
+    finally:
+        torch.set_num_threads(threads)
+    if clean.exit_code not in (0, 1):  # 1: the broken files failed, as they should
+        raise RuntimeError(f"the clean run failed (exit {clean.exit_code}): {clean.output[-2000:]}")
     return store_arrays(str(reference), FEATURE_SET)
 
 
