@@ -85,7 +85,13 @@ from sact.fewshot.sweep_config import (
     Variant,
     read_recipe,
 )
-from sact.fewshot.training import make_optimizer, new_model, store_location, train
+from sact.fewshot.training import (
+    loss_scaler,
+    make_optimizer,
+    new_model,
+    store_location,
+    train,
+)
 from sact.store.backends import FeatureSet, open_feature_set
 
 RUNS_FOLDER = "runs"
@@ -285,14 +291,14 @@ def timed_warmup(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = new_model(config, feature_set, frames).to(device)
         parameters = [p for p in model.parameters() if p.requires_grad]
-        optimizer = make_optimizer(config, parameters) if parameters else None
-        stacked = side_by_side > 1 and optimizer is not None and not draws_random_numbers(model)
-        models = [model]
-        if stacked:
-            models += [new_model(config, feature_set, frames).to(device)
-                       for _ in range(side_by_side - 1)]  # fmt: skip
-        optimizers = [make_optimizer(config, [p for p in m.parameters() if p.requires_grad])
-                      for m in models[1:]]  # fmt: skip
+        stacked = side_by_side > 1 and bool(parameters) and not draws_random_numbers(model)
+        models = [model] + [new_model(config, feature_set, frames).to(device)
+                            for _ in range(side_by_side - 1 if stacked else 0)]  # fmt: skip
+        optimizers = [
+            make_optimizer(config, [p for p in one.parameters() if p.requires_grad])
+            for one in models
+        ] if parameters else []  # fmt: skip
+        optimizer = optimizers[0] if optimizers else None
         autocast, _ = autocast_for(device)
         generator = torch.Generator().manual_seed(0)
         patches = int(np.prod(feature_set.grid))
@@ -317,18 +323,17 @@ def timed_warmup(
             optimizer.step()
 
         precision = resolve_precision(config.precision, device)
-        float16 = precision.autocast_dtype == torch.float16  # needs loss scaling, as in training
-        scalers = [torch.amp.GradScaler(device.type, enabled=float16) for _ in models]
+        scalers = [loss_scaler(device, precision.autocast_dtype) for _ in models]
         episode = (support, support_labels, query, query_labels)
         stacked_step = StackedStep(model) if stacked else None
 
         def side_by_side_step() -> None:
-            assert stacked_step is not None and optimizer is not None
-            for one in (optimizer, *optimizers):
+            assert stacked_step is not None
+            for one in optimizers:
                 one.zero_grad(set_to_none=True)
             stacked_step(models, [[episode] * config.tasks_per_batch] * len(models), precision,
                          scalers)  # fmt: skip
-            for one in (optimizer, *optimizers):
+            for one in optimizers:
                 one.step()
 
         def score() -> None:

@@ -136,6 +136,11 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def loss_scaler(device: torch.device, amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """float16 autocast needs loss scaling; bfloat16 and float32 do not (a disabled scaler)."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+
 def make_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]):
     if config.optimizer == "sgd":
         return torch.optim.SGD(
@@ -427,10 +432,7 @@ class Trainer:
         self.run_step = make_step(self.step_mode, self.device, say=self.say)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(config, self.parameters) if self.parameters else None
-        # float16 autocast needs loss scaling; bfloat16 and float32 do not
-        self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=self.amp_dtype == torch.float16
-        )
+        self.scaler = loss_scaler(self.device, self.amp_dtype)
         self.rng = np.random.default_rng(config.seed)
         self.on_validation: Callable[[torch.nn.Module], dict[str, float]] | None = None
         self.step = 0
